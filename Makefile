@@ -1,0 +1,54 @@
+# cellsynth: every target sets itself up; `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.cellsynth-installed
+# A CPU build of torch is pinned so pip never resolves a multi-GB CUDA build on a
+# CPU-only machine. Set TORCH_SPEC/TORCH_PIP_ARGS to choose another build
+# (e.g. TORCH_PIP_ARGS="--index-url <your CPU wheel index>").
+TORCH_SPEC     ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+PYTEST_ARGS    ?=
+
+.PHONY: install demo test test-fast bench lint experiment clean
+
+install: $(STAMP)
+
+# A torch the user already has (e.g. a CUDA build in the system Python) is kept: the
+# venv then sees system packages and pip finds torch already satisfied.
+$(STAMP): pyproject.toml Makefile
+	@if [ ! -x $(PY) ]; then \
+	  if $(PYTHON) -c "import torch" >/dev/null 2>&1; then \
+	    echo "using the torch already installed in $(PYTHON)"; \
+	    $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else $(PYTHON) -m venv $(VENV); fi; \
+	fi
+	$(PY) -m pip install --quiet --upgrade pip
+	@if $(PY) -c "import torch" >/dev/null 2>&1; then \
+	  echo "torch $$($(PY) -c 'import torch; print(torch.__version__)') already installed: left alone"; \
+	else $(PY) -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"; fi
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cellsynth --version
+	bash scripts/demo.sh
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check cellsynth_cli tests bench
+	$(VENV)/bin/ruff format --check cellsynth_cli tests bench
+
+experiment: $(STAMP)
+	bash scripts/experiment.sh
+
+clean:
+	rm -rf $(VENV) demo_out experiment_out .pytest_cache

@@ -1,0 +1,156 @@
+"""The `simulate` stage: sketches + masks from a preset, or sketches from real labels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cellsynth_cli import io
+from cellsynth_cli.config import SimulationConfig
+from cellsynth_cli.errors import InputError
+from cellsynth_cli.simulators import get_simulator
+from cellsynth_cli.sketch_from_labels import sketch_from_labels
+
+Progress = Callable[[str], None]  # called with a volume name when it is written
+
+
+@dataclass(frozen=True)
+class VolumeJob:
+    config: SimulationConfig
+    name: str
+    seed_sequence: np.random.SeedSequence
+    out_dir: Path
+    overwrite: bool
+    preview: bool
+    seed: int
+    index: int
+
+
+def volume_names(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}_{i:04d}" for i in range(n)]
+
+
+def _simulate_one(job: VolumeJob) -> dict:
+    rng = np.random.default_rng(job.seed_sequence)
+    simulated = get_simulator(job.config.simulator)(job.config, rng)
+    if simulated.masks.max() == 0:
+        raise InputError(
+            f"{job.name}: the simulation placed no cell; check shape/radius/n_cells settings"
+        )
+    volume = io.Volume(
+        name=job.name,
+        masks=simulated.masks,
+        sketch=simulated.sketch,
+        voxel_size=tuple(job.config.voxel_size),
+        provenance=io.provenance(
+            "simulate",
+            preset=job.config.preset,
+            seed=job.seed,
+            index=job.index,
+            config=job.config.to_dict(),
+            **simulated.info,
+        ),
+    )
+    path = io.write_volume(job.out_dir, volume, overwrite=job.overwrite)
+    if job.preview:
+        from cellsynth_cli.preview import save_sketch_preview
+
+        save_sketch_preview(path.with_name(f"{job.name}_preview.png"), volume)
+    return {"name": job.name, "path": str(path), **simulated.info}
+
+
+def refuse_existing(out_dir: Path, names: list[str], overwrite: bool) -> None:
+    """Stop before any work when outputs exist and --overwrite was not given."""
+    if overwrite:
+        return
+    existing = io.existing_outputs(out_dir, names)
+    if existing:
+        raise InputError(
+            f"{out_dir} already holds {len(existing)} of the outputs (e.g. {existing[0].name}); "
+            "pass --overwrite to replace them"
+        )
+
+
+def simulate_dataset(
+    config: SimulationConfig,
+    n: int,
+    out_dir: Path,
+    seed: int = 0,
+    overwrite: bool = False,
+    workers: int = 1,
+    preview: bool = False,
+    on_volume: Progress | None = None,
+) -> list[dict]:
+    """Simulate `n` volumes into OUT_DIR/<preset>_0000.zarr ...; returns one summary per volume.
+
+    Volume i uses the i-th child of SeedSequence(seed): the same seed gives identical
+    volumes whatever the number of workers.
+    """
+    if n <= 0:
+        raise InputError(f"-n must be a positive number of volumes, got {n}")
+    if workers <= 0:
+        raise InputError(f"--workers must be >= 1, got {workers}")
+    names = volume_names(config.preset, n)
+    refuse_existing(out_dir, names, overwrite)
+    children = np.random.SeedSequence(seed).spawn(n)
+    jobs = [
+        VolumeJob(config, name, child, out_dir, overwrite, preview, seed, i)
+        for i, (name, child) in enumerate(zip(names, children, strict=True))
+    ]
+    results: list[dict] = []
+    if workers == 1:
+        for job in jobs:
+            results.append(_simulate_one(job))
+            if on_volume:
+                on_volume(job.name)
+        return results
+    with ProcessPoolExecutor(max_workers=min(workers, n)) as pool:
+        for result in pool.map(_simulate_one, jobs):
+            results.append(result)
+            if on_volume:
+                on_volume(result["name"])
+    return results
+
+
+def sketches_from_real(
+    data_dir: Path,
+    out_dir: Path,
+    overwrite: bool = False,
+    preview: bool = False,
+    on_volume: Progress | None = None,
+) -> list[dict]:
+    """One sketch per real volume with instance labels, carrying the real masks along."""
+    paths = io.list_volumes(data_dir)
+    names = [io.volume_name(p) for p in paths]
+    refuse_existing(out_dir, names, overwrite)
+    results = []
+    for path in paths:
+        real = io.read_volume(path)
+        if real.masks is None:
+            raise InputError(f"{path}: no instance masks (expected NAME_masks.tif or labels/cells)")
+        if real.image is None:
+            raise InputError(f"{path}: no intensity image to take the cell means from")
+        try:
+            sketch, info = sketch_from_labels(real.image, real.masks)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
+        volume = io.Volume(
+            name=real.name,
+            masks=real.masks,
+            sketch=sketch,
+            voxel_size=real.voxel_size,
+            provenance=io.provenance("simulate", preset="from-labels", source=str(path), **info),
+        )
+        written = io.write_volume(out_dir, volume, overwrite=overwrite)
+        if preview:
+            from cellsynth_cli.preview import save_sketch_preview
+
+            save_sketch_preview(written.with_name(f"{real.name}_preview.png"), volume)
+        results.append({"name": real.name, "path": str(written), **info})
+        if on_volume:
+            on_volume(real.name)
+    return results

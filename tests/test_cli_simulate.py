@@ -1,0 +1,140 @@
+"""`cellsynth simulate` end to end, in-process: outputs, JSON, errors and exit codes."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from cellsynth_cli import io
+from cellsynth_cli.cli import app
+
+runner = CliRunner()
+HELA_SMALL = ["--shape", "128,160", "--set", "radius=6,9", "--set", "n_cells=10,20"]
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_simulate_writes_volumes_and_json(tmp_path):
+    out = tmp_path / "sim"
+    result = run("simulate", "hela", "-n", 2, "-o", out, "--seed", 3, "--json", *HELA_SMALL)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [v["name"] for v in report["volumes"]] == ["hela_0000", "hela_0001"]
+    volumes = [io.read_volume(p) for p in io.list_volumes(out)]
+    assert len(volumes) == 2
+    for v in volumes:
+        assert v.sketch.shape == (128, 160) and v.masks.shape == (128, 160)
+        assert v.masks.max() == report["volumes"][int(v.name[-1])]["n_cells"]
+        assert v.provenance["stage"] == "simulate" and v.provenance["preset"] == "hela"
+        assert v.provenance["seed"] == 3
+
+
+def test_same_seed_same_output_across_workers(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run("simulate", "hela", "-n", 2, "-o", a, "--seed", 5, *HELA_SMALL).exit_code == 0
+    assert (
+        run(
+            "simulate", "hela", "-n", 2, "-o", b, "--seed", 5, "--workers", 2, *HELA_SMALL
+        ).exit_code
+        == 0
+    )
+    for pa, pb in zip(io.list_volumes(a), io.list_volumes(b), strict=True):
+        va, vb = io.read_volume(pa), io.read_volume(pb)
+        np.testing.assert_array_equal(va.masks, vb.masks)
+        np.testing.assert_array_equal(va.sketch, vb.sketch)
+
+
+def test_refuses_to_overwrite_and_touches_nothing(tmp_path):
+    out = tmp_path / "sim"
+    assert run("simulate", "hela", "-n", 1, "-o", out, "--seed", 1, *HELA_SMALL).exit_code == 0
+    before = io.read_volume(io.list_volumes(out)[0]).masks
+    result = run("simulate", "hela", "-n", 1, "-o", out, "--seed", 2, *HELA_SMALL)
+    assert result.exit_code == 2
+    assert "--overwrite" in result.output and "Traceback" not in result.output
+    np.testing.assert_array_equal(io.read_volume(io.list_volumes(out)[0]).masks, before)
+    result = run("simulate", "hela", "-n", 1, "-o", out, "--seed", 2, "--overwrite", *HELA_SMALL)
+    assert result.exit_code == 0
+    assert not np.array_equal(io.read_volume(io.list_volumes(out)[0]).masks, before)
+
+
+def test_preview_png(tmp_path):
+    out = tmp_path / "sim"
+    assert run("simulate", "hela", "-n", 1, "-o", out, "--preview", *HELA_SMALL).exit_code == 0
+    png = out / "hela_0000_preview.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_celegans_3d_small(tmp_path):
+    out = tmp_path / "sim"
+    result = run(
+        "simulate",
+        "celegans",
+        "-n",
+        1,
+        "-o",
+        out,
+        "--shape",
+        "35,96,128",
+        "--set",
+        "radius=5,6",
+        "--set",
+        "n_cells=20,30",
+    )
+    assert result.exit_code == 0, result.output
+    v = io.read_volume(io.list_volumes(out)[0])
+    assert v.masks.shape == (35, 96, 128) and v.voxel_size == (1.0, 0.09, 0.09)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["simulate", "zebrafish", "-n", "1"], "valid presets"),
+        (["simulate", "hela", "-n", "0"], "positive"),
+        (["simulate", "hela", "-n", "-3"], "positive"),
+        (["simulate", "hela", "-n", "1", "--shape", "10,x"], "--shape"),
+        (["simulate", "hela", "-n", "1", "--shape", "5,10,10"], "2D"),
+        (["simulate", "hela", "-n", "1", "--set", "radius"], "key=value"),
+        (["simulate", "hela", "-n", "1", "--set", "colour=red"], "valid:"),
+        (["simulate", "from-labels"], "--data"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    result = runner.invoke(app, args + ["-o", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_from_labels_means_match_real_image(tmp_path, dsb_dir):
+    out = tmp_path / "sk"
+    result = run("simulate", "from-labels", "--data", dsb_dir, "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    sk = io.read_volume(io.list_volumes(out)[0])
+    image = tifffile.imread(dsb_dir / "dsb2018.tif").astype(np.float64)
+    masks = tifffile.imread(dsb_dir / "dsb2018_masks.tif")
+    np.testing.assert_array_equal(sk.masks, masks)
+    lo, hi = sk.provenance["intensity_low"], sk.provenance["intensity_high"]
+    assert np.all(sk.sketch[masks == 0] == 0)
+    for label in np.unique(masks)[1:40]:
+        inside = masks == label
+        expected = np.clip((image[inside] - lo) / (hi - lo), 0, 1).mean()
+        assert sk.sketch[inside] == pytest.approx(expected, rel=1e-4)
+    # brighter real nuclei -> brighter sketch cells
+    labels = np.unique(masks)[1:]
+    real_means = [image[masks == k].mean() for k in labels]
+    sketch_means = [sk.sketch[masks == k][0] for k in labels]
+    assert np.corrcoef(real_means, sketch_means)[0, 1] > 0.99
+
+
+def test_from_labels_unreadable_input_named(tmp_path):
+    data = tmp_path / "real"
+    data.mkdir()
+    (data / "broken.tif").write_bytes(b"not a tiff at all")
+    result = run("simulate", "from-labels", "--data", data, "-o", tmp_path / "o")
+    assert result.exit_code == 2
+    assert "broken.tif" in result.output and "Traceback" not in result.output
