@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from cellsynth_cli import __version__
-from cellsynth_cli.cli import simulate
+from cellsynth_cli.cli import simulate, synthesize, train
 from cellsynth_cli.cli.common import CellsynthGroup
 
 app = typer.Typer(
@@ -45,6 +45,8 @@ def _root(
 
 
 simulate.register(app)
+train.register(app)
+synthesize.register(app)
 
 
 def main() -> None:

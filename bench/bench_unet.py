@@ -1,0 +1,198 @@
+"""Forward throughput of the denoising UNet against an fp32 matmul measured in the same run.
+
+GFLOP of one forward come from torch.utils.flop_counter.FlopCounterMode (convolutions and
+matmuls); ms per forward is the median of several timed forwards under torch.inference_mode
+after warm-up. "ratio" = model GFLOP/s / matmul GFLOP/s (torch.mm 2048x2048, median).
+
+Rows: our UNet (default 2D and 3D configs) and a reference-like UNet built the way the public
+code of Eschweiler et al. builds it (conv-PReLU-InstanceNorm, 16/32/64/128 channels,
+kernel-4 stride-2 downsampling, 1x1 conv + pixel/voxel shuffle, time added per level,
+contiguous NC(D)HW layout), each once with glibc's default allocator behaviour and once after
+``tune_cpu_allocator()`` (large buffers kept in the heap instead of being unmapped and
+page-faulted in again every forward).
+
+Run standalone (``python bench/bench_unet.py``) or from bench/run.py.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cellsynth_cli.diffusion.unet import (  # noqa: E402
+    UNet,
+    default_config,
+    tune_cpu_allocator,
+    voxel_shuffle,
+)
+
+# Batch sizes typical for tiled sampling: a few tiles of the paper's patch size per call.
+SHAPES = {2: (4, 1, 256, 256), 3: (2, 1, 32, 128, 128)}
+
+
+# --------------------------------------------------------------------- reference-like UNet
+class _Sinusoidal(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        f = torch.exp(torch.arange(half, device=t.device) * -(math.log(10000) / (half - 1)))
+        a = t.float()[:, None] * f[None]
+        return torch.cat([a.sin(), a.cos()], dim=-1)
+
+
+class RefUNet(nn.Module):
+    """Reference-like baseline (public code's structure, made dims-generic)."""
+
+    def __init__(self, dims: int, f: int = 16, t_channels: int = 128):
+        super().__init__()
+        self.dims = dims
+        conv = nn.Conv2d if dims == 2 else nn.Conv3d
+        norm = nn.InstanceNorm2d if dims == 2 else nn.InstanceNorm3d
+
+        def cpn(cin, cout, **kw):
+            return [conv(cin, cout, **kw), nn.PReLU(cout), norm(cout)]
+
+        def tmlp(c):
+            return nn.Sequential(
+                _Sinusoidal(t_channels), nn.Linear(t_channels, c), nn.PReLU(c), nn.Linear(c, c)
+            )
+
+        k3 = dict(kernel_size=3, padding=1)
+        k4 = dict(kernel_size=4, stride=2, padding=1)
+        r = 2**dims
+        self.c = nn.ModuleList(
+            [
+                nn.Sequential(*cpn(1, f // 2, **k3), *cpn(f // 2, f, **k3)),
+                nn.Sequential(*cpn(f, f, **k3), *cpn(f, 2 * f, **k3)),
+                nn.Sequential(*cpn(2 * f, 2 * f, **k3), *cpn(2 * f, 4 * f, **k3)),
+                nn.Sequential(*cpn(4 * f, 4 * f, **k3), *cpn(4 * f, 8 * f, **k3)),
+                nn.Sequential(*cpn(8 * f // r + 4 * f, 8 * f, **k3), *cpn(8 * f, 8 * f, **k3)),
+                nn.Sequential(*cpn(8 * f // r + 2 * f, 8 * f, **k3), *cpn(8 * f, 8 * f, **k3)),
+                nn.Sequential(*cpn(8 * f // r + f, f, **k3), *cpn(f, f, **k3)),
+            ]
+        )
+        self.t = nn.ModuleList([tmlp(c) for c in (f, 2 * f, 4 * f, 8 * f, 8 * f, 8 * f, f)])
+        self.d = nn.ModuleList([nn.Sequential(*cpn(c, c, **k4)) for c in (f, 2 * f, 4 * f)])
+        self.u = nn.ModuleList([nn.Sequential(*cpn(8 * f, 8 * f, kernel_size=1)) for _ in range(3)])
+        self.out = nn.Sequential(*cpn(f, f, **k3), *cpn(f, f, **k3), conv(f, 1, 1))
+
+    def _shuffle(self, x):
+        return nn.functional.pixel_shuffle(x, 2) if self.dims == 2 else voxel_shuffle(x, 2)
+
+    def forward(self, x, t):
+        view = (...,) + (None,) * self.dims
+        skips = []
+        h = x
+        for i in range(4):
+            h = self.c[i](h) + self.t[i](t)[view]
+            if i < 3:
+                skips.append(h)
+                h = self.d[i](h)
+        for i in range(3):
+            u = self._shuffle(self.u[i](h))
+            h = self.c[4 + i](torch.cat([u, skips.pop()], 1)) + self.t[4 + i](t)[view]
+        return self.out(h)
+
+
+# -------------------------------------------------------------------------- measurement
+def _median_time(fn, runs: int, warmup: int) -> float:
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_gflops(n: int = 2048, runs: int = 9) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / _median_time(lambda: torch.mm(a, b), runs, 3) / 1e9
+
+
+def forward_flops(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> int:
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x, t)
+    return counter.get_total_flops()
+
+
+def measure(model: nn.Module, dims: int, runs: int, warmup: int = 2) -> dict:
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(SHAPES[dims], generator=gen)
+    t = torch.randint(1, 1000, (x.shape[0],), generator=gen)
+    flops = forward_flops(model, x, t)
+    sec = _median_time(lambda: model(x, t), runs, warmup)
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "gflop": flops / 1e9,
+        "ms": sec * 1e3,
+        "gflops": flops / sec / 1e9,
+    }
+
+
+def set_threads() -> int:
+    """One intra-op thread per available core (never more: oversubscription kills conv speed)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    n = max(1, min(torch.get_num_threads(), cores))
+    torch.set_num_threads(n)
+    return n
+
+
+def main(runs: int = 5) -> list[dict]:
+    torch.manual_seed(0)
+    threads = set_threads()
+    shapes = ", ".join(f"{d}D x={list(s)}" for d, s in SHAPES.items())
+    print(
+        f"torch {torch.__version__}, {threads} threads, mkldnn "
+        f"{torch.backends.mkldnn.is_available()}; inputs: {shapes}",
+        flush=True,
+    )
+    models = {}
+    for dims in (2, 3):
+        models[f"ours-{dims}d"] = (UNet(default_config(dims)), dims)
+        models[f"ref-like-{dims}d"] = (RefUNet(dims), dims)
+    header = (
+        f"{'config':<12} {'malloc':<7} {'params':>9} {'GFLOP':>7} {'ms':>8} "
+        f"{'GFLOP/s':>8} {'mm GF/s':>8} {'ratio':>6}"
+    )
+    print(header)
+    print("-" * len(header), flush=True)
+    rows = []
+    for malloc in ("default", "tuned"):
+        if malloc == "tuned" and not tune_cpu_allocator():
+            print("(tune_cpu_allocator unavailable on this platform: skipped)")
+            break
+        for name, (model, dims) in models.items():
+            r = measure(model, dims, runs)
+            mm = matmul_gflops()  # next to each row: the machine is shared and noisy
+            r.update(config=name, malloc=malloc, mm_gflops=mm, ratio=r["gflops"] / mm)
+            rows.append(r)
+            print(
+                f"{name:<12} {malloc:<7} {r['params']:>9,} {r['gflop']:>7.1f} {r['ms']:>8.1f} "
+                f"{r['gflops']:>8.1f} {mm:>8.1f} {r['ratio']:>6.2f}",
+                flush=True,
+            )
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""`cellsynth train`: a DDPM on real, unannotated images."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cellsynth_cli.cli.common import console, print_json
+from cellsynth_cli.errors import InputError
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'90', '90s', '15m', '2h' -> seconds."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except (ValueError, IndexError):
+        raise InputError(f"--time-limit expects seconds or e.g. 15m / 2h, got {text!r}") from None
+
+
+def parse_sizes(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{option} expects integers like 256,256, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise InputError(f"{option} expects positive integers, got {text!r}")
+    return sizes
+
+
+def train(
+    data: Path = typer.Option(..., "--data", help="Directory of real images (zarr or TIFF)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Run directory for the checkpoint & logs."),
+    dims: int = typer.Option(
+        None, "--dims", help="2 or 3; default the data's. --dims 2 on 3D data trains on z slices."
+    ),
+    patch: str = typer.Option(
+        None, "--patch", help="Patch size, default 256,256 (2D) or 32,128,128 (3D)."
+    ),
+    steps: int = typer.Option(10_000, "--steps", help="Total optimisation steps."),
+    batch: int = typer.Option(4, "--batch", help="Patches per step."),
+    lr: float = typer.Option(2e-4, "--lr", help="AdamW learning rate (with a short warm-up)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for patches, noise and initialisation."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (bf16 autocast)."),
+    channels: str = typer.Option(
+        None, "--channels", help="UNet channels per level, e.g. 16,32,64,128 (default: built in)."
+    ),
+    time_limit: str = typer.Option(
+        None,
+        "--time-limit",
+        help="Stop cleanly after this long (e.g. 600, 10m, 2h), checkpointing.",
+    ),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Steps between saves."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in an existing run."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Train a denoising diffusion model (cosine schedule, T=1000, eps-prediction, MSE).
+
+    Intensities are scaled to [-1, 1] with robust percentiles of the training data; those
+    travel in RUN/checkpoint.pt with the network configuration, so `synthesize` needs no
+    architecture flags. RUN/ also gets config.json, loss.csv and loss.png.
+
+    Example: cellsynth train --data real/ -o runs/nuclei --steps 20000 --time-limit 2h
+    """
+    import torch
+
+    from cellsynth_cli.diffusion.unet import default_config
+    from cellsynth_cli.train import DEFAULT_PATCH, TrainConfig
+    from cellsynth_cli.train import train as run_training
+
+    if dims is not None and dims not in (2, 3):
+        raise InputError(f"--dims must be 2 or 3, got {dims}")
+    patch_size = parse_sizes(patch, "--patch")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if dims is None and not resume:
+        from cellsynth_cli.train import load_training_images
+
+        _, dims = load_training_images(data, None)
+    dims = dims or 2
+    config = TrainConfig(
+        data=str(data),
+        dims=dims,
+        patch=patch_size or DEFAULT_PATCH[dims],
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        device=device,
+        checkpoint_every=checkpoint_every,
+        channels=parse_sizes(channels, "--channels") or tuple(default_config(dims).channels),
+    )
+    progress = Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("step {task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[rate]} it/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=json_out,
+    )
+    started = time.perf_counter()
+    with progress:
+        task = progress.add_task("train", total=steps, loss="-", rate="-")
+
+        def on_step(step: int, loss: float) -> None:
+            rate = step / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, completed=step, loss=f"{loss:.4f}", rate=f"{rate:.2f}")
+
+        result = run_training(
+            config,
+            out,
+            resume=resume,
+            overwrite=overwrite,
+            time_limit=parse_duration(time_limit),
+            on_step=on_step,
+        )
+    summary = {
+        "run": str(result.run),
+        "step": result.step,
+        "final_loss": result.final_loss,
+        "seconds": round(result.seconds, 2),
+        "device": result.device,
+        "stopped_by_time_limit": result.stopped_by_time_limit,
+    }
+    if json_out:
+        print_json(summary)
+    else:
+        note = (
+            " (time limit reached; continue with --resume)" if result.stopped_by_time_limit else ""
+        )
+        console.print(
+            f"trained to step {result.step} in {result.seconds:.0f} s on "
+            f"{result.device}, last loss {result.final_loss:.4f}{note}; "
+            f"checkpoint in {result.run}"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

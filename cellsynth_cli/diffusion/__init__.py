@@ -1,0 +1,1 @@
+"""The diffusion model: schedule, network, forward and reverse process."""

@@ -1,0 +1,343 @@
+"""Tiny DDPMs train, checkpoint, resume exactly and synthesize through the CLI."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from typer.testing import CliRunner
+
+from cellsynth_cli import io
+from cellsynth_cli.cli import app
+from cellsynth_cli.train import TrainConfig, train
+
+runner = CliRunner()
+TINY = ["--channels", "8,16", "--batch", "4", "--lr", "2e-3"]
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def run2d(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run2d")
+    data = Path(__file__).parent.parent / "data" / "dsb2018"
+    result = run(
+        "train",
+        "--data",
+        data,
+        "-o",
+        out,
+        "--patch",
+        "32,32",
+        "--steps",
+        60,
+        "--json",
+        "--checkpoint-every",
+        25,
+        *TINY,
+    )
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def sketches2d(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sk2d")
+    # 70 x 90 is not a multiple of the network's divisor: synthesis must pad and crop
+    result = run(
+        "simulate",
+        "hela",
+        "-n",
+        2,
+        "-o",
+        out,
+        "--shape",
+        "70,90",
+        "--set",
+        "radius=6,9",
+        "--set",
+        "n_cells=5,10",
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_training_writes_a_self_describing_run_and_loss_falls(run2d):
+    out, report = run2d
+    assert report["step"] == 60
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 60 and state["dims"] == 2
+    assert state["unet"]["channels"] == [8, 16]
+    assert state["normalization"]["high"] > state["normalization"]["low"]
+    assert {"model", "ema", "optimizer", "generator", "config"} <= set(state)
+    assert json.loads((out / "config.json").read_text())["dims"] == 2
+    losses = np.loadtxt(out / "loss.csv", delimiter=",", skiprows=1)[:, 1]
+    assert len(losses) == 60
+    assert losses[-15:].mean() < 0.6 * losses[:5].mean()
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_continues_exactly(tmp_path, dsb_dir):
+    base = dict(
+        data=str(dsb_dir),
+        dims=2,
+        patch=(32, 32),
+        batch=2,
+        lr=1e-3,
+        channels=(8, 16),
+        checkpoint_every=1000,
+        seed=4,
+    )
+    whole = train(TrainConfig(**base, steps=8), tmp_path / "whole")
+    train(TrainConfig(**base, steps=4), tmp_path / "split")
+    resumed = train(TrainConfig(**base, steps=8), tmp_path / "split", resume=True)
+    assert resumed.step == 8
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+        torch.testing.assert_close(a["ema"][key], b["ema"][key], rtol=0, atol=0)
+    assert whole.losses[4:] == resumed.losses
+    rows = (tmp_path / "split" / "loss.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 8
+
+
+def test_time_limit_stops_cleanly(tmp_path, dsb_dir):
+    result = run(
+        "train",
+        "--data",
+        dsb_dir,
+        "-o",
+        tmp_path / "r",
+        "--patch",
+        "32,32",
+        "--steps",
+        10_000,
+        "--time-limit",
+        "1",
+        "--json",
+        *TINY,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["stopped_by_time_limit"] and 0 < report["step"] < 10_000
+    assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["step"] == report["step"]
+
+
+def test_synthesize_keeps_masks_and_is_reproducible(run2d, sketches2d, tmp_path):
+    model, _ = run2d
+    args = [
+        "synthesize",
+        "--model",
+        model,
+        "--sketches",
+        sketches2d,
+        "--t-start",
+        100,
+        "--steps",
+        5,
+        "--tile",
+        "32,32",
+        "--overlap",
+        "8,8",
+        "--batch",
+        3,
+    ]
+    result = run(*args, "-o", tmp_path / "a", "--json")
+    assert result.exit_code == 0, result.output
+    assert run(*args, "-o", tmp_path / "b").exit_code == 0
+    for pa, pb, ps in zip(
+        io.list_volumes(tmp_path / "a"),
+        io.list_volumes(tmp_path / "b"),
+        io.list_volumes(sketches2d),
+        strict=True,
+    ):
+        a, b, s = io.read_volume(pa), io.read_volume(pb), io.read_volume(ps)
+        assert a.image.shape == (70, 90) and np.isfinite(a.image).all()
+        np.testing.assert_array_equal(a.masks, s.masks)
+        np.testing.assert_array_equal(a.image, b.image)
+        assert a.provenance["stage"] == "synthesize" and a.provenance["t_start"] == 100
+        assert len(a.provenance["model_checksum"]) == 64
+    # other seed, other sample
+    assert run(*args, "-o", tmp_path / "c", "--seed", 1).exit_code == 0
+    c = io.read_volume(io.list_volumes(tmp_path / "c")[0])
+    assert not np.array_equal(c.image, io.read_volume(io.list_volumes(tmp_path / "a")[0]).image)
+
+
+def test_synthesize_resume_skips_finished(run2d, sketches2d, tmp_path):
+    model, _ = run2d
+    args = [
+        "synthesize",
+        "--model",
+        model,
+        "--sketches",
+        sketches2d,
+        "-o",
+        tmp_path / "o",
+        "--t-start",
+        20,
+        "--steps",
+        2,
+    ]
+    assert run(*args).exit_code == 0
+    first = io.list_volumes(tmp_path / "o")[0]
+    stamp = (first / "zarr.json").stat().st_mtime_ns
+    refused = run(*args)
+    assert refused.exit_code == 2 and "--resume" in refused.output
+    resumed = run(*args, "--resume", "--json")
+    assert resumed.exit_code == 0
+    assert all(v.get("skipped") for v in json.loads(resumed.stdout)["volumes"])
+    assert (first / "zarr.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--t-start", "0"], "--t-start"),
+        (["--t-start", "1001"], "--t-start"),
+        (["--t-start", "10", "--steps", "20"], "--steps"),
+        (["--sampler", "euler"], "--sampler"),
+    ],
+)
+def test_synthesize_bad_options(run2d, sketches2d, tmp_path, extra, message):
+    model, _ = run2d
+    result = run(
+        "synthesize", "--model", model, "--sketches", sketches2d, "-o", tmp_path / "o", *extra
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_2d_model_refuses_3d_sketch(run2d, tmp_path):
+    model, _ = run2d
+    sk = tmp_path / "sk3d"
+    assert (
+        run(
+            "simulate",
+            "celegans",
+            "-n",
+            1,
+            "-o",
+            sk,
+            "--shape",
+            "8,32,32",
+            "--set",
+            "radius=4,5",
+            "--set",
+            "n_cells=3,5",
+        ).exit_code
+        == 0
+    )
+    result = run(
+        "synthesize",
+        "--model",
+        model,
+        "--sketches",
+        sk,
+        "-o",
+        tmp_path / "o",
+        "--t-start",
+        10,
+        "--steps",
+        2,
+    )
+    assert result.exit_code == 2
+    assert "2D model" in result.output and "3D" in result.output
+    assert not io.list_volumes(tmp_path / "o") if (tmp_path / "o").exists() else True
+
+
+def test_corrupt_and_foreign_checkpoints(sketches2d, tmp_path):
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "checkpoint.pt").write_bytes(b"garbage" * 100)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign / "checkpoint.pt")
+    for bad, message in (
+        (corrupt, "not a readable checkpoint"),
+        (foreign, "not a cellsynth DDPM checkpoint"),
+        (tmp_path / "missing", "no checkpoint"),
+    ):
+        result = run("synthesize", "--model", bad, "--sketches", sketches2d, "-o", tmp_path / "o")
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+
+
+def test_train_bad_input(tmp_path, dsb_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run("train", "--data", empty, "-o", tmp_path / "r", "--steps", 1)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    nan_dir = tmp_path / "nan"
+    nan_dir.mkdir()
+    image = np.ones((40, 40), np.float32)
+    image[3, 3] = np.nan
+    tifffile.imwrite(nan_dir / "a.tif", image)
+    result = run("train", "--data", nan_dir, "-o", tmp_path / "r2", "--steps", 1)
+    assert result.exit_code == 2 and "NaN" in result.output
+    result = run("train", "--data", dsb_dir, "-o", tmp_path / "r3", "--dims", 3, "--steps", 1)
+    assert result.exit_code == 2 and "3D model" in result.output
+
+
+def test_tiny_3d_model_trains_and_synthesizes(tmp_path):
+    rng = np.random.default_rng(0)
+    real = tmp_path / "real3d"
+    real.mkdir()
+    image = rng.normal(100, 10, (16, 40, 40)).astype(np.float32)
+    image[4:10, 10:25, 10:25] += 200
+    tifffile.imwrite(real / "vol.tif", image)
+    result = run(
+        "train",
+        "--data",
+        real,
+        "-o",
+        tmp_path / "run",
+        "--patch",
+        "8,16,16",
+        "--steps",
+        20,
+        "--json",
+        *TINY,
+    )
+    assert result.exit_code == 0, result.output
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["dims"] == 3
+    sk = tmp_path / "sk"
+    assert (
+        run(
+            "simulate",
+            "celegans",
+            "-n",
+            1,
+            "-o",
+            sk,
+            "--shape",
+            "10,24,36",
+            "--set",
+            "radius=4,5",
+            "--set",
+            "n_cells=3,5",
+        ).exit_code
+        == 0
+    )
+    result = run(
+        "synthesize",
+        "--model",
+        tmp_path / "run",
+        "--sketches",
+        sk,
+        "-o",
+        tmp_path / "syn",
+        "--t-start",
+        20,
+        "--steps",
+        3,
+    )
+    assert result.exit_code == 0, result.output
+    out = io.read_volume(io.list_volumes(tmp_path / "syn")[0])
+    assert out.image.shape == (10, 24, 36) and np.isfinite(out.image).all()
