@@ -201,6 +201,7 @@ def test_synthesize_resume_skips_finished(run2d, sketches2d, tmp_path):
         (["--t-start", "1001"], "--t-start"),
         (["--t-start", "10", "--steps", "20"], "--steps"),
         (["--sampler", "euler"], "--sampler"),
+        (["--precision", "fp8"], "--precision"),
     ],
 )
 def test_synthesize_bad_options(run2d, sketches2d, tmp_path, extra, message):
@@ -341,3 +342,27 @@ def test_tiny_3d_model_trains_and_synthesizes(tmp_path):
     assert result.exit_code == 0, result.output
     out = io.read_volume(io.list_volumes(tmp_path / "syn")[0])
     assert out.image.shape == (10, 24, 36) and np.isfinite(out.image).all()
+
+
+def test_bf16_precision_on_cpu_stays_close_to_fp32(run2d, sketches2d, tmp_path):
+    model, _ = run2d
+    args = [
+        "synthesize",
+        "--model",
+        model,
+        "--sketches",
+        sketches2d,
+        "--t-start",
+        30,
+        "--steps",
+        3,
+        "--sampler",
+        "ddim",
+    ]
+    assert run(*args, "-o", tmp_path / "fp32").exit_code == 0
+    result = run(*args, "-o", tmp_path / "bf16", "--precision", "bf16")
+    assert result.exit_code == 0, result.output
+    a = io.read_volume(io.list_volumes(tmp_path / "fp32")[0]).image
+    b = io.read_volume(io.list_volumes(tmp_path / "bf16")[0]).image
+    spread = float(a.max() - a.min())
+    assert np.isfinite(b).all() and np.abs(a - b).max() < 0.1 * spread

@@ -44,6 +44,12 @@ def synthesize(
     batch: int = typer.Option(4, "--batch", help="Tiles per network call."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same output on the same device."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    precision: str = typer.Option(
+        "auto",
+        "--precision",
+        help="auto: bf16 autocast on CUDA, fp32 on CPU. bf16: also on "
+        "CPU (about 1.6x faster on CPUs with bf16 support, noise predictions within ~1 %).",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Skip volumes already in --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace volumes in --out."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -67,6 +73,7 @@ def synthesize(
         batch=batch,
         seed=seed,
         device=device,
+        precision=precision,
     )
     progress = Progress(
         TextColumn("[bold]{task.description}"),
