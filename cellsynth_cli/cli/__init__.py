@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from cellsynth_cli import __version__
-from cellsynth_cli.cli import simulate, synthesize, train
+from cellsynth_cli.cli import evaluate, noise, simulate, synthesize, train
 from cellsynth_cli.cli.common import CellsynthGroup
 
 app = typer.Typer(
@@ -47,6 +47,8 @@ def _root(
 simulate.register(app)
 train.register(app)
 synthesize.register(app)
+noise.register(app)
+evaluate.register(app)
 
 
 def main() -> None:

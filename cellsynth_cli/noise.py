@@ -1,0 +1,260 @@
+"""The `noise-analysis` stage: pick t_start by comparing forward-noised real images and sketches.
+
+Forward: for each t, noise every real image and every sketch (made from the same real
+annotations) with q(x_t | x_0), histogram both sets on common bins and compare them (KLD,
+Bhattacharyya). Small t keeps structure, large t makes the distributions alike; t_start is
+the smallest t at which the sketch's distribution is close enough to the real one.
+Backward (with a model): run the reverse process from each noised input and score the
+result against the real image (PSNR / SSIM / MAE), as the paper's Fig. 2 (bottom).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cellsynth_cli import io
+from cellsynth_cli.diffusion.process import q_sample
+from cellsynth_cli.diffusion.schedule import cosine_schedule
+from cellsynth_cli.errors import InputError
+from cellsynth_cli.intensity import robust_range, to_unit, unit_to_model
+from cellsynth_cli.metrics import (
+    bhattacharyya_distance,
+    histogram,
+    kl_divergence,
+    mae,
+    psnr,
+    ssim,
+)
+
+DEFAULT_TIMESTEPS = tuple(range(0, 1001, 100))
+# Fixed bin range for every t: x_0 lies in [-1, 1] and x_t = sqrt(ab) x_0 + sqrt(1-ab) eps
+# stays within +-5 with overwhelming probability; outliers are clipped into the end bins.
+HIST_RANGE = (-5.0, 5.0)
+# The paper's A. thaliana curve: KLD 0.053 at t=400, 0.004 at t=600; it chose t_start=600.
+# 0.01 picks 600 on that curve: the first t where the sketches' noised histogram is
+# practically that of the real images.
+DEFAULT_KLD_THRESHOLD = 0.01
+
+
+@dataclass
+class NoiseAnalysis:
+    timesteps: list[int]
+    kld: list[float]
+    bhattacharyya: list[float]
+    recommended_t_start: int | None
+    kld_threshold: float
+    n_volumes: int
+    normalization: dict[str, float]
+    backward: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "timesteps": self.timesteps,
+            "kld": self.kld,
+            "bhattacharyya": self.bhattacharyya,
+            "recommended_t_start": self.recommended_t_start,
+            "kld_threshold": self.kld_threshold,
+            "n_volumes": self.n_volumes,
+            "normalization": self.normalization,
+            "backward": self.backward,
+        }
+
+
+def paired_volumes(images: Path, sketches: Path) -> list[tuple[io.Volume, io.Volume]]:
+    """Real volumes and sketch volumes paired by name (unpaired ones are left out)."""
+    real = {v.name: v for v in io.read_volumes(images)}
+    sk = {v.name: v for v in io.read_volumes(sketches)}
+    names = sorted(set(real) & set(sk))
+    if not names:
+        raise InputError(
+            f"no volume names in common between {images} ({', '.join(sorted(real)) or 'none'}) "
+            f"and {sketches} ({', '.join(sorted(sk)) or 'none'}); make the sketches with "
+            "`cellsynth simulate from-labels --data IMAGES`"
+        )
+    pairs = []
+    for name in names:
+        r, s = real[name], sk[name]
+        if r.image is None:
+            raise InputError(f"{images}/{name}: no intensity image")
+        if s.sketch is None:
+            raise InputError(f"{sketches}/{name}: no sketch")
+        if r.image.shape != s.sketch.shape:
+            raise InputError(f"{name}: image {r.image.shape} and sketch {s.sketch.shape} differ")
+        pairs.append((r, s))
+    return pairs
+
+
+def recommend_t_start(timesteps: list[int], kld: list[float], threshold: float) -> int | None:
+    for t, value in zip(timesteps, kld, strict=True):
+        if t > 0 and value < threshold:
+            return t
+    return None
+
+
+def noise_analysis(
+    images: Path,
+    sketches: Path,
+    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
+    bins: int = 256,
+    kld_threshold: float = DEFAULT_KLD_THRESHOLD,
+    seed: int = 0,
+    model_run: Path | None = None,
+    backward_steps: int | None = 50,
+    max_volumes: int | None = None,
+    crop: tuple[int, ...] | None = None,
+    device: str = "auto",
+    on_progress: Callable[[str], None] | None = None,
+) -> NoiseAnalysis:
+    if bins < 2:
+        raise InputError(f"--bins must be >= 2, got {bins}")
+    if not timesteps or any(not 0 <= t <= 1000 for t in timesteps):
+        raise InputError(f"--t values must be in 0..1000, got {timesteps}")
+    pairs = paired_volumes(images, sketches)
+    if max_volumes:
+        pairs = pairs[:max_volumes]
+    model = None
+    if model_run is not None:
+        from cellsynth_cli.checkpoint import load_model
+        from cellsynth_cli.train import pick_device
+
+        model = load_model(model_run, pick_device(device))
+        norm = dict(model.normalization)
+    else:
+        lo, hi = robust_range([r.image for r, _ in pairs])
+        norm = {"low": lo, "high": hi}
+    real = [unit_to_model(to_unit(r.image, norm["low"], norm["high"])) for r, _ in pairs]
+    sketch = [unit_to_model(np.clip(s.sketch, 0, 1)) for _, s in pairs]
+    schedule = cosine_schedule(1000)
+    timesteps = sorted(set(timesteps))
+    kld, bd = [], []
+    for t in timesteps:
+        gen = torch.Generator().manual_seed(seed + t)
+        h_real = np.zeros(bins)
+        h_sketch = np.zeros(bins)
+        for r, s in zip(real, sketch, strict=True):
+            for x0, acc in ((r, h_real), (s, h_sketch)):
+                x = torch.from_numpy(x0)
+                noise = torch.randn(x.shape, generator=gen)
+                xt = q_sample(x[None], torch.tensor([t]), noise[None], schedule)[0]
+                acc += histogram(xt.numpy(), bins, HIST_RANGE)
+        kld.append(kl_divergence(h_real, h_sketch))
+        bd.append(bhattacharyya_distance(h_real, h_sketch))
+        if on_progress:
+            on_progress(f"forward t={t}")
+    result = NoiseAnalysis(
+        timesteps=timesteps,
+        kld=kld,
+        bhattacharyya=bd,
+        recommended_t_start=recommend_t_start(timesteps, kld, kld_threshold),
+        kld_threshold=kld_threshold,
+        n_volumes=len(pairs),
+        normalization=norm,
+    )
+    if model is not None:
+        result.backward = backward_analysis(
+            model, real, sketch, timesteps, backward_steps, crop, seed, on_progress
+        )
+    return result
+
+
+def _centre_crop(array: np.ndarray, crop: tuple[int, ...] | None) -> np.ndarray:
+    if crop is None:
+        return array
+    if len(crop) != array.ndim:
+        raise InputError(f"--crop {crop} needs {array.ndim} sizes")
+    sl = tuple(
+        slice(max(0, (n - c) // 2), max(0, (n - c) // 2) + c)
+        for n, c in zip(array.shape, crop, strict=True)
+    )
+    return array[sl]
+
+
+def backward_analysis(
+    model,
+    real: list[np.ndarray],
+    sketch: list[np.ndarray],
+    timesteps: list[int],
+    steps: int | None,
+    crop: tuple[int, ...] | None,
+    seed: int,
+    on_progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """For each t: denoise noised real images and noised sketches; score against the real."""
+    from cellsynth_cli.intensity import model_to_unit
+    from cellsynth_cli.synthesize import SynthesisOptions, synthesize_volume
+
+    device = next(model.net.parameters()).device
+    rows = []
+    for t in timesteps:
+        if t == 0:
+            continue
+        scores: dict[str, list[float]] = {
+            k: []
+            for k in (
+                "real_psnr",
+                "real_ssim",
+                "real_mae",
+                "sketch_psnr",
+                "sketch_ssim",
+                "sketch_mae",
+            )
+        }
+        options = SynthesisOptions(t_start=t, steps=min(steps, t) if steps else None, batch=4)
+        for i, (r, s) in enumerate(zip(real, sketch, strict=True)):
+            r_c, s_c = _centre_crop(r, crop), _centre_crop(s, crop)
+            target = model_to_unit(r_c)
+            for kind, start in (("real", r_c), ("sketch", s_c)):
+                out = synthesize_volume(model, model_to_unit(start), options, seed + i, device)
+                lo, hi = model.normalization["low"], model.normalization["high"]
+                out_unit = np.clip((out - lo) / (hi - lo), 0, 1)
+                scores[f"{kind}_psnr"].append(psnr(out_unit, target, 1.0))
+                scores[f"{kind}_ssim"].append(ssim(out_unit, target, 1.0))
+                scores[f"{kind}_mae"].append(mae(out_unit, target))
+        rows.append({"t": t, **{k: float(np.mean(v)) for k, v in scores.items()}})
+        if on_progress:
+            on_progress(f"backward t={t}")
+    return rows
+
+
+def save_plot(result: NoiseAnalysis, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 if result.backward else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 3.8))
+    axes = np.atleast_1d(axes)
+    ax = axes[0]
+    ax.plot(result.timesteps, result.kld, "o-", label="KLD (real || sketch)")
+    ax.plot(result.timesteps, result.bhattacharyya, "s-", label="Bhattacharyya distance")
+    ax.axhline(result.kld_threshold, color="grey", ls=":", label="KLD threshold")
+    if result.recommended_t_start is not None:
+        ax.axvline(
+            result.recommended_t_start,
+            color="red",
+            ls="--",
+            label=f"t_start = {result.recommended_t_start}",
+        )
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_xlabel("t")
+    ax.set_title("forward: histogram distance of noised real vs sketch")
+    ax.legend(fontsize=8)
+    if result.backward:
+        ax = axes[1]
+        ts = [row["t"] for row in result.backward]
+        ax.plot(ts, [row["real_ssim"] for row in result.backward], "o-", label="from real")
+        ax.plot(ts, [row["sketch_ssim"] for row in result.backward], "s-", label="from sketch")
+        ax.set_xlabel("t")
+        ax.set_ylabel("SSIM to the real image")
+        ax.set_title("backward: denoised from t")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
