@@ -48,7 +48,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check cellsynth_cli tests bench
 
 experiment: $(STAMP)
-	bash scripts/experiment.sh
+	$(PY) scripts/experiment.py
 
 clean:
 	rm -rf $(VENV) demo_out experiment_out .pytest_cache

@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from cellsynth_cli import __version__
-from cellsynth_cli.cli import evaluate, noise, simulate, synthesize, train
+from cellsynth_cli.cli import evaluate, noise, segment, simulate, synthesize, train
 from cellsynth_cli.cli.common import CellsynthGroup
 
 app = typer.Typer(
@@ -49,6 +49,7 @@ train.register(app)
 synthesize.register(app)
 noise.register(app)
 evaluate.register(app)
+segment.register(app)
 
 
 def main() -> None:

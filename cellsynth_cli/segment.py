@@ -1,0 +1,288 @@
+"""The `segment` stage: Cellpose 3.1 trained from scratch, prediction, scoring and QC.
+
+Nothing is downloaded: the network is built untrained (pretrained_model=False) and cellpose's
+model directory points inside the segmentation model folder. 3D data trains on its z slices;
+3D prediction stitches 2D masks across z (or Cellpose's 3D mode with do_3d).
+cellpose is imported lazily: it takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellsynth_cli import io
+from cellsynth_cli.errors import InputError
+from cellsynth_cli.matching import match, segmentation_scores
+
+MODEL_FILE = "cellpose_model"
+CONFIG_FILE = "segmenter.json"
+DIAM_MEAN = 30.0  # cellpose rescales every training image so cells have this diameter
+
+
+def _cellpose(model_dir: Path) -> Any:
+    # cellpose reads its model directory when imported: keep it inside our folder
+    os.environ.setdefault("CELLPOSE_LOCAL_MODELS_PATH", str(model_dir / ".cellpose"))
+    import logging
+
+    from cellpose import models, train
+
+    logging.getLogger("cellpose").setLevel(logging.WARNING)
+    return models, train
+
+
+def median_diameter(masks: list[np.ndarray]) -> float:
+    """Median equivalent-circle diameter of the instances of 2D masks."""
+    sizes = np.concatenate([np.bincount(m.ravel())[1:] for m in masks])
+    sizes = sizes[sizes > 0]
+    if sizes.size == 0:
+        raise InputError("training masks are empty (no labelled cell)")
+    return float(2 * np.sqrt(np.median(sizes) / np.pi))
+
+
+def training_slices(data: Path) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    """2D (image, masks) pairs: 2D volumes as they are, 3D volumes as z slices with cells."""
+    images, masks, dims = [], [], 0
+    for volume in io.read_volumes(data):
+        if volume.image is None or volume.masks is None:
+            raise InputError(f"{data}/{volume.name}: needs an image and masks to train on")
+        dims = volume.image.ndim
+        if dims == 2:
+            pairs = [(volume.image, volume.masks)]
+        else:
+            pairs = [(im, m) for im, m in zip(volume.image, volume.masks, strict=True) if m.any()]
+        for im, m in pairs:
+            images.append(im.astype(np.float32))
+            masks.append(m.astype(np.int32))
+    if not images:
+        raise InputError(f"{data}: no image with masks to train on")
+    return images, masks, dims
+
+
+def train_segmenter(
+    data: Path,
+    out: Path,
+    epochs: int = 100,
+    learning_rate: float = 0.1,
+    bsize: int = 224,
+    batch: int = 8,
+    diameter: float | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> dict:
+    if epochs < 1 or bsize < 16 or batch < 1 or learning_rate <= 0:
+        raise InputError("--epochs and --batch must be >= 1, --bsize >= 16, --lr > 0")
+    if (out / CONFIG_FILE).exists() and not overwrite:
+        raise InputError(f"{out} already holds a segmentation model; pass --overwrite")
+    images, masks, dims = training_slices(data)
+    diameter = diameter or median_diameter(masks)
+    out.mkdir(parents=True, exist_ok=True)
+    models, train = _cellpose(out)
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # cellpose draws its augmentations from numpy's global state
+    start = time.perf_counter()
+    net = models.CellposeModel(
+        gpu=torch.cuda.is_available(),
+        pretrained_model=False,
+        model_type=None,
+        diam_mean=DIAM_MEAN,
+        nchan=2,
+    )
+    work = out / ".training"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "models").mkdir(parents=True)
+    path, train_losses, _ = train.train_seg(
+        net.net,
+        train_data=images,
+        train_labels=masks,
+        channels=[0, 0],
+        normalize=True,
+        n_epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch,
+        bsize=bsize,
+        save_path=str(work),
+        model_name=MODEL_FILE,
+        min_train_masks=1,
+    )
+    os.replace(path, out / MODEL_FILE)
+    shutil.rmtree(work, ignore_errors=True)
+    config = {
+        "format": "cellsynth-cellpose",
+        "dims": dims,
+        "diameter": diameter,
+        "diam_mean": DIAM_MEAN,
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "bsize": bsize,
+        "batch": batch,
+        "seed": seed,
+        "data": str(data),
+        "n_training_images": len(images),
+        "final_loss": float(train_losses[-1]),
+        "seconds": round(time.perf_counter() - start, 1),
+        "provenance": io.provenance("segment-train"),
+    }
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    return config
+
+
+def load_segmenter(model_dir: Path) -> tuple[Any, dict]:
+    config_path = Path(model_dir) / CONFIG_FILE
+    if not config_path.is_file() or not (Path(model_dir) / MODEL_FILE).is_file():
+        raise InputError(
+            f"{model_dir}: not a segmentation model (train one with `cellsynth segment train`)"
+        )
+    config = json.loads(config_path.read_text())
+    models, _ = _cellpose(Path(model_dir))
+    import torch
+
+    model = models.CellposeModel(
+        gpu=torch.cuda.is_available(), pretrained_model=str(Path(model_dir) / MODEL_FILE)
+    )
+    return model, config
+
+
+def segment_image(
+    model: Any, config: dict, image: np.ndarray, do_3d: bool = False, anisotropy: float = 1.0
+) -> np.ndarray:
+    kwargs = dict(channels=[0, 0], diameter=config["diameter"])
+    if image.ndim == 3:
+        if do_3d:
+            kwargs.update(do_3D=True, anisotropy=anisotropy)
+        else:
+            kwargs.update(do_3D=False, stitch_threshold=0.5)
+    masks, _, _ = model.eval(image.astype(np.float32), **kwargs)
+    return np.asarray(masks).astype(np.uint32)
+
+
+def predict(
+    model_dir: Path,
+    images: Path,
+    out: Path,
+    overwrite: bool = False,
+    do_3d: bool = False,
+    on_volume: Callable[[str], None] | None = None,
+) -> list[dict]:
+    paths = io.list_volumes(images)
+    names = [io.volume_name(p) for p in paths]
+    existing = io.existing_outputs(out, names)
+    if existing and not overwrite:
+        raise InputError(f"{out} already holds {len(existing)} of the outputs; pass --overwrite")
+    model, config = load_segmenter(model_dir)
+    results = []
+    for path, name in zip(paths, names, strict=True):
+        volume = io.read_volume(path)
+        if volume.image is None:
+            raise InputError(f"{path}: no intensity image to segment")
+        anisotropy = 1.0
+        if volume.voxel_size and volume.image.ndim == 3:
+            anisotropy = volume.voxel_size[0] / volume.voxel_size[-1]
+        masks = segment_image(model, config, volume.image, do_3d, anisotropy)
+        io.write_volume(
+            out,
+            io.Volume(
+                name=name,
+                image=volume.image,
+                masks=masks,
+                voxel_size=volume.voxel_size,
+                provenance=io.provenance("segment-predict", model=str(model_dir), source=str(path)),
+            ),
+            overwrite=overwrite,
+        )
+        results.append({"name": name, "n_cells": int(len(np.unique(masks)) - 1)})
+        if on_volume:
+            on_volume(name)
+    return results
+
+
+def score(pred_dir: Path, ref_dir: Path) -> dict:
+    pred = {io.volume_name(p): p for p in io.list_volumes(pred_dir)}
+    ref = {io.volume_name(p): p for p in io.list_volumes(ref_dir)}
+    names = sorted(set(pred) & set(ref))
+    if not names:
+        raise InputError(f"no volume names in common between {pred_dir} and {ref_dir}")
+    rows = []
+    for name in names:
+        p, r = io.read_volume(pred[name]), io.read_volume(ref[name])
+        if p.masks is None or r.masks is None:
+            raise InputError(f"{name}: both --pred and --ref need instance masks")
+        try:
+            rows.append({"name": name, **segmentation_scores(p.masks, r.masks)})
+        except InputError as exc:
+            raise InputError(f"{name}: {exc}") from None
+    keys = ("dice", "ap@0.5", "ap@0.75", "precision", "recall", "f1")
+    summary = {
+        k: {
+            "mean": float(np.mean([row[k] for row in rows])),
+            "sd": float(np.std([row[k] for row in rows])),
+        }
+        for k in keys
+    }
+    return {
+        "volumes": rows,
+        "summary": summary,
+        "unpaired_pred": sorted(set(pred) - set(ref)),
+        "unpaired_ref": sorted(set(ref) - set(pred)),
+    }
+
+
+def quality_control(
+    model_dir: Path,
+    data: Path,
+    max_phantom: float = 1.0,
+    max_vanished: float = 1.0,
+    move_failed: Path | None = None,
+    on_volume: Callable[[str], None] | None = None,
+) -> dict:
+    """Segment each synthetic image; compare with its own simulated masks (IoU >= 0.5).
+
+    phantom: predicted cells with no simulated partner (made from noise);
+    vanished: simulated cells the segmenter cannot find (e.g. dim cells the DDPM erased).
+    """
+    model, config = load_segmenter(model_dir)
+    rows = []
+    for path in io.list_volumes(data):
+        volume = io.read_volume(path)
+        if volume.image is None or volume.masks is None:
+            raise InputError(f"{path}: QC needs a synthetic image with its simulated masks")
+        predicted = segment_image(model, config, volume.image)
+        m = match(predicted, volume.masks, 0.5)
+        n_pred, n_ref = m.tp + m.fp, m.tp + m.fn
+        row = {
+            "name": volume.name,
+            "path": str(path),
+            "phantom": m.fp / n_pred if n_pred else 0.0,
+            "vanished": m.fn / n_ref if n_ref else 0.0,
+            "n_predicted": n_pred,
+            "n_simulated": n_ref,
+        }
+        row["passed"] = row["phantom"] <= max_phantom and row["vanished"] <= max_vanished
+        rows.append(row)
+        if on_volume:
+            on_volume(volume.name)
+    failed = [r for r in rows if not r["passed"]]
+    if move_failed is not None and failed:
+        move_failed.mkdir(parents=True, exist_ok=True)
+        for r in failed:
+            target = move_failed / Path(r["path"]).name
+            if target.exists():
+                raise InputError(f"{target} exists; not moving {r['path']} over it")
+            shutil.move(r["path"], target)
+            r["moved_to"] = str(target)
+    return {
+        "volumes": rows,
+        "passed": [r["name"] for r in rows if r["passed"]],
+        "failed": [r["name"] for r in failed],
+        "max_phantom": max_phantom,
+        "max_vanished": max_vanished,
+    }

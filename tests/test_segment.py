@@ -1,0 +1,164 @@
+"""Segmentation scores on hand-made cases, and a tiny from-scratch Cellpose run via the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cellsynth_cli import io
+from cellsynth_cli.cli import app
+from cellsynth_cli.matching import match, segmentation_scores
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def three_cells():
+    ref = np.zeros((40, 60), np.uint16)
+    ref[2:12, 2:12] = 1
+    ref[20:30, 20:30] = 2
+    ref[5:15, 40:50] = 3
+    return ref
+
+
+def test_perfect_match_even_with_other_label_ids():
+    ref = three_cells()
+    pred = np.where(ref > 0, ref + 10, 0)
+    s = segmentation_scores(pred, ref)
+    assert s["dice"] == 1.0 and s["ap@0.5"] == 1.0 and s["ap@0.75"] == 1.0 and s["f1"] == 1.0
+
+
+def test_one_missed_cell():
+    ref = three_cells()
+    pred = np.where(ref == 3, 0, ref)
+    s = segmentation_scores(pred, ref)
+    assert (s["tp"], s["fp"], s["fn"]) == (2, 0, 1)
+    assert s["ap@0.5"] == pytest.approx(2 / 3)
+    assert s["precision"] == 1.0 and s["recall"] == pytest.approx(2 / 3)
+    assert s["f1"] == pytest.approx(0.8)
+    assert s["dice"] == pytest.approx(2 * 200 / (200 + 300))
+
+
+def test_one_phantom_cell():
+    ref = three_cells()
+    pred = ref.copy()
+    pred[32:38, 2:8] = 7  # 36 px, absent from the reference
+    s = segmentation_scores(pred, ref)
+    assert (s["tp"], s["fp"], s["fn"]) == (3, 1, 0)
+    assert s["ap@0.5"] == pytest.approx(3 / 4) and s["precision"] == pytest.approx(3 / 4)
+    assert s["dice"] == pytest.approx(2 * 300 / (336 + 300))
+
+
+def test_iou_threshold_decides_a_shifted_cell():
+    ref = three_cells()
+    pred = ref.copy()
+    pred[pred == 2] = 0
+    pred[22:32, 20:30] = 2  # shifted by 2 px: IoU = 80 / 120 = 0.667
+    assert match(pred, ref, 0.5).tp == 3
+    assert match(pred, ref, 0.75).tp == 2
+    s = segmentation_scores(pred, ref)
+    assert s["ap@0.75"] == pytest.approx(2 / 4)
+
+
+def test_score_cli_and_errors(tmp_path):
+    ref = three_cells()
+    io.write_volume(tmp_path / "ref", io.Volume(name="a", image=ref.astype(np.float32), masks=ref))
+    io.write_volume(
+        tmp_path / "pred",
+        io.Volume(name="a", image=ref.astype(np.float32), masks=np.where(ref == 3, 0, ref)),
+    )
+    result = run(
+        "segment", "score", "--pred", tmp_path / "pred", "--ref", tmp_path / "ref", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["summary"]["ap@0.5"]["mean"] == pytest.approx(2 / 3)
+    result = run(
+        "segment",
+        "predict",
+        "--model",
+        tmp_path / "nomodel",
+        "--images",
+        tmp_path / "ref",
+        "-o",
+        tmp_path / "o",
+    )
+    assert result.exit_code == 2 and "not a segmentation model" in result.output
+
+
+@pytest.mark.slow
+def test_tiny_cellpose_trains_from_scratch_and_predicts(tmp_path):
+    # synthetic training data: bright discs on a dark background with their masks
+    sim = tmp_path / "sim"
+    assert (
+        run(
+            "simulate",
+            "hela",
+            "-n",
+            8,
+            "-o",
+            sim,
+            "--shape",
+            "96,96",
+            "--set",
+            "radius=7,9",
+            "--set",
+            "n_cells=6,10",
+            "--set",
+            "intensity=0.8,1.0",
+            "--set",
+            "deform_strength=0",
+        ).exit_code
+        == 0
+    )
+    data = tmp_path / "data"
+    for path in io.list_volumes(sim):
+        v = io.read_volume(path)
+        io.write_volume(data, io.Volume(name=v.name, image=v.sketch * 200 + 10, masks=v.masks))
+    result = run(
+        "segment",
+        "train",
+        "--data",
+        data,
+        "-o",
+        tmp_path / "seg",
+        "--epochs",
+        120,
+        "--bsize",
+        64,
+        "--batch",
+        4,
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads(result.stdout)
+    assert config["n_training_images"] == 8 and 10 < config["diameter"] < 20
+    assert not (tmp_path / "seg" / ".training").exists()
+    result = run(
+        "segment", "predict", "--model", tmp_path / "seg", "--images", data, "-o", tmp_path / "pred"
+    )
+    assert result.exit_code == 0, result.output
+    pred = io.read_volume(io.list_volumes(tmp_path / "pred")[0])
+    assert pred.masks.shape == (96, 96)
+    scored = run("segment", "score", "--pred", tmp_path / "pred", "--ref", data, "--json")
+    assert scored.exit_code == 0
+    assert json.loads(scored.stdout)["summary"]["dice"]["mean"] > 0.5
+    qc = run(
+        "segment",
+        "qc",
+        "--model",
+        tmp_path / "seg",
+        "--data",
+        data,
+        "--max-vanished",
+        "0.0",
+        "--json",
+    )
+    assert qc.exit_code == 0, qc.output
+    report = json.loads(qc.stdout)
+    assert len(report["volumes"]) == 8
+    assert all(0 <= r["phantom"] <= 1 and 0 <= r["vanished"] <= 1 for r in report["volumes"])
+    assert set(report["passed"]) | set(report["failed"]) == {v["name"] for v in report["volumes"]}
