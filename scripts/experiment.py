@@ -30,11 +30,14 @@ OUT = Path(os.environ.get("EXPERIMENT_OUT", REPO / "experiment_out"))
 CS = str(REPO / ".venv" / "bin" / "cellsynth")
 FAST = os.environ.get("EXPERIMENT_FAST") == "1"
 BUDGET = {
-    "train_time": "2m" if FAST else "20m",
-    "n_synthetic": 4 if FAST else 24,
-    "seg_epochs": 30 if FAST else 200,
+    "train_time": os.environ.get("EXPERIMENT_TRAIN_TIME", "2m" if FAST else "10m"),
+    "n_synthetic": int(os.environ.get("EXPERIMENT_N_SYNTHETIC", 4 if FAST else 16)),
+    "seg_epochs": int(os.environ.get("EXPERIMENT_EPOCHS", 30 if FAST else 100)),
     "steps": 20 if FAST else 50,
 }
+# Cellpose's epoch is one pass over the training images: the real arm has one image, so it
+# gets n_synthetic times more epochs -> both arms see the same number of training crops.
+REAL_EPOCHS = BUDGET["seg_epochs"] * BUDGET["n_synthetic"]
 timings: dict[str, float] = {}
 
 
