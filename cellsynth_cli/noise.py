@@ -39,6 +39,10 @@ HIST_RANGE = (-5.0, 5.0)
 # 0.01 picks 600 on that curve: the first t where the sketches' noised histogram is
 # practically that of the real images.
 DEFAULT_KLD_THRESHOLD = 0.01
+# backward analysis: each metric of the result denoised from the real image and the sketch
+BACKWARD_SCORES = tuple(
+    f"{start}_{m}" for start in ("real", "sketch") for m in ("psnr", "ssim", "mae")
+)
 
 
 @dataclass
@@ -193,17 +197,7 @@ def backward_analysis(
     for t in timesteps:
         if t == 0:
             continue
-        scores: dict[str, list[float]] = {
-            k: []
-            for k in (
-                "real_psnr",
-                "real_ssim",
-                "real_mae",
-                "sketch_psnr",
-                "sketch_ssim",
-                "sketch_mae",
-            )
-        }
+        scores: dict[str, list[float]] = {k: [] for k in BACKWARD_SCORES}
         options = SynthesisOptions(t_start=t, steps=min(steps, t) if steps else None, batch=4)
         for i, (r, s) in enumerate(zip(real, sketch, strict=True)):
             r_c, s_c = _centre_crop(r, crop), _centre_crop(s, crop)

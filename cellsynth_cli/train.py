@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cellsynth_cli import io
-from cellsynth_cli.checkpoint import checkpoint_path, read_checkpoint, save_checkpoint
+from cellsynth_cli.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from cellsynth_cli.diffusion.process import training_loss
 from cellsynth_cli.diffusion.schedule import make_schedule
 from cellsynth_cli.errors import InputError
@@ -152,7 +152,7 @@ def train(
     from cellsynth_cli.diffusion.unet import UNet, UNetConfig, default_config, tune_cpu_allocator
 
     run = Path(run)
-    ckpt = checkpoint_path(run) if run.is_dir() else run / "checkpoint.pt"
+    ckpt = run / CHECKPOINT_NAME
     state = None
     if resume:
         state = read_checkpoint(run)
@@ -231,7 +231,7 @@ def train(
 
     def checkpoint() -> None:
         save_checkpoint(
-            run / "checkpoint.pt",
+            ckpt,
             {
                 "config": {**config.to_dict(), "dims": dims},
                 "unet": unet_config.to_dict(),

@@ -62,8 +62,8 @@ def noise_analysis(
 
     Example: cellsynth noise-analysis --images real/ --sketches sketches/ -o analysis/
     """
+    from cellsynth_cli.noise import BACKWARD_SCORES, save_plot
     from cellsynth_cli.noise import noise_analysis as analyse
-    from cellsynth_cli.noise import save_plot
 
     try:
         timesteps = [int(v) for v in t.split(",") if v.strip()]
@@ -117,17 +117,7 @@ def noise_analysis(
         for row in result.backward:
             back.add_row(
                 str(row["t"]),
-                *(
-                    f"{row[k]:.3f}"
-                    for k in (
-                        "real_psnr",
-                        "real_ssim",
-                        "real_mae",
-                        "sketch_psnr",
-                        "sketch_ssim",
-                        "sketch_mae",
-                    )
-                ),
+                *(f"{row[k]:.3f}" for k in BACKWARD_SCORES),
             )
         console.print(back)
     if result.recommended_t_start is None:

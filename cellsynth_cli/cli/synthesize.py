@@ -69,7 +69,7 @@ def synthesize(
         steps=steps,
         sampler=sampler,
         tile=parse_sizes(tile, "--tile"),
-        overlap=_parse_overlap(overlap),
+        overlap=parse_sizes(overlap, "--overlap", minimum=0),
         batch=batch,
         seed=seed,
         device=device,
@@ -108,18 +108,6 @@ def synthesize(
             f"synthesized {done} volume(s) into {out}"
             + (f", skipped {skipped} already done" if skipped else "")
         )
-
-
-def _parse_overlap(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        from cellsynth_cli.errors import InputError
-
-        raise InputError(f"--overlap expects integers like 64,64, got {text!r}") from None
-    return values
 
 
 def register(app: typer.Typer) -> None:

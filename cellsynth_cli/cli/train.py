@@ -25,15 +25,17 @@ def parse_duration(text: str | None) -> float | None:
         raise InputError(f"--time-limit expects seconds or e.g. 15m / 2h, got {text!r}") from None
 
 
-def parse_sizes(text: str | None, option: str) -> tuple[int, ...] | None:
+def parse_sizes(text: str | None, option: str, minimum: int = 1) -> tuple[int, ...] | None:
+    """'256,256' -> (256, 256); every value >= minimum."""
     if text is None:
         return None
     try:
         sizes = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise InputError(f"{option} expects integers like 256,256, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise InputError(f"{option} expects positive integers, got {text!r}")
+    if not sizes or min(sizes) < minimum:
+        kind = "positive integers" if minimum == 1 else f"integers >= {minimum}"
+        raise InputError(f"{option} expects {kind}, got {text!r}")
     return sizes
 
 
