@@ -7,25 +7,28 @@ after ``tune_cpu_allocator()``, as ``synthesize`` does on CPU.
 
 1. Sampler timing (respaced DDPM, the same timesteps for every row):
    - ours: ``synthesize_volume`` -> ``sample`` + ``TiledPredictor`` (all tiles of a step
-     evaluated in batches, eps blended before the step), tile 256^2, overlap 64, batch 1..12;
-     plus the existing ``--tile`` option set to the whole padded image (one forward a step);
+     evaluated in batches, eps blended before the step), tile 256^2, overlap 64, batch 1..12
+     in fp32 (batching alone), the same in bf16, and the defaults (auto tile = the whole
+     image here, in fp32 and at the default precision: bf16 on CPUs with native bf16);
    - naive, same grid: every tile of our grid sampled alone (batch 1, its own noise, the whole
      reverse loop), finished tiles blended with our weights: isolates batching + blending;
    - naive, reference grid: the public code's way (stegmaierj/DiffusionModelsForImageSynthesis,
      apply_script_diffusion.py + MeristemH5Tiler, settings of notebooks/jupyter_apply_script:
      overlap 20, crop 20 -> tile stride 256 - 20 - 2*20 = 196 from -40, reflect padding,
      distance-transform fading map with the crop zeroed, outputs clipped to [-1, 1]).
-   - EXP rows (experiments, not library behaviour): the same path with bf16 autocast on CPU,
-     at the default tile and with the whole image as one tile.
    Each row: median of REPEATS interleaved runs; the speed-up is naive-ref / ours.
 2. Diagnostics for where the time goes: UNet forward per 256^2 tile at several batch sizes,
-   TiledPredictor's own per-step cost (a null network), and, as an experiment, bf16 autocast
-   on CPU (the library autocasts only on CUDA).
+   TiledPredictor's own per-step cost (a null network), and bf16 autocast against fp32.
 3. Quality vs speed: ``--steps 50`` (and DDIM 50) against every-step DDPM from the same t_start,
    sketch and seed on a 256 x 256 crop; PSNR / SSIM on images mapped to [0, 1] with the
    model's intensity range (skimage.metrics, data_range = 1). Uses the trained demo model
    demo_out/run/checkpoint.pt when it exists, otherwise the random network (then it compares
    sampler behaviour only, not image realism).
+4. Are the defaults safe? On the bundled real image (data/dsb2018) and the sketch made from its
+   own masks, the demo model synthesizes with tile = training patch in fp32 (the old default)
+   and with the whole image as one tile and/or bf16, three seeds each; scores against the real
+   image (PSNR / SSIM / MAE, histogram KLD) and same-seed agreement between the variants,
+   next to the seed-to-seed spread. Skipped without the demo model.
 
 Run standalone (``python bench/bench_synthesis.py``) or from bench/run.py.
 """
@@ -50,9 +53,21 @@ from cellsynth_cli.config import load_preset, replace  # noqa: E402
 from cellsynth_cli.diffusion.process import sample  # noqa: E402
 from cellsynth_cli.diffusion.schedule import make_schedule  # noqa: E402
 from cellsynth_cli.diffusion.unet import UNet, default_config, tune_cpu_allocator  # noqa: E402
-from cellsynth_cli.intensity import from_unit, model_to_unit, to_unit, unit_to_model  # noqa: E402
+from cellsynth_cli.intensity import (  # noqa: E402
+    from_unit,
+    model_to_unit,
+    robust_range,
+    to_unit,
+    unit_to_model,
+)
 from cellsynth_cli.simulators import get_simulator  # noqa: E402
-from cellsynth_cli.synthesize import SynthesisOptions, synthesize_volume, tiling_for  # noqa: E402
+from cellsynth_cli.synthesize import (  # noqa: E402
+    SynthesisOptions,
+    native_bf16,
+    synthesis_plan,
+    synthesize_volume,
+    tiling_for,
+)
 from cellsynth_cli.tiling import TiledPredictor, blend_weights, tile_grid  # noqa: E402
 
 SHAPE = (512, 768)  # the sketch for the timing part
@@ -116,36 +131,13 @@ def _median_time(fn: Callable[[], object], runs: int) -> float:
 
 
 # ------------------------------------------------------------------------------ samplers
-def run_ours(model, sketch, batch, t_start, steps, tile=None, seed=0) -> np.ndarray:
-    opts = SynthesisOptions(t_start=t_start, steps=steps, tile=tile, batch=batch, seed=seed)
+def run_ours(
+    model, sketch, batch, t_start, steps, tile=None, seed=0, precision="auto"
+) -> np.ndarray:
+    opts = SynthesisOptions(
+        t_start=t_start, steps=steps, tile=tile, batch=batch, seed=seed, precision=precision
+    )
     return synthesize_volume(model, sketch, opts, seed, CPU)
-
-
-def run_ours_bf16_experiment(model, sketch, batch, t_start, steps, tile=None, seed=0):
-    """EXPERIMENT (not library behaviour): synthesize_volume's path with bf16 autocast on CPU.
-
-    The library autocasts only on CUDA; this mirrors synthesize_volume (same tiling, predictor,
-    sampler and noise) with torch.autocast("cpu", bfloat16) around the network.
-    """
-    opts = SynthesisOptions(t_start=t_start, steps=steps, tile=tile, batch=batch, seed=seed)
-    padded, tile, overlap = tiling_for(sketch.shape, model, opts)
-    guide = unit_to_model(np.clip(sketch, 0.0, 1.0))
-    pads = [(0, p - s) for s, p in zip(sketch.shape, padded, strict=True)]
-    guide = np.pad(guide, pads, mode="reflect") if any(p[1] for p in pads) else guide
-    x0_guide = torch.from_numpy(np.ascontiguousarray(guide))[None, None]
-
-    def net(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return model.net(x, t).float()
-
-    predictor = TiledPredictor(net, padded, tile, overlap, batch, CPU)
-    schedule = make_schedule(model.config.get("schedule", "cosine"), model.config.get("T", 1000))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.inference_mode():
-        x = sample(predictor, x0_guide, t_start, schedule, steps, "ddpm", gen)
-    result = x[0, 0].numpy()[tuple(slice(0, s) for s in sketch.shape)]
-    norm = model.normalization
-    return from_unit(model_to_unit(result), norm["low"], norm["high"])
 
 
 def _sample_tile(model, guide_tile: np.ndarray, t_start, steps, seed) -> torch.Tensor:
@@ -162,7 +154,7 @@ def _sample_tile(model, guide_tile: np.ndarray, t_start, steps, seed) -> torch.T
 
 def run_naive_same_grid(model, sketch, t_start, steps, seed=0) -> np.ndarray:
     """Naive loop on our tile grid, finished tiles blended with our (normalised) weights."""
-    padded, tile, overlap = tiling_for(sketch.shape, model, SynthesisOptions())
+    padded, tile, overlap = tiling_for(sketch.shape, model, SynthesisOptions(tile=TILE))
     guide = unit_to_model(np.clip(sketch, 0.0, 1.0))
     pads = [(0, p - s) for s, p in zip(sketch.shape, padded, strict=True)]
     guide = np.pad(guide, pads, mode="reflect") if any(p[1] for p in pads) else guide
@@ -228,35 +220,45 @@ def run_naive_reference(model, sketch, t_start, steps, seed=0) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ parts
 def part_timing(model: TrainedModel, sketch: np.ndarray) -> list[dict]:
-    padded, tile, overlap = tiling_for(sketch.shape, model, SynthesisOptions())
-    n_ours = len(tile_grid(padded, tile, overlap))
+    fixed = SynthesisOptions(tile=TILE)
+    padded, tile, overlap = tiling_for(sketch.shape, model, fixed)
+    n_fixed = len(tile_grid(padded, tile, overlap))
+    plan = synthesis_plan(sketch.shape, model, SynthesisOptions(), CPU)
     n_ref = int(np.prod([len(s) for s in reference_grid(sketch.shape)]))
     t0, k = TIMING_T_START, TIMING_STEPS
     configs: list[tuple[str, int, Callable[..., np.ndarray]]] = []
     for b in BATCHES:
         configs.append(
-            (f"ours batch {b}", n_ours, lambda ts, st, b=b: run_ours(model, sketch, b, ts, st))
+            (
+                f"ours tile 256 fp32 b{b}",
+                n_fixed,
+                lambda ts, st, b=b: run_ours(model, sketch, b, ts, st, TILE, precision="fp32"),
+            )
+        )
+    if native_bf16(CPU):
+        configs.append(
+            (
+                "ours tile 256 bf16 b4",
+                n_fixed,
+                lambda ts, st: run_ours(model, sketch, 4, ts, st, TILE, precision="bf16"),
+            )
         )
     configs.append(
-        ("ours tile=whole image", 1, lambda ts, st: run_ours(model, sketch, 1, ts, st, tile=padded))
+        (
+            "ours auto tile, fp32",
+            plan["n_tiles"],
+            lambda ts, st: run_ours(model, sketch, 4, ts, st, precision="fp32"),
+        )
     )
-    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        configs.append(
-            (
-                "EXP ours b4 + bf16",
-                n_ours,
-                lambda ts, st: run_ours_bf16_experiment(model, sketch, 4, ts, st),
-            )
-        )
-        configs.append(
-            (
-                "EXP whole image + bf16",
-                1,
-                lambda ts, st: run_ours_bf16_experiment(model, sketch, 1, ts, st, tile=padded),
-            )
-        )
     configs.append(
-        ("naive, our grid", n_ours, lambda ts, st: run_naive_same_grid(model, sketch, ts, st))
+        (
+            f"ours DEFAULTS ({plan['precision']})",
+            plan["n_tiles"],
+            lambda ts, st: run_ours(model, sketch, 4, ts, st),
+        )
+    )
+    configs.append(
+        ("naive, our grid", n_fixed, lambda ts, st: run_naive_same_grid(model, sketch, ts, st))
     )
     configs.append(
         ("naive, ref. grid", n_ref, lambda ts, st: run_naive_reference(model, sketch, ts, st))
@@ -278,8 +280,9 @@ def part_timing(model: TrainedModel, sketch: np.ndarray) -> list[dict]:
         f"tile {TILE[0]}^2; median of {REPEATS} interleaved runs"
     )
     print(
-        f"    ours: overlap {overlap[0]} -> {n_ours} tiles; reference grid: overlap "
-        f"{REF_OVERLAP} + crop {REF_CROP} -> {n_ref} tiles"
+        f"    ours, tile 256: overlap {overlap[0]} -> {n_fixed} tiles; ours, defaults: "
+        f"{plan['n_tiles']} tile(s) of {plan['tile']}, {plan['precision']}; reference grid: "
+        f"overlap {REF_OVERLAP} + crop {REF_CROP} -> {n_ref} tiles"
     )
     header = (
         f"    {'sampler':<24} {'tiles':>5} {'s (median)':>10} {'min..max':>13} "
@@ -304,18 +307,17 @@ def part_timing(model: TrainedModel, sketch: np.ndarray) -> list[dict]:
             f"    {name:<24} {n_tiles:>5} {med:>10.2f} "
             f"{min(times[name]):>6.2f}..{max(times[name]):<6.2f} {per:>11.1f} {base / med:>6.2f}x"
         )
-    best = min(
-        (r for r in rows if r["sampler"].startswith("ours batch")), key=lambda r: r["seconds"]
-    )
+    best = min((r for r in rows if "fp32 b" in r["sampler"]), key=lambda r: r["seconds"])
     same = statistics.median(times["naive, our grid"])
+    default = rows[-3]
     print(
-        f"    best default-tile batch: {best['sampler']} -> {best['speedup_vs_ref']:.2f}x vs the "
-        f"reference loop, {same / best['seconds']:.2f}x vs the naive loop on our grid (target 3x)"
+        f"    DEFAULTS vs the reference loop: {default['speedup_vs_ref']:.2f}x (target 3x); "
+        f"fp32 only: {rows[-4]['speedup_vs_ref']:.2f}x"
     )
     print(
-        "    EXP = experiment, not what the library does (it autocasts on CUDA only); "
-        "whole image = --tile set to the padded image (GroupNorm statistics then span the "
-        "whole image, not a training-sized patch)"
+        f"    batching alone (same 256^2 tiles, fp32): best {best['sampler']} -> "
+        f"{same / best['seconds']:.2f}x vs the naive loop on our grid, "
+        f"{best['speedup_vs_ref']:.2f}x vs the reference grid"
     )
     return rows
 
@@ -341,7 +343,7 @@ def part_diagnostics(model: TrainedModel) -> dict:
         out["forward_ms_per_tile"] = {b: statistics.median(per[b]) * 1e3 for b in BATCHES}
 
         # TiledPredictor's own cost: stacking tiles, launching, blending (network = identity)
-        padded, tile, overlap = tiling_for(SHAPE, model, SynthesisOptions())
+        padded, tile, overlap = tiling_for(SHAPE, model, SynthesisOptions(tile=TILE))
         x = torch.randn((1, 1, *padded), generator=gen)
         pred = TiledPredictor(lambda s, t: s.clone(), padded, tile, overlap, 4, CPU)
         pred(x, 5)
@@ -354,8 +356,8 @@ def part_diagnostics(model: TrainedModel) -> dict:
         )
         out["tiled_overhead_ms"] = overhead * 1e3
 
-        # experiment: bf16 autocast on CPU (the library enables autocast on CUDA only)
-        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        # bf16 autocast (the default where the CPU computes bf16 natively)
+        if native_bf16(CPU):
             x4, t4 = xs[4], ts[4]
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 net(x4, t4)
@@ -369,12 +371,12 @@ def part_diagnostics(model: TrainedModel) -> dict:
             err = (y16 - y32).abs().max().item() / y32.abs().max().item()
             m32, m16 = statistics.median(f32) / 4 * 1e3, statistics.median(b16) / 4 * 1e3
             print(
-                f"    experiment, bf16 autocast on CPU (batch 4): {m16:.1f} vs fp32 {m32:.1f} "
+                f"    bf16 autocast on CPU (batch 4): {m16:.1f} vs fp32 {m32:.1f} "
                 f"ms/tile ({m32 / m16:.2f}x), max |eps diff| / max |eps| = {err:.3f}"
             )
             out["bf16_ms_per_tile"], out["bf16_rel_err"] = m16, err
         else:
-            print("    experiment, bf16 autocast on CPU: not supported by this CPU (skipped)")
+            print("    bf16 autocast on CPU: no native bf16 on this CPU (skipped)")
     return out
 
 
@@ -456,6 +458,82 @@ def part_quality(random: TrainedModel, sketch: np.ndarray) -> dict:
     return {"model": which, "t_start": t0, "full_seconds": t_full, "rows": results}
 
 
+def part_defaults_quality() -> dict:
+    import tifffile
+
+    from cellsynth_cli.evaluate import score_pair
+    from cellsynth_cli.metrics import histogram, kl_divergence, psnr, ssim
+    from cellsynth_cli.sketch_from_labels import sketch_from_labels
+
+    if not DEMO_CHECKPOINT.is_file():
+        print("\n[4] defaults quality: skipped (run `make demo` first for a trained model)")
+        return {}
+    model = load_model(DEMO_CHECKPOINT, CPU)
+    data = ROOT / "data" / "dsb2018"
+    real = tifffile.imread(data / "dsb2018.tif").astype(np.float32)
+    masks = tifffile.imread(data / "dsb2018_masks.tif")
+    norm = model.normalization
+    sketch, _ = sketch_from_labels(real, masks, norm["low"], norm["high"])
+    lo, hi = robust_range([real])
+    real_hist = histogram(to_unit(real, lo, hi), 256, (0.0, 1.0))
+    patch = tuple(model.config["patch"])
+    variants = {
+        f"tile {patch[0]} fp32 (old)": (patch, "fp32"),
+        "whole image fp32": (None, "fp32"),
+        f"tile {patch[0]} bf16": (patch, "bf16"),
+        "whole image bf16": (None, "bf16"),
+    }
+    if not native_bf16(CPU):
+        variants = {k: v for k, v in variants.items() if v[1] == "fp32"}
+    seeds = (0, 1, 2)
+    print(
+        f"\n[4] defaults quality: demo model (patch {patch[0]}^2) on data/dsb2018 "
+        f"{real.shape[0]}x{real.shape[1]}, sketch from its masks, t_start 500, 50 steps, "
+        f"seeds {seeds}; vs the real image (reference-percentile scale), mean over seeds"
+    )
+    outputs: dict[tuple[str, int], np.ndarray] = {}
+    rows = {}
+    header = f"    {'variant':<22} {'PSNR dB':>8} {'SSIM':>6} {'MAE':>7} {'KLD':>7} {'s':>6}"
+    print(header)
+    print("    " + "-" * (len(header) - 4))
+    for name, (tile, precision) in variants.items():
+        scores = []
+        for seed in seeds:
+            opts = SynthesisOptions(
+                t_start=500, steps=50, tile=tile, seed=seed, precision=precision
+            )
+            start = time.perf_counter()
+            image = synthesize_volume(model, sketch, opts, seed, CPU)
+            took = time.perf_counter() - start
+            s = score_pair(image, real)
+            unit = to_unit(image, lo, hi)
+            s["kld"] = kl_divergence(histogram(unit, 256, (0.0, 1.0)), real_hist)
+            s["seconds"] = took
+            scores.append(s)
+            outputs[(name, seed)] = unit
+        mean = {k: float(np.mean([x[k] for x in scores])) for k in scores[0]}
+        rows[name] = mean
+        print(
+            f"    {name:<22} {mean['psnr']:>8.2f} {mean['ssim']:>6.3f} {mean['mae']:>7.4f} "
+            f"{mean['kld']:>7.4f} {mean['seconds']:>6.2f}"
+        )
+    base = next(iter(variants))
+    print(f"    agreement with '{base}' at the same seed (PSNR dB / SSIM, mean over seeds):")
+    agreement = {}
+    for name in variants:
+        pairs = (
+            [((base, s), (base, (s + 1) % len(seeds))) for s in seeds]
+            if name == base
+            else [((base, s), (name, s)) for s in seeds]
+        )
+        p = float(np.mean([psnr(outputs[b], outputs[a], 1.0) for a, b in pairs]))
+        q = float(np.mean([ssim(outputs[b], outputs[a], 1.0) for a, b in pairs]))
+        label = f"{name} (other seed: the spread)" if name == base else name
+        agreement[label] = {"psnr": p, "ssim": q}
+        print(f"      {label:<40} {p:>6.2f} / {q:.3f}")
+    return {"rows": rows, "agreement": agreement}
+
+
 def main() -> dict:
     threads = set_threads()
     tuned = tune_cpu_allocator()  # as synthesize_dataset does on CPU
@@ -469,7 +547,8 @@ def main() -> dict:
     timing = part_timing(model, sketch)
     diag = part_diagnostics(model)
     quality = part_quality(model, sketch)
-    return {"timing": timing, "diagnostics": diag, "quality": quality}
+    defaults = part_defaults_quality()
+    return {"timing": timing, "diagnostics": diag, "quality": quality, "defaults": defaults}
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ cellpose is imported lazily: it takes seconds.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -30,12 +32,43 @@ DIAM_MEAN = 30.0  # cellpose rescales every training image so cells have this di
 def _cellpose(model_dir: Path) -> Any:
     # cellpose reads its model directory when imported: keep it inside our folder
     os.environ.setdefault("CELLPOSE_LOCAL_MODELS_PATH", str(model_dir / ".cellpose"))
-    import logging
-
     from cellpose import models, train
 
     logging.getLogger("cellpose").setLevel(logging.WARNING)
     return models, train
+
+
+class _EpochLog(logging.Handler):
+    """Turns cellpose's per-epoch log lines ("10, train_loss=0.53, ...") into callbacks."""
+
+    pattern = re.compile(r"^(\d+), train_loss=([0-9.eE+-]+)")
+
+    def __init__(self, on_epoch: Callable[[int, float], None] | None) -> None:
+        super().__init__(logging.INFO)
+        self.on_epoch = on_epoch
+        self.losses: list[tuple[int, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = self.pattern.match(record.getMessage())
+        if found:
+            epoch, loss = int(found[1]), float(found[2])
+            self.losses.append((epoch, loss))
+            if self.on_epoch:
+                self.on_epoch(epoch, loss)
+
+    def __enter__(self) -> _EpochLog:
+        logger = logging.getLogger("cellpose.train")
+        self._saved = logger.level, logger.propagate
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # keep cellpose's own chatter off the console
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logger = logging.getLogger("cellpose.train")
+        logger.removeHandler(self)
+        logger.setLevel(self._saved[0])
+        logger.propagate = self._saved[1]
 
 
 def median_diameter(masks: list[np.ndarray]) -> float:
@@ -70,19 +103,30 @@ def train_segmenter(
     data: Path,
     out: Path,
     epochs: int = 100,
-    learning_rate: float = 0.1,
+    learning_rate: float = 0.2,
     bsize: int = 224,
     batch: int = 8,
+    images_per_epoch: int | None = None,
     diameter: float | None = None,
     overwrite: bool = False,
     seed: int = 0,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> dict:
+    """Train Cellpose from scratch on DATA's images + masks; the model goes to OUT.
+
+    on_epoch(epoch, loss) is called whenever cellpose reports (epoch 0, 5, then every 10).
+    """
     if epochs < 1 or bsize < 16 or batch < 1 or learning_rate <= 0:
         raise InputError("--epochs and --batch must be >= 1, --bsize >= 16, --lr > 0")
+    if images_per_epoch is not None and images_per_epoch < 1:
+        raise InputError(f"--images-per-epoch must be >= 1, got {images_per_epoch}")
     if (out / CONFIG_FILE).exists() and not overwrite:
         raise InputError(f"{out} already holds a segmentation model; pass --overwrite")
     images, masks, dims = training_slices(data)
     diameter = diameter or median_diameter(masks)
+    # at least one full batch per epoch: a single training image would otherwise give
+    # batch-1 steps (images are drawn with replacement when this differs from their number)
+    images_per_epoch = images_per_epoch or max(len(images), batch)
     out.mkdir(parents=True, exist_ok=True)
     models, train = _cellpose(out)
     import torch
@@ -100,20 +144,24 @@ def train_segmenter(
     work = out / ".training"
     shutil.rmtree(work, ignore_errors=True)
     (work / "models").mkdir(parents=True)
-    path, train_losses, _ = train.train_seg(
-        net.net,
-        train_data=images,
-        train_labels=masks,
-        channels=[0, 0],
-        normalize=True,
-        n_epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch,
-        bsize=bsize,
-        save_path=str(work),
-        model_name=MODEL_FILE,
-        min_train_masks=1,
-    )
+    with _EpochLog(on_epoch) as epoch_log:
+        path, train_losses, _ = train.train_seg(
+            net.net,
+            train_data=images,
+            train_labels=masks,
+            channels=[0, 0],
+            normalize=True,
+            n_epochs=epochs,
+            SGD=True,  # cellpose's own CLI default (momentum 0.9); AdamW wants ~50x lower rates
+            learning_rate=learning_rate,
+            weight_decay=1e-5,
+            nimg_per_epoch=images_per_epoch,
+            batch_size=batch,
+            bsize=bsize,
+            save_path=str(work),
+            model_name=MODEL_FILE,
+            min_train_masks=1,
+        )
     os.replace(path, out / MODEL_FILE)
     shutil.rmtree(work, ignore_errors=True)
     config = {
@@ -125,10 +173,13 @@ def train_segmenter(
         "learning_rate": learning_rate,
         "bsize": bsize,
         "batch": batch,
+        "images_per_epoch": images_per_epoch,
+        "optimizer": "SGD momentum 0.9",
         "seed": seed,
         "data": str(data),
         "n_training_images": len(images),
         "final_loss": float(train_losses[-1]),
+        "loss_log": epoch_log.losses,
         "seconds": round(time.perf_counter() - start, 1),
         "provenance": io.provenance("segment-train"),
     }

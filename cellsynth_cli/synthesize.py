@@ -21,7 +21,7 @@ from cellsynth_cli.diffusion.process import SAMPLERS, sample, sampling_timesteps
 from cellsynth_cli.diffusion.schedule import make_schedule
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.intensity import from_unit, model_to_unit, unit_to_model
-from cellsynth_cli.tiling import TiledPredictor, round_up
+from cellsynth_cli.tiling import AUTO_TILE_VOXELS, TiledPredictor, auto_tile, round_up, tile_grid
 from cellsynth_cli.train import pick_device
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -32,12 +32,12 @@ class SynthesisOptions:
     t_start: int = 600
     steps: int | None = None  # None: every step from t_start (the paper's sampler)
     sampler: str = "ddpm"
-    tile: tuple[int, ...] | None = None  # None: the model's training patch
-    overlap: tuple[int, ...] | None = None  # None: a quarter of the tile
+    tile: tuple[int, ...] | None = None  # None: whole volume up to AUTO_TILE_VOXELS
+    overlap: tuple[int, ...] | None = None  # None: a quarter of the training patch
     batch: int = 4
     seed: int = 0
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; fp32 | bf16 force one
+    precision: str = "auto"  # auto: bf16 where the device has native bf16, else fp32
 
 
 def volume_seed(seed: int, name: str) -> int:
@@ -64,25 +64,71 @@ def tiling_for(
     shape: tuple[int, ...], model: TrainedModel, options: SynthesisOptions
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """(padded shape, tile, overlap): every axis padded to a multiple of the network's
-    divisor and at least one tile; tiles no larger than the padded volume."""
+    divisor and at least one tile; tiles no larger than the padded volume.
+
+    Default tile: the whole volume up to AUTO_TILE_VOXELS, else the largest tiles within it.
+    Default overlap: a quarter of the training patch (the network's context), capped by the
+    tile.
+    """
     m = model.multiple
-    tile = options.tile or tuple(model.config["patch"])
-    if len(tile) == 1:
-        tile = tile * len(shape)
-    if len(tile) != len(shape):
-        raise InputError(f"--tile {tile} has {len(tile)} sizes, the sketch is {len(shape)}D")
-    if any(t % m for t in tile):
-        raise InputError(f"--tile {tile}: every size must be a multiple of {m}")
     padded = tuple(round_up(s, m) for s in shape)
-    tile = tuple(min(t, p) for t, p in zip(tile, padded, strict=True))
-    overlap = options.overlap or tuple(t // 4 for t in tile)
-    if len(overlap) == 1:
+    patch = tuple(model.config["patch"])
+    tile, overlap = options.tile, options.overlap
+    for name, sizes in (("--tile", tile), ("--overlap", overlap)):
+        if sizes is not None and len(sizes) not in (1, len(shape)):
+            raise InputError(f"{name} {sizes} has {len(sizes)} sizes, the sketch is {len(shape)}D")
+    if tile is not None:
+        tile = tile * len(shape) if len(tile) == 1 else tile
+        if any(t % m for t in tile):
+            raise InputError(f"--tile {tile}: every size must be a multiple of {m}")
+        tile = tuple(min(t, p) for t, p in zip(tile, padded, strict=True))
+    if overlap is None:
+        limit = tile or padded
+        overlap = tuple(min(p, t) // 4 for p, t in zip(patch, limit, strict=True))
+    elif len(overlap) == 1:
         overlap = overlap * len(shape)
-    if len(overlap) != len(shape) or any(
-        o < 0 or o >= t for o, t in zip(overlap, tile, strict=True)
-    ):
+    if tile is None:
+        tile = auto_tile(padded, overlap, m, AUTO_TILE_VOXELS)
+    if any(o < 0 or o >= t for o, t in zip(overlap, tile, strict=True)):
         raise InputError(f"--overlap {overlap} must be >= 0 and smaller than the tile {tile}")
     return padded, tile, overlap
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto -> bf16 where the device computes it natively, else fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+def native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":  # oneDNN bf16 kernels need AVX512-BF16 or AMX
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def check_dims(shape: tuple[int, ...], model: TrainedModel) -> None:
+    if len(shape) != model.dims:
+        raise InputError(f"this is a {model.dims}D model; the sketch is {len(shape)}D {shape}")
+
+
+def synthesis_plan(
+    shape: tuple[int, ...], model: TrainedModel, options: SynthesisOptions, device: torch.device
+) -> dict:
+    """How one volume will be computed (recorded in provenance, shown by the CLI)."""
+    check_dims(shape, model)
+    padded, tile, overlap = tiling_for(shape, model, options)
+    return {
+        "tile": list(tile),
+        "overlap": list(overlap),
+        "n_tiles": len(tile_grid(padded, tile, overlap)),
+        "precision": resolve_precision(options.precision, device),
+    }
 
 
 def synthesize_volume(
@@ -94,10 +140,7 @@ def synthesize_volume(
     on_step: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """One sketch in [0, 1] -> a synthetic image in the real data's intensity range."""
-    if sketch.ndim != model.dims:
-        raise InputError(
-            f"this is a {model.dims}D model; the sketch is {sketch.ndim}D {sketch.shape}"
-        )
+    check_dims(sketch.shape, model)
     if not np.isfinite(sketch).all():
         raise InputError("the sketch contains NaN or infinite values")
     padded, tile, overlap = tiling_for(sketch.shape, model, options)
@@ -106,10 +149,7 @@ def synthesize_volume(
     guide = np.pad(guide, pads, mode="reflect") if any(p[1] for p in pads) else guide
     x0_guide = torch.from_numpy(np.ascontiguousarray(guide))[None, None].to(device)
 
-    # bf16 on CPU is opt-in: ~1.6x faster per tile on AVX512-BF16 CPUs, eps within ~1 %
-    use_bf16 = options.precision == "bf16" or (
-        options.precision == "auto" and device.type == "cuda"
-    )
+    use_bf16 = resolve_precision(options.precision, device) == "bf16"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     def net(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -142,7 +182,7 @@ def synthesize_dataset(
     options: SynthesisOptions,
     resume: bool = False,
     overwrite: bool = False,
-    on_volume: Callable[[str, int], None] | None = None,
+    on_volume: Callable[[str, int, dict], None] | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """Synthesize every sketch volume of SKETCHES into OUT_DIR/<name>.zarr, with its masks."""
@@ -171,10 +211,11 @@ def synthesize_dataset(
         volume = io.read_volume(path)
         if volume.sketch is None:
             raise InputError(f"{path}: no sketch in this volume (make one with `simulate`)")
-        if on_volume:
-            on_volume(name, n_steps)
         seed = volume_seed(options.seed, name)
         try:
+            plan = synthesis_plan(volume.sketch.shape, model, options, device)
+            if on_volume:
+                on_volume(name, n_steps, plan)
             image = synthesize_volume(model, volume.sketch, options, seed, device, on_step)
         except InputError as exc:
             raise InputError(f"{path}: {exc}") from None
@@ -194,10 +235,11 @@ def synthesize_dataset(
                 sampler=options.sampler,
                 seed=options.seed,
                 volume_seed=seed,
+                **plan,
                 source=str(path),
                 source_provenance=volume.provenance,
             ),
         )
         written = io.write_volume(out_dir, out, overwrite=overwrite)
-        results.append({"name": name, "path": str(written), "steps": n_steps})
+        results.append({"name": name, "path": str(written), "steps": n_steps, **plan})
     return results

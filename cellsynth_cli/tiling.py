@@ -18,6 +18,37 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+# Default tile budget: the whole volume in one network call up to this many voxels (1448^2 in
+# 2D, 32x256x256 in 3D; ~1 GB of activations in fp32). On a CPU the network costs the same per
+# voxel at any batch, so one big tile beats many overlapping small ones (bench_synthesis).
+AUTO_TILE_VOXELS = 2**21
+
+
+def auto_tile(
+    shape: tuple[int, ...], overlap: tuple[int, ...], multiple: int, max_voxels: int
+) -> tuple[int, ...]:
+    """The largest tiles (multiples of `multiple`) that cover `shape` within `max_voxels`.
+
+    Starts from one tile = the whole (padded) volume and splits the longest tile axis into one
+    more tile at a time, keeping `overlap` between neighbours.
+    """
+    counts = [1] * len(shape)
+
+    def size(axis: int) -> int:
+        n, s, o = counts[axis], shape[axis], overlap[axis]
+        return min(s, round_up(-(-(s + (n - 1) * o) // n), multiple))
+
+    tile = [size(a) for a in range(len(shape))]
+    while int(np.prod(tile)) > max_voxels:
+        shrinkable = [a for a in range(len(shape)) if tile[a] > overlap[a] + multiple]
+        if not shrinkable:
+            break  # the budget is a preference: tiles never get smaller than overlap + multiple
+        axis = max(shrinkable, key=lambda a: tile[a])
+        counts[axis] += 1
+        tile[axis] = size(axis)
+    return tuple(tile)
+
+
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of length `tile` covering [0, size) with at least `overlap`."""
     if tile >= size:

@@ -30,14 +30,14 @@ OUT = Path(os.environ.get("EXPERIMENT_OUT", REPO / "experiment_out"))
 CS = str(REPO / ".venv" / "bin" / "cellsynth")
 FAST = os.environ.get("EXPERIMENT_FAST") == "1"
 BUDGET = {
-    "train_time": os.environ.get("EXPERIMENT_TRAIN_TIME", "2m" if FAST else "10m"),
+    "train_time": os.environ.get("EXPERIMENT_TRAIN_TIME", "2m" if FAST else "15m"),
     "n_synthetic": int(os.environ.get("EXPERIMENT_N_SYNTHETIC", 4 if FAST else 16)),
     "seg_epochs": int(os.environ.get("EXPERIMENT_EPOCHS", 30 if FAST else 100)),
     "steps": 20 if FAST else 50,
 }
-# Cellpose's epoch is one pass over the training images: the real arm has one image, so it
-# gets n_synthetic times more epochs -> both arms see the same number of training crops.
-REAL_EPOCHS = BUDGET["seg_epochs"] * BUDGET["n_synthetic"]
+# Both Cellpose arms draw the same number of images per epoch (with replacement: the real
+# arm has one image), so they get the same number of optimizer steps and training crops.
+IMAGES_PER_EPOCH = BUDGET["n_synthetic"]
 timings: dict[str, float] = {}
 
 
@@ -197,6 +197,8 @@ def main() -> None:
         str(OUT / "seg_synthetic"),
         "--epochs",
         str(BUDGET["seg_epochs"]),
+        "--images-per-epoch",
+        str(IMAGES_PER_EPOCH),
         "--bsize",
         "128",
         "--overwrite",
@@ -210,7 +212,9 @@ def main() -> None:
         "-o",
         str(OUT / "seg_real"),
         "--epochs",
-        str(REAL_EPOCHS),
+        str(BUDGET["seg_epochs"]),
+        "--images-per-epoch",
+        str(IMAGES_PER_EPOCH),
         "--bsize",
         "128",
         "--overwrite",
@@ -279,8 +283,8 @@ def write_report(t_start: int, blobs: dict, scores: dict, analysis: dict) -> Non
 
 Data: data/dsb2018 (256 x 512); left half = training part, right half = held back.
 Budgets: DDPM {BUDGET["train_time"]}, {BUDGET["n_synthetic"]} synthetic images,
-{BUDGET["seg_epochs"]} Cellpose epochs on the synthetic set, {REAL_EPOCHS} on the one real
-training image (the same number of training crops){" (FAST smoke run)" if FAST else ""}.
+{BUDGET["seg_epochs"]} Cellpose epochs of {IMAGES_PER_EPOCH} images (drawn with replacement) for
+each arm: the same number of optimizer steps and crops{" (FAST smoke run)" if FAST else ""}.
 
 Blob detector on the unlabelled training image: {blobs["n_blobs"]} blobs, radius median
 {blobs["radius_median"]:.1f} px (20-80 %: {blobs["radius_lo"]:.1f}-{blobs["radius_hi"]:.1f}).

@@ -13,7 +13,7 @@ from cellsynth_cli.diffusion.process import (
     sampling_timesteps,
 )
 from cellsynth_cli.diffusion.schedule import cosine_schedule
-from cellsynth_cli.tiling import TiledPredictor, blend_weights, tile_grid, tile_starts
+from cellsynth_cli.tiling import TiledPredictor, auto_tile, blend_weights, tile_grid, tile_starts
 
 
 def test_cosine_schedule_matches_closed_form():
@@ -150,3 +150,32 @@ def test_tiled_predictor_matches_whole_image_for_pointwise_net():
     ):
         tiled = TiledPredictor(net, (50, 70), tile, overlap, batch)(x, 7)
         torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "shape,overlap,budget",
+    [
+        ((96, 160), (8, 8), 96 * 160),  # fits: one tile
+        ((512, 768), (16, 16), 64 * 64),  # 2D, far over budget
+        ((2048, 48), (16, 8), 32 * 48),  # one long axis
+        ((24, 200, 136), (4, 16, 16), 24 * 64 * 64),  # 3D
+    ],
+)
+def test_auto_tile_fits_budget_and_covers(shape, overlap, budget):
+    tile = auto_tile(shape, overlap, 8, budget)
+    assert all(t % 8 == 0 or t == s for t, s in zip(tile, shape, strict=True))
+    assert math.prod(tile) <= budget
+    if math.prod(shape) <= budget:
+        assert tile == shape
+    covered = np.zeros(shape, dtype=int)
+    for sl in tile_grid(shape, tile, overlap):
+        covered[sl] += 1
+    assert covered.min() >= 1
+    # the biggest tiles within budget: doubling the smallest-count axis would exceed it
+    assert math.prod(tile) > budget / 4
+
+
+def test_auto_tile_stops_at_the_smallest_sensible_tile():
+    """A budget smaller than one (overlap + multiple) tile: tiles stop shrinking there."""
+    tile = auto_tile((64, 64), (8, 8), 8, 10)
+    assert tile == (16, 16)

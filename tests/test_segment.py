@@ -87,6 +87,18 @@ def test_score_cli_and_errors(tmp_path):
         tmp_path / "o",
     )
     assert result.exit_code == 2 and "not a segmentation model" in result.output
+    result = run(
+        "segment",
+        "train",
+        "--data",
+        tmp_path / "ref",
+        "-o",
+        tmp_path / "m",
+        "--images-per-epoch",
+        0,
+    )
+    assert result.exit_code == 2 and "--images-per-epoch" in result.output
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.slow
@@ -136,6 +148,10 @@ def test_tiny_cellpose_trains_from_scratch_and_predicts(tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads(result.stdout)
     assert config["n_training_images"] == 8 and 10 < config["diameter"] < 20
+    # cellpose's per-epoch reports reach us (progress bar) and training made progress
+    epochs_logged = [epoch for epoch, _ in config["loss_log"]]
+    assert epochs_logged[:3] == [0, 5, 10] and epochs_logged[-1] == 110
+    assert config["loss_log"][-1][1] < 0.7 * config["loss_log"][0][1]
     assert not (tmp_path / "seg" / ".training").exists()
     result = run(
         "segment", "predict", "--model", tmp_path / "seg", "--images", data, "-o", tmp_path / "pred"

@@ -161,6 +161,8 @@ def test_synthesize_keeps_masks_and_is_reproducible(run2d, sketches2d, tmp_path)
         np.testing.assert_array_equal(a.masks, s.masks)
         np.testing.assert_array_equal(a.image, b.image)
         assert a.provenance["stage"] == "synthesize" and a.provenance["t_start"] == 100
+        assert a.provenance["tile"] == [32, 32] and a.provenance["n_tiles"] >= 9  # 70x90 / 32
+        assert a.provenance["precision"] in ("fp32", "bf16")
         assert len(a.provenance["model_checksum"]) == 64
     # other seed, other sample
     assert run(*args, "-o", tmp_path / "c", "--seed", 1).exit_code == 0
@@ -359,7 +361,7 @@ def test_bf16_precision_on_cpu_stays_close_to_fp32(run2d, sketches2d, tmp_path):
         "--sampler",
         "ddim",
     ]
-    assert run(*args, "-o", tmp_path / "fp32").exit_code == 0
+    assert run(*args, "-o", tmp_path / "fp32", "--precision", "fp32").exit_code == 0
     result = run(*args, "-o", tmp_path / "bf16", "--precision", "bf16")
     assert result.exit_code == 0, result.output
     a = io.read_volume(io.list_volumes(tmp_path / "fp32")[0]).image

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cellsynth_cli.cli.common import CellsynthGroup, console, print_json
+from cellsynth_cli.cli.common import CellsynthGroup, console, print_json, progress_bar
 
 segment_app = typer.Typer(
     cls=CellsynthGroup,
@@ -23,9 +23,18 @@ def train(
     data: Path = typer.Option(..., "--data", help="Images with masks, e.g. synthesize output."),
     out: Path = typer.Option(..., "-o", "--out", help="Folder for the segmentation model."),
     epochs: int = typer.Option(100, "--epochs", help="Training epochs."),
-    lr: float = typer.Option(0.1, "--lr", help="Learning rate (cellpose's SGD default 0.1)."),
+    lr: float = typer.Option(
+        0.2, "--lr", help="SGD learning rate (momentum 0.9; cellpose's CLI default 0.2)."
+    ),
     bsize: int = typer.Option(224, "--bsize", help="Training crop size in pixels."),
     batch: int = typer.Option(8, "--batch", help="Crops per step."),
+    images_per_epoch: int = typer.Option(
+        None,
+        "--images-per-epoch",
+        help="Images drawn (with replacement) per epoch; default: all, at least one batch. "
+        "Steps per epoch = this / --batch, so two data sets trained with the same value and "
+        "--epochs get the same number of steps.",
+    ),
     diameter: float = typer.Option(
         None, "--diameter", help="Cell diameter in pixels; default the median of the masks."
     ),
@@ -39,7 +48,12 @@ def train(
     """
     from cellsynth_cli.segment import train_segmenter
 
-    with console.status(f"training cellpose for {epochs} epochs", spinner="dots"):
+    with progress_bar(quiet=json_out) as bar:
+        task = bar.add_task("train cellpose", total=epochs, status="")
+
+        def on_epoch(epoch: int, loss: float) -> None:
+            bar.update(task, completed=epoch + 1, status=f"loss {loss:.4f}")
+
         config = train_segmenter(
             data,
             out,
@@ -47,10 +61,13 @@ def train(
             learning_rate=lr,
             bsize=bsize,
             batch=batch,
+            images_per_epoch=images_per_epoch,
             diameter=diameter,
             overwrite=overwrite,
             seed=seed,
+            on_epoch=on_epoch,
         )
+        bar.update(task, completed=epochs)
     if json_out:
         print_json(config)
     else:

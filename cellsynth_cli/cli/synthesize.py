@@ -39,16 +39,27 @@ def synthesize(
         help="ddpm: stochastic, the paper's reverse step (respaced when "
         "--steps < t_start). ddim: deterministic DDIM (eta=0), good at few steps.",
     ),
-    tile: str = typer.Option(None, "--tile", help="Tile size, default the training patch."),
-    overlap: str = typer.Option(None, "--overlap", help="Tile overlap, default tile/4."),
-    batch: int = typer.Option(4, "--batch", help="Tiles per network call."),
+    tile: str = typer.Option(
+        None,
+        "--tile",
+        help="Tile size, e.g. 256 or 32,128,128. Default: the whole sketch in one network call "
+        "up to 2M voxels (1448^2 or 32x256x256); bigger sketches get the largest tiles within "
+        "that budget, blended at every step. Lower it if memory runs out.",
+    ),
+    overlap: str = typer.Option(
+        None, "--overlap", help="Tile overlap. Default: a quarter of the training patch."
+    ),
+    batch: int = typer.Option(
+        4, "--batch", help="Tiles per network call (pays on a GPU; on a CPU cost is per voxel)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Same seed, same output on the same device."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     precision: str = typer.Option(
         "auto",
         "--precision",
-        help="auto: bf16 autocast on CUDA, fp32 on CPU. bf16: also on "
-        "CPU (about 1.6x faster on CPUs with bf16 support, noise predictions within ~1 %).",
+        help="auto: bf16 autocast where the device computes bf16 natively (CUDA GPUs since "
+        "Ampere, CPUs with AVX512-BF16 or AMX; ~1.6x faster on such a CPU), fp32 elsewhere. "
+        "fp32 | bf16 force one. The choice is printed and stored in each volume's provenance.",
     ),
     resume: bool = typer.Option(False, "--resume", help="Skip volumes already in --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace volumes in --out."),
@@ -86,8 +97,14 @@ def synthesize(
     with progress:
         task = progress.add_task("synthesize", total=None)
 
-        def on_volume(name: str, n_steps: int) -> None:
+        def on_volume(name: str, n_steps: int, plan: dict) -> None:
+            tile = "x".join(map(str, plan["tile"]))
             progress.reset(task, total=n_steps, description=f"synthesize {name}")
+            progress.console.print(
+                f"{name}: {plan['n_tiles']} tile(s) of {tile}, {plan['precision']}, "
+                f"{n_steps} steps",
+                highlight=False,
+            )
 
         results = synthesize_dataset(
             model,
