@@ -32,12 +32,13 @@ FAST = os.environ.get("EXPERIMENT_FAST") == "1"
 BUDGET = {
     "train_time": os.environ.get("EXPERIMENT_TRAIN_TIME", "2m" if FAST else "15m"),
     "n_synthetic": int(os.environ.get("EXPERIMENT_N_SYNTHETIC", 4 if FAST else 16)),
-    "seg_epochs": int(os.environ.get("EXPERIMENT_EPOCHS", 30 if FAST else 100)),
+    "seg_epochs": int(os.environ.get("EXPERIMENT_EPOCHS", 30 if FAST else 300)),
     "steps": 20 if FAST else 50,
 }
 # Both Cellpose arms draw the same number of images per epoch (with replacement: the real
 # arm has one image), so they get the same number of optimizer steps and training crops.
 IMAGES_PER_EPOCH = BUDGET["n_synthetic"]
+SCALE_X = (0.7, 1.0)  # nucleus aspect ratio range for the simulation (the hela preset: 0.5-1)
 timings: dict[str, float] = {}
 
 
@@ -67,18 +68,30 @@ def split_data() -> tuple[Path, Path]:
 
 
 def estimate_nuclei(image_path: Path) -> dict:
-    """Nucleus radius and count per area from a LoG blob detector (no labels)."""
-    image = tifffile.imread(image_path).astype(np.float64)
-    image = (image - image.min()) / (np.ptp(image) or 1.0)
+    """Nucleus radius, count per area and brightness from a LoG blob detector (no labels).
+
+    Brightness is read at the blob centres (5x5 mean) on the robust-percentile scale the DDPM
+    normalises with, i.e. the scale sketch intensities live on.
+    """
+    from scipy.ndimage import uniform_filter
+
+    from cellsynth_cli.intensity import robust_range, to_unit
+
+    raw = tifffile.imread(image_path).astype(np.float64)
+    image = (raw - raw.min()) / (np.ptp(raw) or 1.0)
     blobs = blob_log(image, min_sigma=3, max_sigma=20, num_sigma=18, threshold=0.05)
     radii = blobs[:, 2] * np.sqrt(2)
     density = len(blobs) / image.size
+    unit = uniform_filter(to_unit(raw, *robust_range([raw])), 5)
+    centres = unit[blobs[:, 0].astype(int), blobs[:, 1].astype(int)]
     return {
         "n_blobs": int(len(blobs)),
         "radius_median": float(np.median(radii)),
         "radius_lo": float(np.percentile(radii, 20)),
         "radius_hi": float(np.percentile(radii, 80)),
         "per_pixel": density,
+        "intensity_lo": float(np.percentile(centres, 10)),
+        "intensity_hi": float(np.percentile(centres, 90)),
     }
 
 
@@ -148,7 +161,11 @@ def main() -> None:
 
     blobs = estimate_nuclei(unlabelled / "dsb.tif")
     n_per_image = max(5, round(blobs["per_pixel"] * 256 * 256))
-    lo, hi = max(3.0, blobs["radius_lo"]), max(4.0, blobs["radius_hi"])
+    # the preset squeezes one axis by scale_x ~ U(SX): widen the other so the simulated
+    # nuclei have the blob detector's equal-area radius sqrt(a * b) on average
+    widen = 1.0 / np.sqrt(np.mean(SCALE_X))
+    lo = max(3.0, blobs["radius_lo"]) * widen
+    hi = max(4.0, blobs["radius_hi"]) * widen
     start = time.perf_counter()
     stage(
         "3 simulate",
@@ -162,6 +179,10 @@ def main() -> None:
         "256,256",
         "--set",
         f"radius={lo:.1f},{hi:.1f}",
+        "--set",
+        f"scale_x={SCALE_X[0]},{SCALE_X[1]}",
+        "--set",
+        f"intensity={blobs['intensity_lo']:.2f},{blobs['intensity_hi']:.2f}",
         "--set",
         f"n_cells={int(n_per_image * 0.8)},{int(n_per_image * 1.2) + 1}",
         "--set",
@@ -287,7 +308,9 @@ Budgets: DDPM {BUDGET["train_time"]}, {BUDGET["n_synthetic"]} synthetic images,
 each arm: the same number of optimizer steps and crops{" (FAST smoke run)" if FAST else ""}.
 
 Blob detector on the unlabelled training image: {blobs["n_blobs"]} blobs, radius median
-{blobs["radius_median"]:.1f} px (20-80 %: {blobs["radius_lo"]:.1f}-{blobs["radius_hi"]:.1f}).
+{blobs["radius_median"]:.1f} px (20-80 %: {blobs["radius_lo"]:.1f}-{blobs["radius_hi"]:.1f}),
+brightness at the blob centres {blobs["intensity_lo"]:.2f}-{blobs["intensity_hi"]:.2f} (10-90 %,
+robust-percentile scale) -> the sketches' radius, density and intensity settings.
 Noise analysis recommended t_start = {t_start}
 (KLD {", ".join(f"{k:.3f}" for k in analysis["kld"])} at t = {analysis["timesteps"]}).
 
