@@ -269,6 +269,13 @@ def main() -> None:
     write_report(t_start, blobs, scores, analysis)
 
 
+def ddpm_summary() -> str:
+    """Steps, seconds and last loss of the DDPM run, from its loss log (step,loss,lr,seconds)."""
+    rows = [line.split(",") for line in (OUT / "ddpm" / "loss.csv").read_text().split()[1:]]
+    loss = np.mean([float(r[1]) for r in rows[-100:]])
+    return f"{rows[-1][0]} steps in {float(rows[-1][3]):.0f} s, last-100 mean loss {loss:.4f}"
+
+
 def write_report(t_start: int, blobs: dict, scores: dict, analysis: dict) -> None:
     from cellsynth_cli import io
     from cellsynth_cli.preview import save_panels
@@ -303,7 +310,7 @@ def write_report(t_start: int, blobs: dict, scores: dict, analysis: dict) -> Non
     text = f"""# Annotation-free segmentation experiment
 
 Data: data/dsb2018 (256 x 512); left half = training part, right half = held back.
-Budgets: DDPM {BUDGET["train_time"]}, {BUDGET["n_synthetic"]} synthetic images,
+Budgets: DDPM {BUDGET["train_time"]} ({ddpm_summary()}), {BUDGET["n_synthetic"]} synthetic images,
 {BUDGET["seg_epochs"]} Cellpose epochs of {IMAGES_PER_EPOCH} images (drawn with replacement) for
 each arm: the same number of optimizer steps and crops{" (FAST smoke run)" if FAST else ""}.
 
