@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ DIAM_MEAN = 30.0  # cellpose rescales every training image so cells have this di
 def _cellpose(model_dir: Path) -> Any:
     # cellpose reads its model directory when imported: keep it inside our folder
     os.environ.setdefault("CELLPOSE_LOCAL_MODELS_PATH", str(model_dir / ".cellpose"))
+    # cellpose's own tqdm bars would interleave with ours (read when tqdm is first imported)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    warnings.filterwarnings("ignore", message="Sparse invariant checks")  # torch, from cellpose
     from cellpose import models, train
 
     logging.getLogger("cellpose").setLevel(logging.WARNING)
