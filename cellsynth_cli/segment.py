@@ -53,12 +53,18 @@ class _EpochLog(logging.Handler):
         self.losses: list[tuple[int, float]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:  # e.g. images dropped for too few masks
+            logging.lastResort.handle(record)
+            return
         found = self.pattern.match(record.getMessage())
         if found:
             epoch, loss = int(found[1]), float(found[2])
             self.losses.append((epoch, loss))
             if self.on_epoch:
-                self.on_epoch(epoch, loss)
+                try:
+                    self.on_epoch(epoch, loss)
+                except Exception:  # a display problem must not abort training
+                    self.handleError(record)
 
     def __enter__(self) -> _EpochLog:
         logger = logging.getLogger("cellpose.train")
@@ -136,7 +142,8 @@ def train_segmenter(
     import torch
 
     torch.manual_seed(seed)
-    np.random.seed(seed)  # cellpose draws its augmentations from numpy's global state
+    # weights; cellpose reseeds numpy with the epoch number for its crops and augmentation
+    np.random.seed(seed)
     start = time.perf_counter()
     net = models.CellposeModel(
         gpu=torch.cuda.is_available(),

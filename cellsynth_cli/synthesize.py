@@ -89,9 +89,17 @@ def tiling_for(
         overlap = overlap * len(shape)
     if tile is None:
         tile = auto_tile(padded, overlap, m, AUTO_TILE_VOXELS)
-    if any(o < 0 or o >= t for o, t in zip(overlap, tile, strict=True)):
+    # an axis covered by one tile has no overlap to honour
+    if any(o < 0 or (o >= t and t < p) for o, t, p in zip(overlap, tile, padded, strict=True)):
         raise InputError(f"--overlap {overlap} must be >= 0 and smaller than the tile {tile}")
     return padded, tile, overlap
+
+
+def tiles_per_call(options: SynthesisOptions, tile: tuple[int, ...]) -> int:
+    """--batch, but automatic tiles keep one network call within AUTO_TILE_VOXELS."""
+    if options.tile is not None:
+        return options.batch
+    return max(1, min(options.batch, AUTO_TILE_VOXELS // int(np.prod(tile))))
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -102,13 +110,17 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def native_bf16(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":  # oneDNN bf16 kernels need AVX512-BF16 or AMX
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
+    """bf16 in hardware: CUDA compute capability >= 8 (Ampere), CPUs with AVX512-BF16 or AMX.
+
+    (oneDNN also runs bf16 on plain AVX512 CPUs, emulated: slower than fp32 there.)
+    """
+    try:
+        if device.type == "cuda":
+            return torch.cuda.get_device_capability(device)[0] >= 8
+        if device.type == "cpu":
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        pass
     return False
 
 
@@ -127,6 +139,7 @@ def synthesis_plan(
         "tile": list(tile),
         "overlap": list(overlap),
         "n_tiles": len(tile_grid(padded, tile, overlap)),
+        "tiles_per_call": tiles_per_call(options, tile),
         "precision": resolve_precision(options.precision, device),
     }
 
@@ -156,7 +169,8 @@ def synthesize_volume(
         with autocast:
             return model.net(x, t).float()
 
-    predictor = TiledPredictor(net, padded, tile, overlap, options.batch, device)
+    batch = tiles_per_call(options, tile)
+    predictor = TiledPredictor(net, padded, tile, overlap, batch, device)
     schedule = make_schedule(model.config.get("schedule", "cosine"), model.config.get("T", 1000))
     generator = torch.Generator().manual_seed(seed)
     with torch.inference_mode():

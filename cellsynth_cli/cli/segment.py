@@ -31,14 +31,17 @@ def train(
     images_per_epoch: int = typer.Option(
         None,
         "--images-per-epoch",
-        help="Images drawn (with replacement) per epoch; default: all, at least one batch. "
-        "Steps per epoch = this / --batch, so two data sets trained with the same value and "
-        "--epochs get the same number of steps.",
+        help="Images per epoch; default: all, at least one batch (when it differs from the "
+        "number of images, they are drawn with replacement). Steps per epoch = this / --batch "
+        "rounded up, so two data sets trained with the same value and --epochs get the same "
+        "number of steps.",
     ),
     diameter: float = typer.Option(
         None, "--diameter", help="Cell diameter in pixels; default the median of the masks."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed for initialisation and augmentation."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed for the initial weights (cellpose seeds its crops by epoch)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:

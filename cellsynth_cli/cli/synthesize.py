@@ -50,7 +50,10 @@ def synthesize(
         None, "--overlap", help="Tile overlap. Default: a quarter of the training patch."
     ),
     batch: int = typer.Option(
-        4, "--batch", help="Tiles per network call (pays on a GPU; on a CPU cost is per voxel)."
+        4,
+        "--batch",
+        help="Tiles per network call (pays on a GPU; on a CPU cost is per voxel). With "
+        "automatic tiles, capped so one call stays within the 2M-voxel budget.",
     ),
     seed: int = typer.Option(0, "--seed", help="Same seed, same output on the same device."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
@@ -100,11 +103,12 @@ def synthesize(
         def on_volume(name: str, n_steps: int, plan: dict) -> None:
             tile = "x".join(map(str, plan["tile"]))
             progress.reset(task, total=n_steps, description=f"synthesize {name}")
-            progress.console.print(
-                f"{name}: {plan['n_tiles']} tile(s) of {tile}, {plan['precision']}, "
-                f"{n_steps} steps",
-                highlight=False,
-            )
+            if not json_out:
+                progress.console.print(
+                    f"{name}: {plan['n_tiles']} tile(s) of {tile}, {plan['precision']}, "
+                    f"{n_steps} steps",
+                    highlight=False,
+                )
 
         results = synthesize_dataset(
             model,
