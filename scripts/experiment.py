@@ -12,7 +12,9 @@ right half is held back for scoring only.
  7. QC: the real-label model segments the synthetic images, matched to their own masks
     (phantom / vanished cells; a proxy for how faithful the synthesis is).
 Sketch brightness, too, comes from the blob detector (image values at the blob centres).
-Budgets shrink with EXPERIMENT_FAST=1 (a smoke run of a few minutes).
+Budgets shrink with EXPERIMENT_FAST=1 (a smoke run of a few minutes). Environment knobs:
+EXPERIMENT_OUT, EXPERIMENT_TRAIN_TIME, EXPERIMENT_N_SYNTHETIC, EXPERIMENT_EPOCHS,
+EXPERIMENT_T_START (overrides the noise analysis), EXPERIMENT_REUSE_DDPM=1.
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ def main() -> None:
             "--json",
         )
     )
-    t_start = analysis["recommended_t_start"] or 600
+    t_start = int(os.environ.get("EXPERIMENT_T_START", 0)) or analysis["recommended_t_start"] or 600
 
     blobs = estimate_nuclei(unlabelled / "dsb.tif")
     n_per_image = max(5, round(blobs["per_pixel"] * 256 * 256))
@@ -343,7 +345,7 @@ Blob detector on the unlabelled training image: {blobs["n_blobs"]} blobs, radius
 {blobs["radius_median"]:.1f} px (20-80 %: {blobs["radius_lo"]:.1f}-{blobs["radius_hi"]:.1f}),
 brightness at the blob centres {blobs["intensity_lo"]:.2f}-{blobs["intensity_hi"]:.2f} (10-90 %,
 robust-percentile scale) -> the sketches' radius, density and intensity settings.
-Noise analysis recommended t_start = {t_start}
+Noise analysis recommended t_start = {analysis["recommended_t_start"]}; used {t_start}
 (KLD {", ".join(f"{k:.3f}" for k in analysis["kld"])} at t = {analysis["timesteps"]}).
 
 | Cellpose trained on | Dice | AP@0.5 | AP@0.75 | F1@0.5 |
