@@ -35,7 +35,6 @@ Run standalone (``python bench/bench_synthesis.py``) or from bench/run.py.
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import time
@@ -47,6 +46,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from timing import median_time, set_threads  # noqa: E402
 
 from cellsynth_cli.checkpoint import TrainedModel, load_model  # noqa: E402
 from cellsynth_cli.config import load_preset, replace  # noqa: E402
@@ -85,17 +86,6 @@ CPU = torch.device("cpu")
 
 
 # ------------------------------------------------------------------------------ set-up
-def set_threads() -> int:
-    """One intra-op thread per available core (never more: oversubscription kills conv speed)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    n = max(1, min(torch.get_num_threads(), cores))
-    torch.set_num_threads(n)
-    return n
-
-
 def random_model(seed: int = 0) -> TrainedModel:
     """Default 2D UNet with fixed random weights; the zero-init output conv re-drawn."""
     torch.manual_seed(seed)
@@ -119,15 +109,6 @@ def random_model(seed: int = 0) -> TrainedModel:
 def hela_sketch(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
     cfg = replace(load_preset("hela"), {"shape": shape}, "bench")
     return get_simulator(cfg.simulator)(cfg, np.random.default_rng(seed)).sketch
-
-
-def _median_time(fn: Callable[[], object], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # ------------------------------------------------------------------------------ samplers
@@ -347,7 +328,7 @@ def part_diagnostics(model: TrainedModel) -> dict:
         x = torch.randn((1, 1, *padded), generator=gen)
         pred = TiledPredictor(lambda s, t: s.clone(), padded, tile, overlap, 4, CPU)
         pred(x, 5)
-        overhead = _median_time(lambda: pred(x, 5), 11)
+        overhead = median_time(lambda: pred(x, 5), 11)
         fwd = out["forward_ms_per_tile"][4] * len(pred.tiles)
         print(
             f"    TiledPredictor overhead per step ({len(pred.tiles)} tiles, batch 4, null net): "
@@ -363,9 +344,9 @@ def part_diagnostics(model: TrainedModel) -> dict:
                 net(x4, t4)
             f32, b16 = [], []
             for _ in range(5):
-                f32.append(_median_time(lambda: net(x4, t4), 1))
+                f32.append(median_time(lambda: net(x4, t4), 1))
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    b16.append(_median_time(lambda: net(x4, t4), 1))
+                    b16.append(median_time(lambda: net(x4, t4), 1))
                     y16 = net(x4, t4).float()
             y32 = net(x4, t4)
             err = (y16 - y32).abs().max().item() / y32.abs().max().item()
@@ -429,7 +410,7 @@ def part_quality(random: TrainedModel, sketch: np.ndarray) -> dict:
         (f"ddpm --steps {k}, seed 1", k, "ddpm", 1),
     ):
         outs: list[np.ndarray] = []
-        t = _median_time(
+        t = median_time(
             lambda steps=steps, sampler=sampler, seed=seed, outs=outs: outs.append(
                 run(steps, sampler, seed)
             ),

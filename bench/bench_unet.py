@@ -17,10 +17,7 @@ Run standalone (``python bench/bench_unet.py``) or from bench/run.py.
 from __future__ import annotations
 
 import math
-import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,6 +25,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import median_time, set_threads  # noqa: E402
 
 from cellsynth_cli.diffusion.unet import (  # noqa: E402
     UNet,
@@ -108,21 +107,10 @@ class RefUNet(nn.Module):
 
 
 # -------------------------------------------------------------------------- measurement
-def _median_time(fn, runs: int, warmup: int) -> float:
-    with torch.inference_mode():
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def matmul_gflops(n: int = 2048, runs: int = 9) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / _median_time(lambda: torch.mm(a, b), runs, 3) / 1e9
+    with torch.inference_mode():
+        return 2 * n**3 / median_time(lambda: torch.mm(a, b), runs, 3) / 1e9
 
 
 def forward_flops(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> int:
@@ -137,24 +125,14 @@ def measure(model: nn.Module, dims: int, runs: int, warmup: int = 2) -> dict:
     x = torch.randn(SHAPES[dims], generator=gen)
     t = torch.randint(1, 1000, (x.shape[0],), generator=gen)
     flops = forward_flops(model, x, t)
-    sec = _median_time(lambda: model(x, t), runs, warmup)
+    with torch.inference_mode():
+        sec = median_time(lambda: model(x, t), runs, warmup)
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "gflop": flops / 1e9,
         "ms": sec * 1e3,
         "gflops": flops / sec / 1e9,
     }
-
-
-def set_threads() -> int:
-    """One intra-op thread per available core (never more: oversubscription kills conv speed)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    n = max(1, min(torch.get_num_threads(), cores))
-    torch.set_num_threads(n)
-    return n
 
 
 def main(runs: int = 5) -> list[dict]:
