@@ -213,38 +213,27 @@ def main() -> None:
         str(BUDGET["steps"]),
         "--overwrite",
     )
-    stage(
-        "4 segment train (synthetic)",
-        "segment",
-        "train",
-        "--data",
-        str(OUT / "synth"),
-        "-o",
-        str(OUT / "seg_synthetic"),
-        "--epochs",
-        str(BUDGET["seg_epochs"]),
-        "--images-per-epoch",
-        str(IMAGES_PER_EPOCH),
-        "--bsize",
-        "128",
-        "--overwrite",
-    )
-    stage(
-        "5 segment train (real labels)",
-        "segment",
-        "train",
-        "--data",
-        str(train),
-        "-o",
-        str(OUT / "seg_real"),
-        "--epochs",
-        str(BUDGET["seg_epochs"]),
-        "--images-per-epoch",
-        str(IMAGES_PER_EPOCH),
-        "--bsize",
-        "128",
-        "--overwrite",
-    )
+    # both arms: the same Cellpose recipe, steps and crops; only the training data differ
+    for name, data, arm in (
+        ("4 segment train (synthetic)", OUT / "synth", "synthetic"),
+        ("5 segment train (real labels)", train, "real"),
+    ):
+        stage(
+            name,
+            "segment",
+            "train",
+            "--data",
+            str(data),
+            "-o",
+            str(OUT / f"seg_{arm}"),
+            "--epochs",
+            str(BUDGET["seg_epochs"]),
+            "--images-per-epoch",
+            str(IMAGES_PER_EPOCH),
+            "--bsize",
+            "128",
+            "--overwrite",
+        )
     scores = {}
     for arm in ("synthetic", "real"):
         stage(
