@@ -46,6 +46,11 @@ def _by_name(directory: Path) -> dict[str, Path]:
     return {io.volume_name(p): p for p in io.list_volumes(directory)}
 
 
+def names_pair(pred_dir: Path, ref_dir: Path) -> bool:
+    """Whether at least one volume name appears in both directories."""
+    return bool(set(_by_name(pred_dir)) & set(_by_name(ref_dir)))
+
+
 def score_pair(
     pred: np.ndarray,
     ref: np.ndarray,
@@ -128,8 +133,8 @@ def evaluate(
     )
 
 
-def write_csv(evaluation: Evaluation, path: Path) -> Path:
-    with open(path, "w", newline="") as fh:
+def write_csv(evaluation: Evaluation, path: Path, overwrite: bool = False) -> Path:
+    with io.atomic_file(path, overwrite) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["name", *METRICS, "data_range"])
         for row in evaluation.rows:

@@ -15,6 +15,7 @@ import secrets
 import shutil
 import sys
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,14 +98,14 @@ def provenance(stage: str, **fields: Any) -> dict:
     }
 
 
-def _jsonable(value: Any) -> Any:
+def to_jsonable(value: Any) -> Any:
     """Plain JSON types for zarr attributes (numpy scalars, arrays, tuples and paths converted)."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [to_jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return to_jsonable(value.tolist())
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, Path):
@@ -223,7 +224,7 @@ def _write_group(root: Path, volume: Volume) -> None:
     group.attrs.update(
         {
             "ome": {"version": NGFF_VERSION, "multiscales": multiscales},
-            "cellsynth": _jsonable(volume.provenance),
+            "cellsynth": to_jsonable(volume.provenance),
         }
     )
     sketch = None if volume.sketch is None else np.asarray(volume.sketch, dtype=np.float32)
@@ -245,7 +246,7 @@ def _write_group(root: Path, volume: Volume) -> None:
         put(cells, "0", volume.masks.astype(_mask_dtype(volume.masks), copy=False))
 
 
-def _is_enospc(exc: BaseException) -> bool:
+def is_enospc(exc: BaseException) -> bool:
     # zarr may wrap the store's OSError; walk the cause chain.
     seen: BaseException | None = exc
     while seen is not None:
@@ -275,10 +276,41 @@ def write_volume(directory: Path, volume: Volume, overwrite: bool = False) -> Pa
     except BaseException as exc:
         # Never leave a half-written temporary behind, whatever went wrong.
         shutil.rmtree(tmp, ignore_errors=True)
-        if _is_enospc(exc):
+        if is_enospc(exc):
             raise InputError(f"no space left on device while writing {target}") from exc
         raise
     return target
+
+
+@contextmanager
+def atomic_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary path to write PATH's content to; renamed over PATH only when the block
+    ends without error (an existing PATH is refused unless `overwrite`)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} already exists (pass --overwrite to replace it)")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, expected a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create directory {path.parent}: {exc.strerror}") from exc
+    tmp = path.with_name(f".{path.stem}.tmp-{secrets.token_hex(4)}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if is_enospc(exc):
+            raise InputError(f"no space left on device while writing {path}") from exc
+        raise
+
+
+def write_text(path: Path, text: str, overwrite: bool = False) -> Path:
+    """Write a small text file (a report, JSON) atomically."""
+    with atomic_file(path, overwrite) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def _move_into_place(tmp: Path, target: Path, token: str, overwrite: bool) -> None:
@@ -372,6 +404,17 @@ def _voxel_size_from(attrs: dict, ndim: int) -> tuple[float, ...] | None:
     except (KeyError, IndexError, TypeError, AttributeError):
         pass
     return None
+
+
+def read_provenance(path: Path) -> dict:
+    """The `cellsynth` provenance of a zarr volume, without reading its arrays ({} if none)."""
+    import zarr
+
+    try:
+        prov = dict(zarr.open_group(store=str(path), mode="r").attrs).get("cellsynth", {})
+    except _ZARR_READ_ERRORS as exc:
+        raise InputError(f"{path}: not a readable zarr group ({exc})") from exc
+    return prov if isinstance(prov, dict) else {}
 
 
 def _read_zarr(path: Path) -> Volume:

@@ -69,10 +69,17 @@ class NoiseAnalysis:
         }
 
 
-def paired_volumes(images: Path, sketches: Path) -> list[tuple[io.Volume, io.Volume]]:
-    """Real volumes and sketch volumes paired by name (unpaired ones are left out)."""
+def paired_volumes(images: Path, sketches: Path | None) -> list[tuple[io.Volume, io.Volume]]:
+    """Real volumes and sketch volumes paired by name (unpaired ones are left out).
+
+    Without SKETCHES, each real volume's sketch is made from its own masks (as
+    `simulate from-labels` does), in memory.
+    """
     real = {v.name: v for v in io.read_volumes(images)}
-    sk = {v.name: v for v in io.read_volumes(sketches)}
+    if sketches is None:
+        sk = {name: _sketch_of(volume, images) for name, volume in real.items()}
+    else:
+        sk = {v.name: v for v in io.read_volumes(sketches)}
     names = sorted(set(real) & set(sk))
     if not names:
         raise InputError(
@@ -93,6 +100,21 @@ def paired_volumes(images: Path, sketches: Path) -> list[tuple[io.Volume, io.Vol
     return pairs
 
 
+def _sketch_of(volume: io.Volume, images: Path) -> io.Volume:
+    from cellsynth_cli.sketch_from_labels import sketch_from_labels
+
+    if volume.masks is None or volume.image is None:
+        raise InputError(
+            f"{images}/{volume.name}: no masks to make a sketch from; give --sketches "
+            "(`cellsynth simulate from-labels` output)"
+        )
+    try:
+        sketch, _ = sketch_from_labels(volume.image, volume.masks)
+    except InputError as exc:
+        raise InputError(f"{images}/{volume.name}: {exc}") from None
+    return io.Volume(name=volume.name, sketch=sketch, masks=volume.masks)
+
+
 def recommend_t_start(timesteps: list[int], kld: list[float], threshold: float) -> int | None:
     for t, value in zip(timesteps, kld, strict=True):
         if t > 0 and value < threshold:
@@ -102,7 +124,7 @@ def recommend_t_start(timesteps: list[int], kld: list[float], threshold: float) 
 
 def noise_analysis(
     images: Path,
-    sketches: Path,
+    sketches: Path | None,
     timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
     bins: int = 256,
     kld_threshold: float = DEFAULT_KLD_THRESHOLD,

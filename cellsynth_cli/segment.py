@@ -81,6 +81,13 @@ class _EpochLog(logging.Handler):
         logger.propagate = self._saved[1]
 
 
+def _use_gpu(device: str) -> bool:
+    """--device auto | cpu | cuda as cellpose's gpu flag (cuda without a GPU is bad input)."""
+    from cellsynth_cli.train import pick_device
+
+    return pick_device(device).type == "cuda"
+
+
 def median_diameter(masks: list[np.ndarray]) -> float:
     """Median equivalent-circle diameter of the instances of 2D masks."""
     sizes = np.concatenate([np.bincount(m.ravel())[1:] for m in masks])
@@ -120,6 +127,7 @@ def train_segmenter(
     diameter: float | None = None,
     overwrite: bool = False,
     seed: int = 0,
+    device: str = "auto",
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> dict:
     """Train Cellpose from scratch on DATA's images + masks; the model goes to OUT.
@@ -132,6 +140,7 @@ def train_segmenter(
         raise InputError(f"--images-per-epoch must be >= 1, got {images_per_epoch}")
     if (out / CONFIG_FILE).exists() and not overwrite:
         raise InputError(f"{out} already holds a segmentation model; pass --overwrite")
+    gpu = _use_gpu(device)
     images, masks, dims = training_slices(data)
     diameter = diameter or median_diameter(masks)
     # at least one full batch per epoch: a single training image would otherwise give
@@ -146,7 +155,7 @@ def train_segmenter(
     np.random.seed(seed)
     start = time.perf_counter()
     net = models.CellposeModel(
-        gpu=torch.cuda.is_available(),
+        gpu=gpu,
         pretrained_model=False,
         model_type=None,
         diam_mean=DIAM_MEAN,
@@ -198,19 +207,16 @@ def train_segmenter(
     return config
 
 
-def load_segmenter(model_dir: Path) -> tuple[Any, dict]:
+def load_segmenter(model_dir: Path, device: str = "auto") -> tuple[Any, dict]:
     config_path = Path(model_dir) / CONFIG_FILE
     if not config_path.is_file() or not (Path(model_dir) / MODEL_FILE).is_file():
         raise InputError(
             f"{model_dir}: not a segmentation model (train one with `cellsynth segment train`)"
         )
     config = json.loads(config_path.read_text())
+    gpu = _use_gpu(device)
     models, _ = _cellpose(Path(model_dir))
-    import torch
-
-    model = models.CellposeModel(
-        gpu=torch.cuda.is_available(), pretrained_model=str(Path(model_dir) / MODEL_FILE)
-    )
+    model = models.CellposeModel(gpu=gpu, pretrained_model=str(Path(model_dir) / MODEL_FILE))
     return model, config
 
 
@@ -234,15 +240,23 @@ def predict(
     overwrite: bool = False,
     do_3d: bool = False,
     on_volume: Callable[[str], None] | None = None,
+    resume: bool = False,
+    device: str = "auto",
 ) -> list[dict]:
     paths = io.list_volumes(images)
     names = [io.volume_name(p) for p in paths]
-    existing = io.existing_outputs(out, names)
-    if existing and not overwrite:
-        raise InputError(f"{out} already holds {len(existing)} of the outputs; pass --overwrite")
-    model, config = load_segmenter(model_dir)
+    existing = {io.volume_name(p) for p in io.existing_outputs(out, names)}
+    if existing and not (overwrite or resume):
+        raise InputError(
+            f"{out} already holds {len(existing)} of the outputs; pass --resume to keep them "
+            "or --overwrite to replace them"
+        )
+    model, config = load_segmenter(model_dir, device)
     results = []
     for path, name in zip(paths, names, strict=True):
+        if resume and name in existing:
+            results.append({"name": name, "skipped": True})
+            continue
         volume = io.read_volume(path)
         if volume.image is None:
             raise InputError(f"{path}: no intensity image to segment")
@@ -305,13 +319,14 @@ def quality_control(
     max_vanished: float = 1.0,
     move_failed: Path | None = None,
     on_volume: Callable[[str], None] | None = None,
+    device: str = "auto",
 ) -> dict:
     """Segment each synthetic image; compare with its own simulated masks (IoU >= 0.5).
 
     phantom: predicted cells with no simulated partner (made from noise);
     vanished: simulated cells the segmenter cannot find (e.g. dim cells the DDPM erased).
     """
-    model, config = load_segmenter(model_dir)
+    model, config = load_segmenter(model_dir, device)
     rows = []
     for path in io.list_volumes(data):
         volume = io.read_volume(path)

@@ -63,15 +63,28 @@ def _simulate_one(job: VolumeJob) -> dict:
     return {"name": job.name, "path": str(path), **simulated.info}
 
 
-def refuse_existing(out_dir: Path, names: list[str], overwrite: bool) -> None:
-    """Stop before any work when outputs exist and --overwrite was not given."""
-    if overwrite:
-        return
+def existing_to_keep(out_dir: Path, names: list[str], overwrite: bool, resume: bool) -> set[str]:
+    """Names whose output exists and is kept (--resume); refuses before any work when outputs
+    exist and neither --resume nor --overwrite was given."""
     existing = io.existing_outputs(out_dir, names)
-    if existing:
+    if not existing or (overwrite and not resume):
+        return set()
+    if not resume:
         raise InputError(
             f"{out_dir} already holds {len(existing)} of the outputs (e.g. {existing[0].name}); "
-            "pass --overwrite to replace them"
+            "pass --resume to keep them and make the rest, or --overwrite to replace them"
+        )
+    return {io.volume_name(p) for p in existing}
+
+
+def _check_resumable(path: Path, config: SimulationConfig, seed: int) -> None:
+    """A kept volume must come from the same preset settings and seed, or the set is mixed."""
+    made = io.read_provenance(path)
+    if made.get("seed") != seed or made.get("config") != io.to_jsonable(config.to_dict()):
+        what = "seed" if made.get("seed") != seed else "settings (preset, --set, --shape)"
+        raise InputError(
+            f"--resume: {path} was simulated with other {what}; use the same options as the "
+            "first run, another -o, or --overwrite"
         )
 
 
@@ -84,36 +97,49 @@ def simulate_dataset(
     workers: int = 1,
     preview: bool = False,
     on_volume: Progress | None = None,
+    resume: bool = False,
 ) -> list[dict]:
     """Simulate `n` volumes into OUT_DIR/<preset>_0000.zarr ...; returns one summary per volume.
 
     Volume i uses the i-th child of SeedSequence(seed): the same seed gives identical
-    volumes whatever the number of workers.
+    volumes whatever the number of workers, and `resume` (skip finished volumes) gives the
+    same set as one uninterrupted run.
     """
     if n <= 0:
         raise InputError(f"-n must be a positive number of volumes, got {n}")
     if workers <= 0:
         raise InputError(f"--workers must be >= 1, got {workers}")
     names = volume_names(config.preset, n)
-    refuse_existing(out_dir, names, overwrite)
+    kept = existing_to_keep(out_dir, names, overwrite, resume)
+    for name in sorted(kept):
+        _check_resumable(io.volume_path(out_dir, name), config, seed)
     children = np.random.SeedSequence(seed).spawn(n)
     jobs = [
         VolumeJob(config, name, child, out_dir, overwrite, preview, seed, i)
         for i, (name, child) in enumerate(zip(names, children, strict=True))
+        if name not in kept
     ]
-    results: list[dict] = []
-    if workers == 1:
+    results = _kept_results(sorted(kept), on_volume)
+    if workers == 1 or len(jobs) <= 1:
         for job in jobs:
             results.append(_simulate_one(job))
             if on_volume:
                 on_volume(job.name)
-        return results
-    with ProcessPoolExecutor(max_workers=min(workers, n)) as pool:
-        for result in pool.map(_simulate_one, jobs):
-            results.append(result)
-            if on_volume:
-                on_volume(result["name"])
-    return results
+    else:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            for result in pool.map(_simulate_one, jobs):
+                results.append(result)
+                if on_volume:
+                    on_volume(result["name"])
+    return sorted(results, key=lambda r: r["name"])
+
+
+def _kept_results(names: list[str], on_volume: Progress | None) -> list[dict]:
+    """Summaries of outputs kept by --resume (they count as done for the progress bar)."""
+    for name in names:
+        if on_volume:
+            on_volume(name)
+    return [{"name": name, "skipped": True} for name in names]
 
 
 def sketches_from_real(
@@ -122,13 +148,16 @@ def sketches_from_real(
     overwrite: bool = False,
     preview: bool = False,
     on_volume: Progress | None = None,
+    resume: bool = False,
 ) -> list[dict]:
     """One sketch per real volume with instance labels, carrying the real masks along."""
     paths = io.list_volumes(data_dir)
     names = [io.volume_name(p) for p in paths]
-    refuse_existing(out_dir, names, overwrite)
-    results = []
+    kept = existing_to_keep(out_dir, names, overwrite, resume)
+    results = _kept_results([name for name in names if name in kept], on_volume)
     for path in paths:
+        if io.volume_name(path) in kept:
+            continue
         real = io.read_volume(path)
         if real.masks is None:
             raise InputError(f"{path}: no instance masks (expected NAME_masks.tif or labels/cells)")

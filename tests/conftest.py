@@ -25,3 +25,32 @@ def no_network(monkeypatch):
 @pytest.fixture
 def dsb_dir() -> Path:
     return DSB_DIR
+
+
+def cellsynth_command() -> list[str]:
+    """The installed `cellsynth` entry point (the real executable users type)."""
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).parent / "cellsynth"
+    found = str(beside) if beside.exists() else shutil.which("cellsynth")
+    if found is None:
+        raise AssertionError("the cellsynth executable is not installed (pip install -e .)")
+    return [found]
+
+
+def run_cellsynth(*args, cwd: Path | None = None, timeout: float = 300):
+    """Run the real `cellsynth` in a child process, without stdin, as CI does."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "CI": "true", "COLUMNS": "200"}
+    return subprocess.run(
+        [*cellsynth_command(), *(str(a) for a in args)],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

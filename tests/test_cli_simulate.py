@@ -138,3 +138,38 @@ def test_from_labels_unreadable_input_named(tmp_path):
     result = run("simulate", "from-labels", "--data", data, "-o", tmp_path / "o")
     assert result.exit_code == 2
     assert "broken.tif" in result.output and "Traceback" not in result.output
+
+
+def test_resume_makes_the_same_set_as_one_run(tmp_path):
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert run("simulate", "hela", "-n", 3, "-o", whole, "--seed", 4, *HELA_SMALL).exit_code == 0
+    assert run("simulate", "hela", "-n", 2, "-o", part, "--seed", 4, *HELA_SMALL).exit_code == 0
+    kept = (part / "hela_0000.zarr" / "zarr.json").stat().st_mtime_ns
+    result = run(
+        "simulate", "hela", "-n", 3, "-o", part, "--seed", 4, "--resume", "--json", *HELA_SMALL
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["volumes"]
+    assert [v.get("skipped", False) for v in report] == [True, True, False]
+    assert (part / "hela_0000.zarr" / "zarr.json").stat().st_mtime_ns == kept  # not rewritten
+    for a, b in zip(io.list_volumes(whole), io.list_volumes(part), strict=True):
+        np.testing.assert_array_equal(io.read_volume(a).masks, io.read_volume(b).masks)
+        np.testing.assert_array_equal(io.read_volume(a).sketch, io.read_volume(b).sketch)
+
+
+@pytest.mark.parametrize("change", [["--seed", "5"], ["--set", "radius=7,9"]])
+def test_resume_refuses_a_set_made_with_other_settings(tmp_path, change):
+    out = tmp_path / "sim"
+    assert run("simulate", "hela", "-n", 1, "-o", out, "--seed", 4, *HELA_SMALL).exit_code == 0
+    result = run(
+        "simulate", "hela", "-n", 2, "-o", out, "--seed", 4, *HELA_SMALL, *change, "--resume"
+    )
+    assert result.exit_code == 2 and "--resume" in result.output, result.output
+    assert [p.name for p in io.list_volumes(out)] == ["hela_0000.zarr"]
+
+
+def test_from_labels_resume(tmp_path, dsb_dir):
+    out = tmp_path / "sk"
+    assert run("simulate", "from-labels", "--data", dsb_dir, "-o", out).exit_code == 0
+    result = run("simulate", "from-labels", "--data", dsb_dir, "-o", out, "--resume", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["volumes"][0]["skipped"]

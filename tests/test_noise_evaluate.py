@@ -134,9 +134,10 @@ def test_evaluate_errors(tmp_path, dsb_dir):
     result = run("evaluate", "--pred", pred, "--ref", dsb_dir)
     assert result.exit_code == 2 and "shapes differ" in result.output
     other = tmp_path / "other"
-    io.write_volume(other, io.Volume(name="nope", image=np.zeros((10, 10), np.float32)))
-    result = run("evaluate", "--pred", other, "--ref", dsb_dir)
-    assert result.exit_code == 2 and "no volume names in common" in result.output
+    other.mkdir()
+    tifffile.imwrite(other / "nope.tif", np.full((64, 64), np.nan, np.float32))
+    result = run("evaluate", "--pred", other, "--ref", dsb_dir)  # nothing pairs: as sets
+    assert result.exit_code == 2 and "nope" in result.output and "NaN" in result.output
     nan = tmp_path / "nan"
     nan.mkdir()
     bad = np.zeros((256, 512), np.float32)

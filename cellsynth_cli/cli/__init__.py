@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from cellsynth_cli import __version__
-from cellsynth_cli.cli import evaluate, noise, segment, simulate, synthesize, train
+from cellsynth_cli.cli import evaluate, export, noise, segment, simulate, synthesize, train
 from cellsynth_cli.cli.common import CellsynthGroup
 
 app = typer.Typer(
@@ -18,14 +18,15 @@ app = typer.Typer(
         "Fully-annotated synthetic microscopy data with denoising diffusion models.\n\n"
         "Pipeline: simulate sketches + masks -> train a DDPM on real images -> "
         "noise-analysis picks t_start -> synthesize realistic images that keep the masks -> "
-        "evaluate realism -> segment (Cellpose trained on synthetic data only).\n\n"
+        "evaluate realism -> segment (Cellpose trained on synthetic data only); export to TIFF "
+        "for Fiji.\n\n"
         "Every stage reads and writes a directory of OME-Zarr volumes (one NAME.zarr per "
         "volume), so stages chain through files."
     ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
 )
 
 
@@ -50,6 +51,7 @@ synthesize.register(app)
 noise.register(app)
 evaluate.register(app)
 segment.register(app)
+export.register(app)
 
 
 def main() -> None:

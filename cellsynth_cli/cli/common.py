@@ -8,7 +8,8 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,7 +21,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from cellsynth_cli.errors import InputError
 
@@ -46,13 +47,17 @@ class CellsynthGroup(TyperGroup):
             raise fail(str(exc)) from None
         except FileNotFoundError as exc:
             raise fail(f"no such file: {exc.filename or exc}") from None
+        except BrokenPipeError:
+            raise  # the reader of stdout went away (`| head`): Click ends quietly
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise fail(f"no space left on device ({exc.filename or 'output'})") from None
             raise self._unexpected(exc) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt, SystemExit):
             raise
-        except Exception as exc:  # noqa: BLE001 - last line of defence: one line, exit 1
+        except Exception as exc:
+            if _is_usage_error(exc):
+                raise  # Click prints the usage line, the error and "Try --help"; exit 2
             raise self._unexpected(exc) from None
 
     @staticmethod
@@ -64,6 +69,71 @@ class CellsynthGroup(TyperGroup):
             f"unexpected {name}: {exc} (set CELLSYNTH_DEBUG=1 for the traceback)",
             EXIT_UNEXPECTED,
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# options every command spells the same way
+
+JsonOut = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print the result as JSON on stdout (progress and logs go to stderr)."
+    ),
+]
+Overwrite = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace existing outputs (each old one is kept until its new one is complete).",
+    ),
+]
+Resume = Annotated[
+    bool,
+    typer.Option("--resume", help="Keep finished outputs and do only what is missing."),
+]
+Device = Annotated[
+    str, typer.Option("--device", help="auto (CUDA when available, else CPU) | cpu | cuda.")
+]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed: the same seed, the same output.")]
+
+
+def path_option(flags: tuple[str, ...], what: str, default: str | None = None) -> Any:
+    """A path option whose default is a directory of the working directory (DESIGN §8)."""
+    note = f" Default: {default}/ in the working directory." if default else ""
+    return Annotated[Path | None, typer.Option(*flags, help=f"{what}{note}", show_default=False)]
+
+
+def default_path(value: Path | None, default: str | Path, option: str, must_exist: bool) -> Path:
+    """VALUE, or the conventional DEFAULT (printed on stderr, so a user sees what was used)."""
+    if value is not None:
+        return value
+    path = Path(default)
+    if must_exist and not (path.exists() or path.is_symlink()):
+        raise InputError(
+            f"{option} not given and the default {path}/ does not exist in {Path.cwd()}; "
+            f"pass {option} PATH"
+        )
+    console.print(f"[dim]{option} {path}/ (default)[/]", highlight=False)
+    return path
+
+
+class CellsynthCommand(TyperCommand):
+    """Every usage error of a command shows its usage line and "Try ... --help": Click leaves
+    them out for some parse errors (an option given without its value)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as exc:
+            if _is_usage_error(exc) and getattr(exc, "ctx", False) is None:
+                exc.ctx = ctx
+            raise
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """Click's own errors (usage, bad parameter values); newer Typers vendor Click, so match by
+    class name rather than importing one particular Click."""
+    return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__)
 
 
 def print_json(data: Any) -> None:

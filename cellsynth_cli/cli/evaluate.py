@@ -1,56 +1,109 @@
-"""`cellsynth evaluate`: PSNR / SSIM / MAE of synthetic volumes against real ones."""
+"""`cellsynth evaluate`: realism of synthetic volumes, paired with real ones by name or as sets."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from cellsynth_cli.cli.common import console, print_json
+from cellsynth_cli import workdir
+from cellsynth_cli.cli.common import (
+    CellsynthCommand,
+    JsonOut,
+    Overwrite,
+    Seed,
+    console,
+    default_path,
+    path_option,
+    print_json,
+)
 
 
 def evaluate(
-    pred: Path = typer.Option(..., "--pred", help="Synthetic volumes (e.g. synthesize output)."),
-    ref: Path = typer.Option(..., "--ref", help="Real volumes; paired with --pred by name."),
+    pred: path_option(
+        ("--pred",), "Synthetic volumes (e.g. synthesize output).", workdir.SYNTH
+    ) = None,
+    ref: path_option(("--ref",), "Real volumes (zarr or TIFF).", workdir.REAL) = None,
+    unpaired: bool = typer.Option(
+        False,
+        "--unpaired",
+        help="Compare the two sets as distributions even where names pair (automatic when "
+        "no name pairs).",
+    ),
     scale: str = typer.Option(
         "ref-percentiles",
         "--scale",
-        help="ref-percentiles: both images mapped to [0, 1] "
-        "with the reference's 1st/99.8th percentiles and clipped (data range 1). none: raw "
-        "values.",
+        help="Paired: ref-percentiles maps both images to [0, 1] with the reference's "
+        "1st/99.8th percentiles and clips (data range 1); none compares raw values.",
     ),
     data_range: float = typer.Option(
         None,
         "--data-range",
-        help="PSNR/SSIM data range; default 1 (ref-percentiles) or the "
-        "reference's max - min (none).",
+        help="Paired: PSNR/SSIM data range; default 1 (ref-percentiles) or the reference's "
+        "max - min (none).",
     ),
     mask_labels: bool = typer.Option(
         False,
         "--mask-labels",
-        help="Zero everything outside the annotations (reference "
-        "masks, else the prediction's) in both images before scoring.",
+        help="Paired: zero everything outside the annotations (reference masks, else the "
+        "prediction's) in both images before scoring.",
     ),
-    csv_path: Path = typer.Option(None, "--csv", help="Also write the per-volume scores here."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    csv_path: path_option(("--csv",), "Also write the scores to this CSV file.") = None,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = False,
 ) -> None:
-    """Score synthetic images against the real images they should reproduce.
+    """Score how real synthetic images look.
 
-    Typical: sketches from real annotations (`simulate from-labels`), synthesized, then
-    evaluated against the real images. SSIM uses a Gaussian window (sigma 1.5, Wang et al.
-    2004, as scikit-image with gaussian_weights=True), true 3D for volumes.
+    **Paired** (volumes with the same name in both sets, e.g. sketches made from real
+    annotations with `simulate from-labels`, then synthesized): PSNR, SSIM (Gaussian window,
+    sigma 1.5, true 3D for volumes) and MAE per volume.
 
-    Example: cellsynth evaluate --pred synth/ --ref real/ --csv scores.csv
+    **Unpaired** (synthetic images from simulated sketches have no real counterpart; used when
+    no name pairs, or with --unpaired): the two sets compared as distributions - histograms
+    of intensity, gradient magnitude and local texture (KL divergence, Bhattacharyya
+    distance) and the size, brightness and density of nuclei found by a LoG blob detector
+    (Kolmogorov-Smirnov distance, |ln density ratio|). Each distance is shown beside the
+    same distance between two halves of the real set (the floor): near the floor means as
+    close to the real set as the real data are to themselves.
+
+    Examples:
+
+        cellsynth evaluate                            # synth/ against real/
+        cellsynth evaluate --pred synth/ --ref real/ --csv scores.csv --json
     """
     from cellsynth_cli.evaluate import evaluate as run_evaluation
-    from cellsynth_cli.evaluate import write_csv
+    from cellsynth_cli.evaluate import names_pair, write_csv
+    from cellsynth_cli.realism import compare_sets, write_realism_csv
+
+    pred = default_path(pred, workdir.SYNTH, "--pred", must_exist=True)
+    ref = default_path(ref, workdir.REAL, "--ref", must_exist=True)
+    if csv_path is not None and csv_path.exists() and not overwrite:
+        from cellsynth_cli.errors import InputError
+
+        raise InputError(f"{csv_path} already exists (pass --overwrite to replace it)")
+    if unpaired or not names_pair(pred, ref):
+        if not unpaired:
+            console.print(
+                f"[dim]no volume names pair between {pred} and {ref}: comparing "
+                "the sets as distributions (--unpaired)[/]"
+            )
+        with console.status("comparing image sets", spinner="dots") as status:
+            realism = compare_sets(
+                pred, ref, seed=seed, on_volume=lambda n: status.update(f"read {n}")
+            )
+        if csv_path is not None:
+            write_realism_csv(realism, csv_path, overwrite=overwrite)
+        if json_out:
+            print_json(realism.to_dict())
+        else:
+            _print_realism(realism, pred, ref)
+        return
 
     result = run_evaluation(pred, ref, scale=scale, data_range=data_range, mask_labels=mask_labels)
     if csv_path is not None:
-        write_csv(result, csv_path)
+        write_csv(result, csv_path, overwrite=overwrite)
     if json_out:
-        print_json(result.to_dict())
+        print_json({"mode": "paired", **result.to_dict()})
         return
     table = Table(title=f"evaluate {pred} against {ref} (scale: {scale})")
     for col in ("volume", "PSNR (dB)", "SSIM", "MAE"):
@@ -73,5 +126,53 @@ def evaluate(
             console.print(f"[yellow]unpaired ({label}):[/] {', '.join(names)}")
 
 
+LABELS = {
+    "intensity_kld": "intensity KLD",
+    "intensity_bhattacharyya": "intensity Bhattacharyya",
+    "gradient_kld": "gradient KLD",
+    "gradient_bhattacharyya": "gradient Bhattacharyya",
+    "texture_kld": "texture KLD",
+    "texture_bhattacharyya": "texture Bhattacharyya",
+    "radius_ks": "nucleus radius KS",
+    "brightness_ks": "nucleus brightness KS",
+    "density_log_ratio": "nucleus density |ln ratio|",
+}
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _print_realism(realism, pred, ref) -> None:
+    table = Table(
+        title=f"{pred} ({realism.n_pred} volumes) as a set, against {ref} ({realism.n_ref})"
+    )
+    table.add_column("distance", no_wrap=True)
+    for col in ("synthetic vs real", "floor: real half vs half", "x floor"):
+        table.add_column(col, justify="right")
+    for row in realism.scores:
+        ratio = "n/a" if row["ratio"] is None else f"{row['ratio']:.1f}"
+        label = LABELS.get(row["name"], row["name"])
+        table.add_row(label, _number(row["value"]), _number(row["floor"]), ratio)
+    console.print(table)
+    objects = Table(title="nuclei found by the LoG blob detector")
+    for col in ("set", "nuclei", "median radius (px)", "median brightness", "per megavoxel"):
+        objects.add_column(col, justify="right")
+    for key, label in (("pred", "synthetic"), ("ref", "real")):
+        o = realism.objects[key]
+        objects.add_row(
+            label,
+            str(o["n"]),
+            _number(o["radius_median"], 1),
+            _number(o["brightness_median"], 3),
+            f"{o['per_megavoxel']:.0f}",
+        )
+    console.print(objects)
+    console.print(
+        "x floor: how many times farther from the real set than one half of the real set is "
+        "from the other (about 1 or less: as real as the real data's own variation)."
+    )
+
+
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate)
+    app.command("evaluate", cls=CellsynthCommand)(evaluate)

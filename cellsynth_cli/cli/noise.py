@@ -8,19 +8,29 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cellsynth_cli.cli.common import console, print_json
+from cellsynth_cli import workdir
+from cellsynth_cli.cli.common import (
+    CellsynthCommand,
+    Device,
+    JsonOut,
+    Overwrite,
+    Seed,
+    console,
+    default_path,
+    path_option,
+    print_json,
+)
 from cellsynth_cli.cli.train import parse_sizes
 from cellsynth_cli.errors import InputError
 
 
 def noise_analysis(
-    images: Path = typer.Option(..., "--images", help="Real images (zarr or TIFF)."),
-    sketches: Path = typer.Option(
-        ...,
-        "--sketches",
-        help="Sketches of the same volumes, e.g. `cellsynth simulate "
-        "from-labels --data IMAGES` output (paired by name).",
-    ),
+    images: path_option(("--images",), "Real images (zarr or TIFF).", workdir.REAL) = None,
+    sketches: path_option(
+        ("--sketches",),
+        "Sketches of the same volumes, e.g. `cellsynth simulate from-labels --data IMAGES` "
+        "output (paired by name). Default: made in memory from the masks of --images.",
+    ) = None,
     t: str = typer.Option(
         "0,100,200,300,400,500,600,700,800,900,1000", "--t", help="Timesteps to analyse."
     ),
@@ -31,7 +41,7 @@ def noise_analysis(
         help="Recommend the smallest t with KLD below this. 0.01 "
         "picks t=600 on the paper's A. thaliana curve (KLD 0.053 at 400, 0.004 at 600).",
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the forward noise."),
+    seed: Seed = 0,
     model: Path = typer.Option(
         None,
         "--model",
@@ -43,11 +53,12 @@ def noise_analysis(
         None, "--max-volumes", help="Backward/forward: only the first N volumes."
     ),
     crop: str = typer.Option(None, "--crop", help="Backward: centre crop, e.g. 128,128."),
-    device: str = typer.Option("auto", "--device", help="Backward: auto | cpu | cuda."),
+    device: Device = "auto",
     out: Path = typer.Option(
         None, "-o", "--out", help="Directory for noise_analysis.json and noise_analysis.png."
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    overwrite: Overwrite = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Compare forward-noised real images and sketches over t (KLD, Bhattacharyya distance).
 
@@ -60,10 +71,26 @@ def noise_analysis(
     Tables go to stderr; stdout gets only the recommended t_start (or the JSON with --json),
     so `T=$(cellsynth noise-analysis ...)` works in scripts.
 
-    Example: cellsynth noise-analysis --images real/ --sketches sketches/ -o analysis/
+    Examples:
+
+        cellsynth noise-analysis                       # real/ and sketches from its own masks
+        cellsynth noise-analysis --images real/ --sketches sketches/ -o analysis/
     """
+    from cellsynth_cli import io
     from cellsynth_cli.noise import BACKWARD_SCORES, save_plot
     from cellsynth_cli.noise import noise_analysis as analyse
+
+    images = default_path(images, workdir.REAL, "--images", must_exist=True)
+    if sketches is None:
+        console.print(f"[dim]--sketches made from the masks of {images} (default)[/]")
+    files = []
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise InputError(f"-o {out} exists and is not a directory")
+        files = [out / "noise_analysis.json", out / "noise_analysis.png"]
+        existing = [f for f in files if f.exists()]
+        if existing and not overwrite:
+            raise InputError(f"{existing[0]} already exists (pass --overwrite to replace it)")
 
     try:
         timesteps = [int(v) for v in t.split(",") if v.strip()]
@@ -85,13 +112,11 @@ def noise_analysis(
             on_progress=lambda msg: status.update(f"noise analysis: {msg}"),
         )
     data = result.to_dict()
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise InputError(f"-o {out} exists and is not a directory")
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "noise_analysis.json").write_text(json.dumps(data, indent=2))
-        save_plot(result, out / "noise_analysis.png")
-        data["files"] = [str(out / "noise_analysis.json"), str(out / "noise_analysis.png")]
+    if files:
+        io.write_text(files[0], json.dumps(data, indent=2), overwrite=True)
+        with io.atomic_file(files[1], overwrite=True) as tmp:
+            save_plot(result, tmp)
+        data["files"] = [str(f) for f in files]
     if json_out:
         print_json(data)
         return
@@ -131,4 +156,4 @@ def noise_analysis(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("noise-analysis")(noise_analysis)
+    app.command("noise-analysis", cls=CellsynthCommand)(noise_analysis)

@@ -8,7 +8,21 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cellsynth_cli.cli.common import CellsynthGroup, console, print_json, progress_bar
+from cellsynth_cli import workdir
+from cellsynth_cli.cli.common import (
+    CellsynthCommand,
+    CellsynthGroup,
+    Device,
+    JsonOut,
+    Overwrite,
+    Resume,
+    Seed,
+    console,
+    default_path,
+    path_option,
+    print_json,
+    progress_bar,
+)
 
 segment_app = typer.Typer(
     cls=CellsynthGroup,
@@ -18,10 +32,12 @@ segment_app = typer.Typer(
 )
 
 
-@segment_app.command("train")
+@segment_app.command("train", cls=CellsynthCommand)
 def train(
-    data: Path = typer.Option(..., "--data", help="Images with masks, e.g. synthesize output."),
-    out: Path = typer.Option(..., "-o", "--out", help="Folder for the segmentation model."),
+    data: path_option(
+        ("--data",), "Images with masks, e.g. synthesize output.", workdir.SYNTH
+    ) = None,
+    out: path_option(("-o", "--out"), "Folder for the segmentation model.", workdir.SEG) = None,
     epochs: int = typer.Option(100, "--epochs", help="Training epochs."),
     lr: float = typer.Option(
         0.2, "--lr", help="SGD learning rate (momentum 0.9; cellpose's CLI default 0.2)."
@@ -39,17 +55,24 @@ def train(
     diameter: float = typer.Option(
         None, "--diameter", help="Cell diameter in pixels; default the median of the masks."
     ),
-    seed: int = typer.Option(
-        0, "--seed", help="Seed for the initial weights (cellpose seeds its crops by epoch)."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    seed: Seed = 0,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Train Cellpose 3 from scratch. 3D volumes train on their z slices.
 
-    Example: cellsynth segment train --data synth/ -o seg/ --epochs 100
+    --seed sets the initial weights (cellpose itself seeds its crops by the epoch number).
+
+    Examples:
+
+        cellsynth segment train                       # synth/ -> seg/
+        cellsynth segment train --data synth/ -o seg/ --epochs 100
     """
     from cellsynth_cli.segment import train_segmenter
+
+    data = default_path(data, workdir.SYNTH, "--data", must_exist=True)
+    out = default_path(out, workdir.SEG, "-o", must_exist=False)
 
     with progress_bar(quiet=json_out) as bar:
         task = bar.add_task("train cellpose", total=epochs, status="")
@@ -68,6 +91,7 @@ def train(
             diameter=diameter,
             overwrite=overwrite,
             seed=seed,
+            device=device,
             on_epoch=on_epoch,
         )
         bar.update(task, completed=epochs)
@@ -81,43 +105,73 @@ def train(
         )
 
 
-@segment_app.command("predict")
+@segment_app.command("predict", cls=CellsynthCommand)
 def predict(
-    model: Path = typer.Option(..., "--model", help="Folder of `segment train`."),
-    images: Path = typer.Option(..., "--images", help="Images to segment (zarr or TIFF)."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output directory of NAME.zarr."),
+    model: path_option(("--model",), "Folder of `segment train`.", workdir.SEG) = None,
+    images: path_option(("--images",), "Images to segment (zarr or TIFF).", workdir.REAL) = None,
+    out: path_option(("-o", "--out"), "Output directory of NAME.zarr.", workdir.PRED) = None,
     do_3d: bool = typer.Option(
         False, "--do-3d", help="3D: Cellpose's 3D mode instead of stitching 2D masks across z."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    device: Device = "auto",
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = False,
 ) -> None:
-    """Write instance masks (labels/cells) next to each image."""
+    """Write instance masks (labels/cells) next to each image.
+
+    Examples:
+
+        cellsynth segment predict                     # seg/ on real/ -> pred/
+        cellsynth segment predict --model seg/ --images real/ -o pred/ --do-3d
+    """
     from cellsynth_cli.segment import predict as run_predict
 
+    model = default_path(model, workdir.SEG, "--model", must_exist=True)
+    images = default_path(images, workdir.REAL, "--images", must_exist=True)
+    out = default_path(out, workdir.PRED, "-o", must_exist=False)
     with console.status("segmenting", spinner="dots") as status:
         rows = run_predict(
             model,
             images,
             out,
             overwrite=overwrite,
+            resume=resume,
             do_3d=do_3d,
+            device=device,
             on_volume=lambda name: status.update(f"segmented {name}"),
         )
     if json_out:
         print_json({"out": str(out), "volumes": rows})
     else:
-        console.print(f"segmented {len(rows)} volume(s) into {out}")
+        done = sum(1 for r in rows if not r.get("skipped"))
+        kept = len(rows) - done
+        console.print(
+            f"segmented {done} volume(s) into {out}"
+            + (f", kept {kept} already there (--resume)" if kept else "")
+        )
 
 
-@segment_app.command("score")
+@segment_app.command("score", cls=CellsynthCommand)
 def score(
-    pred: Path = typer.Option(..., "--pred", help="Predicted masks (segment predict output)."),
-    ref: Path = typer.Option(..., "--ref", help="Ground truth (zarr or NAME_masks.tif)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    pred: path_option(
+        ("--pred",), "Predicted masks (segment predict output).", workdir.PRED
+    ) = None,
+    ref: path_option(
+        ("--ref",), "Ground truth (zarr or NAME.tif + NAME_masks.tif).", workdir.REAL
+    ) = None,
+    json_out: JsonOut = False,
 ) -> None:
-    """Dice (foreground overlap), AP at IoU 0.5 / 0.75 (TP/(TP+FP+FN)), precision, recall, F1."""
+    """Dice (foreground overlap), AP at IoU 0.5 / 0.75 (TP/(TP+FP+FN)), precision, recall, F1.
+
+    Example:
+
+        cellsynth segment score               # pred/ against real/
+    """
     from cellsynth_cli.segment import score as run_score
+
+    pred = default_path(pred, workdir.PRED, "--pred", must_exist=True)
+    ref = default_path(ref, workdir.REAL, "--ref", must_exist=True)
 
     result = run_score(pred, ref)
     if json_out:
@@ -135,10 +189,10 @@ def score(
     console.print(table)
 
 
-@segment_app.command("qc")
+@segment_app.command("qc", cls=CellsynthCommand)
 def qc(
-    model: Path = typer.Option(..., "--model", help="Folder of `segment train`."),
-    data: Path = typer.Option(..., "--data", help="Synthetic volumes with simulated masks."),
+    model: path_option(("--model",), "Folder of `segment train`.", workdir.SEG) = None,
+    data: path_option(("--data",), "Synthetic volumes with simulated masks.", workdir.SYNTH) = None,
     max_phantom: float = typer.Option(
         1.0,
         "--max-phantom",
@@ -151,13 +205,21 @@ def qc(
     ),
     move_failed: Path = typer.Option(None, "--move-failed", help="Move failing volumes here."),
     out: Path = typer.Option(None, "-o", "--out", help="Write qc.json here (a file path)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    device: Device = "auto",
+    json_out: JsonOut = False,
 ) -> None:
-    """Quality control of synthetic data: phantom and vanished cells per volume."""
+    """Quality control of synthetic data: phantom and vanished cells per volume.
+
+    Example:
+
+        cellsynth segment qc --max-phantom 0.2 --move-failed rejected/   # seg/ on synth/
+    """
     from cellsynth_cli.segment import quality_control
 
+    model = default_path(model, workdir.SEG, "--model", must_exist=True)
+    data = default_path(data, workdir.SYNTH, "--data", must_exist=True)
     with console.status("quality control", spinner="dots"):
-        result = quality_control(model, data, max_phantom, max_vanished, move_failed)
+        result = quality_control(model, data, max_phantom, max_vanished, move_failed, device=device)
     if out is not None:
         out.write_text(json.dumps(result, indent=2))
     if json_out:

@@ -6,7 +6,19 @@ from pathlib import Path
 
 import typer
 
-from cellsynth_cli.cli.common import console, print_json, progress_bar
+from cellsynth_cli import workdir
+from cellsynth_cli.cli.common import (
+    CellsynthCommand,
+    JsonOut,
+    Overwrite,
+    Resume,
+    Seed,
+    console,
+    default_path,
+    path_option,
+    print_json,
+    progress_bar,
+)
 from cellsynth_cli.errors import InputError
 
 FROM_LABELS = "from-labels"
@@ -18,10 +30,15 @@ def simulate(
         help="A preset (arabidopsis, celegans, tribolium, mouse-stem, hela) or 'from-labels' "
         "to make sketches from real annotations given with --data.",
         show_default=False,
+        metavar="PRESET",
     ),
     n: int = typer.Option(None, "-n", "--n", help="Number of volumes to simulate."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output directory of NAME.zarr volumes."),
-    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives identical data."),
+    out: path_option(
+        ("-o", "--out"),
+        "Output directory of NAME.zarr volumes. Default: sim/ (sketches/ for from-labels) in "
+        "the working directory.",
+    ) = None,
+    seed: Seed = 0,
     shape: str = typer.Option(
         None, "--shape", help="Volume size Z,Y,X (or Y,X for 2D presets); default the paper's."
     ),
@@ -29,42 +46,45 @@ def simulate(
         [], "--set", help="Override a preset field, e.g. --set n_cells=20,40 (repeatable)."
     ),
     workers: int = typer.Option(1, "--workers", "-j", help="Volumes simulated in parallel."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing volumes."),
+    overwrite: Overwrite = False,
+    resume: Resume = False,
     preview: bool = typer.Option(
         False, "--preview", help="Also write NAME_preview.png (middle slice / max projection)."
     ),
-    data: Path = typer.Option(
-        None,
-        "--data",
-        help="from-labels only: real images with masks (zarr or NAME.tif + NAME_masks.tif).",
-    ),
+    data: path_option(
+        ("--data",),
+        "from-labels only: real images with masks (zarr or NAME.tif + NAME_masks.tif).",
+        workdir.REAL,
+    ) = None,
     show_config: bool = typer.Option(
         False, "--show-config", help="Print the resolved configuration and exit."
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    json_out: JsonOut = False,
 ) -> None:
     """Simulate instance masks and sketches (the intensity layout the DDPM turns into images).
 
+    Volume i of a run always gets the same random numbers (from --seed and i), so --resume
+    after an interruption, or -n 100 after -n 50 with --resume, gives the same data as one run.
+
     Examples:
 
-      cellsynth simulate celegans -n 50 -o sim/
-
-      cellsynth simulate hela -n 8 -o sim/ --shape 256,256 --set n_cells=20,40 --preview
-
-      cellsynth simulate from-labels --data real/ -o sketches/
+        cellsynth simulate celegans -n 50                      # into sim/
+        cellsynth simulate hela -n 8 -o sim/ --shape 256,256 --set n_cells=20,40 --preview
+        cellsynth simulate from-labels --data real/ -o sketches/
     """
     from cellsynth_cli import simulate as lib
     from cellsynth_cli.config import load_preset, parse_overrides, parse_shape, replace
 
     if preset == FROM_LABELS:
-        if data is None:
-            raise InputError("from-labels needs --data DIR of real images with masks")
+        data = default_path(data, workdir.REAL, "--data", must_exist=True)
+        out = default_path(out, workdir.SKETCHES, "-o", must_exist=False)
         with progress_bar(quiet=json_out) as bar:
             task = bar.add_task("sketches from labels", total=None, status="")
             results = lib.sketches_from_real(
                 data,
                 out,
                 overwrite=overwrite,
+                resume=resume,
                 preview=preview,
                 on_volume=lambda name: bar.update(task, advance=1, status=name),
             )
@@ -87,6 +107,7 @@ def simulate(
         return
     if n is None:
         raise InputError("-n N (number of volumes) is required")
+    out = default_path(out, workdir.SIM, "-o", must_exist=False)
     with progress_bar(quiet=json_out) as bar:
         task = bar.add_task(f"simulate {preset}", total=n, status="")
         results = lib.simulate_dataset(
@@ -95,6 +116,7 @@ def simulate(
             out,
             seed=seed,
             overwrite=overwrite,
+            resume=resume,
             workers=workers,
             preview=preview,
             on_volume=lambda name: bar.update(task, advance=1, status=name),
@@ -106,9 +128,14 @@ def _report(results: list[dict], out: Path, json_out: bool) -> None:
     if json_out:
         print_json({"out": str(out), "volumes": results})
         return
-    cells = sum(r.get("n_cells", 0) for r in results)
-    console.print(f"wrote {len(results)} volume(s) with {cells} cells to {out}")
+    done = [r for r in results if not r.get("skipped")]
+    cells = sum(r.get("n_cells", 0) for r in done)
+    skipped = len(results) - len(done)
+    console.print(
+        f"wrote {len(done)} volume(s) with {cells} cells to {out}"
+        + (f", kept {skipped} already there (--resume)" if skipped else "")
+    )
 
 
 def register(app: typer.Typer) -> None:
-    app.command("simulate")(simulate)
+    app.command("simulate", cls=CellsynthCommand)(simulate)

@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cellsynth_cli.cli.common import console, print_json
+from cellsynth_cli import workdir
+from cellsynth_cli.cli.common import (
+    CellsynthCommand,
+    Device,
+    JsonOut,
+    Overwrite,
+    Resume,
+    Seed,
+    console,
+    default_path,
+    path_option,
+    print_json,
+)
 from cellsynth_cli.cli.train import parse_sizes
 
 
 def synthesize(
-    model: Path = typer.Option(
-        ..., "--model", help="Run directory (or checkpoint.pt) of `cellsynth train`."
-    ),
-    sketches: Path = typer.Option(
-        ..., "--sketches", help="Directory of sketch volumes (`cellsynth simulate` output)."
-    ),
-    out: Path = typer.Option(..., "-o", "--out", help="Output directory of NAME.zarr volumes."),
+    model: path_option(
+        ("--model",),
+        "Run directory (or checkpoint.pt) of `cellsynth train`.",
+        f"{workdir.RUNS}/{workdir.LATEST}",
+    ) = None,
+    sketches: path_option(
+        ("--sketches",), "Directory of sketch volumes (`cellsynth simulate` output).", workdir.SIM
+    ) = None,
+    out: path_option(
+        ("-o", "--out"), "Output directory of NAME.zarr volumes.", workdir.SYNTH
+    ) = None,
     t_start: int = typer.Option(
         600,
         "--t-start",
@@ -55,8 +69,8 @@ def synthesize(
         help="Tiles per network call (pays on a GPU; on a CPU cost is per voxel). With "
         "automatic tiles, capped so one call stays within the 2M-voxel budget.",
     ),
-    seed: int = typer.Option(0, "--seed", help="Same seed, same output on the same device."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    seed: Seed = 0,
+    device: Device = "auto",
     precision: str = typer.Option(
         "auto",
         "--precision",
@@ -64,19 +78,25 @@ def synthesize(
         "Ampere, CPUs with AVX512-BF16 or AMX; ~1.6x faster on such a CPU), fp32 elsewhere. "
         "fp32 | bf16 force one. The choice is printed and stored in each volume's provenance.",
     ),
-    resume: bool = typer.Option(False, "--resume", help="Skip volumes already in --out."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace volumes in --out."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Turn simulated sketches into realistic images (SDEdit from t_start), keeping the masks.
 
     Big volumes are processed in overlapping tiles: at every step the noise prediction of all
     tiles is computed in batches and blended with a smooth window, so there are no seams.
 
-    Example: cellsynth synthesize --model runs/nuclei --sketches sim/ -o synth/ --t-start 600
-    --steps 50
+    Examples:
+
+        cellsynth synthesize --t-start 600            # runs/latest + sim/ -> synth/
+        cellsynth synthesize --model runs/nuclei --sketches sim/ -o synth/ --t-start 600 --steps 50
     """
     from cellsynth_cli.synthesize import SynthesisOptions, synthesize_dataset
+
+    model = default_path(model, workdir.latest_run(), "--model", must_exist=True)
+    sketches = default_path(sketches, workdir.SIM, "--sketches", must_exist=True)
+    out = default_path(out, workdir.SYNTH, "-o", must_exist=False)
 
     options = SynthesisOptions(
         t_start=t_start,
@@ -132,4 +152,4 @@ def synthesize(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("synthesize")(synthesize)
+    app.command("synthesize", cls=CellsynthCommand)(synthesize)

@@ -8,7 +8,19 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from cellsynth_cli.cli.common import console, print_json
+from cellsynth_cli import workdir
+from cellsynth_cli.cli.common import (
+    CellsynthCommand,
+    Device,
+    JsonOut,
+    Overwrite,
+    Resume,
+    Seed,
+    console,
+    default_path,
+    path_option,
+    print_json,
+)
 from cellsynth_cli.errors import InputError
 
 
@@ -40,8 +52,14 @@ def parse_sizes(text: str | None, option: str, minimum: int = 1) -> tuple[int, .
 
 
 def train(
-    data: Path = typer.Option(..., "--data", help="Directory of real images (zarr or TIFF)."),
-    out: Path = typer.Option(..., "-o", "--out", help="Run directory for the checkpoint & logs."),
+    data: path_option(
+        ("--data",), "Directory of real, unannotated images (zarr or TIFF).", workdir.REAL
+    ) = None,
+    out: path_option(
+        ("-o", "--out"),
+        "Run directory for the checkpoint and logs. Default: a new runs/<data-name>-<time>/ "
+        "(runs/latest with --resume); runs/latest then points at it.",
+    ) = None,
     dims: int = typer.Option(
         None, "--dims", help="2 or 3; default the data's. --dims 2 on 3D data trains on z slices."
     ),
@@ -51,8 +69,8 @@ def train(
     steps: int = typer.Option(10_000, "--steps", help="Total optimisation steps."),
     batch: int = typer.Option(4, "--batch", help="Patches per step."),
     lr: float = typer.Option(2e-4, "--lr", help="AdamW learning rate (with a short warm-up)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for patches, noise and initialisation."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (bf16 autocast)."),
+    seed: Seed = 0,
+    device: Device = "auto",
     channels: str = typer.Option(
         None, "--channels", help="UNet channels per level, e.g. 16,32,64,128 (default: built in)."
     ),
@@ -62,17 +80,22 @@ def train(
         help="Stop cleanly after this long (e.g. 600, 10m, 2h), checkpointing.",
     ),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Steps between saves."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in an existing run."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Train a denoising diffusion model (cosine schedule, T=1000, eps-prediction, MSE).
 
     Intensities are scaled to [-1, 1] with robust percentiles of the training data; those
     travel in RUN/checkpoint.pt with the network configuration, so `synthesize` needs no
-    architecture flags. RUN/ also gets config.json, loss.csv and loss.png.
+    architecture flags. RUN/ also gets config.json, loss.csv and loss.png. --resume continues
+    a run exactly where it stopped (same result as one uninterrupted run).
 
-    Example: cellsynth train --data real/ -o runs/nuclei --steps 20000 --time-limit 2h
+    Examples:
+
+        cellsynth train --data real/                      # into runs/real-<time>/, runs/latest
+        cellsynth train --data real/ --steps 20000 --time-limit 2h
+        cellsynth train --resume --steps 40000            # continue runs/latest
     """
     import torch
 
@@ -84,6 +107,15 @@ def train(
         raise InputError(f"--dims must be 2 or 3, got {dims}")
     patch_size = parse_sizes(patch, "--patch")
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if resume:
+        # a resumed run keeps its own data and settings (from its checkpoint)
+        data = data or Path(workdir.REAL)
+        if out is None:
+            out = default_path(None, workdir.latest_run(), "-o", must_exist=True).resolve()
+    else:
+        data = default_path(data, workdir.REAL, "--data", must_exist=True)
+        if out is None:
+            out = default_path(None, workdir.new_run_dir(data), "-o", must_exist=False)
     if dims is None and not resume:
         from cellsynth_cli.train import load_training_images
 
@@ -120,14 +152,17 @@ def train(
             rate = step / max(time.perf_counter() - started, 1e-9)
             progress.update(task, completed=step, loss=f"{loss:.4f}", rate=f"{rate:.2f}")
 
-        result = run_training(
-            config,
-            out,
-            resume=resume,
-            overwrite=overwrite,
-            time_limit=parse_duration(time_limit),
-            on_step=on_step,
-        )
+        try:
+            result = run_training(
+                config,
+                out,
+                resume=resume,
+                overwrite=overwrite,
+                time_limit=parse_duration(time_limit),
+                on_step=on_step,
+            )
+        finally:
+            latest = _point_latest(out)
     summary = {
         "run": str(result.run),
         "step": result.step,
@@ -135,6 +170,7 @@ def train(
         "seconds": round(result.seconds, 2),
         "device": result.device,
         "stopped_by_time_limit": result.stopped_by_time_limit,
+        "latest": str(latest) if latest else None,
     }
     if json_out:
         print_json(summary)
@@ -149,5 +185,19 @@ def train(
         )
 
 
+def _point_latest(run: Path) -> Path | None:
+    """runs/latest -> this run, once it has a checkpoint (also after Ctrl-C or a time limit),
+    when the run lives in a `runs/` directory."""
+    from cellsynth_cli.checkpoint import CHECKPOINT_NAME
+
+    if run.resolve().parent.name != workdir.RUNS or not (run / CHECKPOINT_NAME).is_file():
+        return None
+    try:
+        return workdir.point_latest(run.resolve())
+    except OSError as exc:
+        console.print(f"[yellow]could not point {workdir.RUNS}/{workdir.LATEST} at {run}: {exc}")
+        return None
+
+
 def register(app: typer.Typer) -> None:
-    app.command("train")(train)
+    app.command("train", cls=CellsynthCommand)(train)
