@@ -99,5 +99,5 @@ def load_model(run: Path, device: torch.device | str = "cpu") -> TrainedModel:
         config=dict(state["config"]),
         step=int(state["step"]),
         checksum=file_checksum(path),
-        path=path,
+        path=path.resolve(),  # the run itself, not a link such as runs/latest
     )

@@ -43,17 +43,15 @@ def _imagej_masks(masks: np.ndarray, where: str) -> np.ndarray:
 def _write_imagej(path: Path, data: np.ndarray, voxel_size: tuple[float, ...] | None) -> None:
     import tifffile
 
-    vs = tuple(float(v) for v in voxel_size) if voxel_size else (1.0,) * data.ndim
-    metadata: dict = {"axes": "ZYX"[-data.ndim :], "unit": "um"}
-    if data.ndim == 3:
-        metadata["spacing"] = vs[0]
-    tifffile.imwrite(
-        path,
-        data,
-        imagej=True,
-        resolution=(1.0 / vs[-1], 1.0 / vs[-2]),
-        metadata=metadata,
-    )
+    metadata: dict = {"axes": "ZYX"[-data.ndim :]}
+    resolution = None
+    if voxel_size:  # an unknown voxel size is left uncalibrated, not called 1 um
+        vs = tuple(float(v) for v in voxel_size)
+        metadata["unit"] = "um"
+        if data.ndim == 3:
+            metadata["spacing"] = vs[0]
+        resolution = (1.0 / vs[-1], 1.0 / vs[-2])
+    tifffile.imwrite(path, data, imagej=True, resolution=resolution, metadata=metadata)
 
 
 def write_tiff_volume(directory: Path, volume: io.Volume, overwrite: bool = False) -> list[Path]:
@@ -73,6 +71,12 @@ def write_tiff_volume(directory: Path, volume: io.Volume, overwrite: bool = Fals
     for target, _ in targets:
         if target.exists() and not overwrite:
             raise InputError(f"{target} already exists (pass --overwrite to replace it)")
+    # masks left from an earlier export would be paired with this image by every reader
+    stale = directory / f"{volume.name}{io.MASKS_SUFFIX}.tif"
+    if volume.masks is None and stale.exists():
+        if not overwrite:
+            raise InputError(f"{stale} already exists (pass --overwrite to replace it)")
+        stale.unlink()
     directory.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(4)
     temporaries = [(directory / f".{t.name}.tmp-{token}", t, data) for t, data in targets]

@@ -85,6 +85,24 @@ def existing_outputs(directory: Path, names: Iterable[str]) -> list[Path]:
     return [p for p in paths if p.exists()]
 
 
+def outputs_to_keep(
+    directory: Path, names: Iterable[str], overwrite: bool, resume: bool
+) -> set[str]:
+    """Names whose DIR/NAME.zarr exists and is kept (--resume). Refuses before any work when
+    outputs exist and neither --resume nor --overwrite says what to do with them."""
+    if overwrite and resume:
+        raise InputError("--resume keeps existing outputs and --overwrite replaces them: give one")
+    existing = existing_outputs(directory, names)
+    if not existing or overwrite:
+        return set()
+    if not resume:
+        raise InputError(
+            f"{directory} already holds {len(existing)} of the outputs (e.g. {existing[0].name}); "
+            "pass --resume to keep them and make the rest, or --overwrite to replace them"
+        )
+    return {volume_name(p) for p in existing}
+
+
 def provenance(stage: str, **fields: Any) -> dict:
     """The provenance record a stage stores with each volume it writes."""
     from cellsynth_cli import __version__

@@ -4,15 +4,17 @@ Images synthesized from simulated sketches have no real counterpart, so PSNR/SSI
 computed. Instead both sets are compared as distributions:
 
 - intensity, gradient magnitude (Gaussian derivative, sigma 1) and local texture (standard
-  deviation in a 5-voxel window): histograms on common bins, KL divergence (real || synthetic)
-  and Bhattacharyya distance, as the noise analysis does;
+  deviation in a 5-voxel window): histograms on common bins, KL divergence (reference ||
+  candidate) and Bhattacharyya distance, as the noise analysis does;
 - nuclei found by the LoG blob detector: Kolmogorov-Smirnov distance of their radius and
   brightness distributions, and |ln| of the ratio of their densities.
 
-Every distance comes with a floor: the same distance between two halves of the real set
-(each real volume cut in two along its longest axis). A synthetic set at the floor is as
-close to the real set as the real data are to themselves; the ratio says how many times
-farther it is.
+Every distance comes with a floor measured the same way, at the same sample size. The real
+set is split into halves A and B by volume (or, when it is one volume, into the two halves
+of that volume along its longest axis; synthetic volumes are then halved too). The floor is
+d(A, B). The value is d(A, S) for groups S of synthetic units as many as B, averaged over
+the groups. Both are averaged over up to 8 splits. A synthetic set drawn from the real
+distribution scores about the floor (ratio ~ 1); the ratio says how many times farther it is.
 """
 
 from __future__ import annotations
@@ -36,60 +38,73 @@ GRADIENT_SIGMA = 1.0
 TEXTURE_WINDOW = 5
 FEATURE_PERCENTILE = 99.5  # gradient/texture bins span 0 .. 1.5 x this percentile of real
 SAMPLES_PER_VOLUME = 200_000  # values per volume kept to set the scale and the bins
-MIN_OBJECTS = 3  # fewer detections than this: no object statistics
+MAX_SPLITS = 8  # splits of the real set averaged for the floor
+DENSITY_PSEUDO_COUNT = 0.5  # keeps |ln density ratio| finite when a side finds no nucleus
+DISTANCES = (
+    *(f"{f}_{d}" for f in FEATURES for d in ("kld", "bhattacharyya")),
+    "radius_ks",
+    "brightness_ks",
+    "density_log_ratio",
+)
 
 
 @dataclass
-class _SetStats:
-    """Histograms and detections accumulated over one set (or one half of the real set)."""
+class _Stats:
+    """Histograms and nuclei of one unit (a volume or half a volume), or a sum of units."""
 
-    hists: dict[str, np.ndarray]
-    radii: list[np.ndarray] = field(default_factory=list)
-    brightness: list[np.ndarray] = field(default_factory=list)
-    n_objects: int = 0
+    hists: dict[str, np.ndarray] = field(
+        default_factory=lambda: {f: np.zeros(BINS) for f in FEATURES}
+    )
+    radii: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    brightness: np.ndarray = field(default_factory=lambda: np.zeros(0))
     n_voxels: int = 0
 
     @classmethod
-    def empty(cls) -> _SetStats:
-        return cls(hists={f: np.zeros(BINS) for f in FEATURES})
-
-    def add(
-        self,
+    def of(
+        cls,
         features: dict[str, np.ndarray],
-        detections: Detections,
-        keep: np.ndarray,
         ranges: dict[str, tuple[float, float]],
         region: tuple[slice, ...],
-    ) -> None:
-        for name in FEATURES:
-            self.hists[name] += histogram(features[name][region], BINS, ranges[name])
-        self.radii.append(detections.equivalent_radius[keep])
-        self.brightness.append(detections.brightness[keep])
-        self.n_objects += int(keep.sum())
-        self.n_voxels += int(features["intensity"][region].size)
+        found: Detections,
+        inside: np.ndarray,
+    ) -> _Stats:
+        return cls(
+            hists={f: histogram(features[f][region], BINS, ranges[f]) for f in FEATURES},
+            radii=found.equivalent_radius[inside],
+            brightness=found.brightness[inside],
+            n_voxels=int(features["intensity"][region].size),
+        )
+
+    @classmethod
+    def total(cls, units: list[_Stats]) -> _Stats:
+        return cls(
+            hists={f: sum((u.hists[f] for u in units), np.zeros(BINS)) for f in FEATURES},
+            radii=np.concatenate([u.radii for u in units]) if units else np.zeros(0),
+            brightness=np.concatenate([u.brightness for u in units]) if units else np.zeros(0),
+            n_voxels=sum(u.n_voxels for u in units),
+        )
 
     def objects(self) -> dict:
-        radii = np.concatenate(self.radii) if self.radii else np.zeros(0)
-        bright = np.concatenate(self.brightness) if self.brightness else np.zeros(0)
+        n = len(self.radii)
         return {
-            "n": self.n_objects,
-            "radius_median": float(np.median(radii)) if len(radii) else None,
-            "brightness_median": float(np.median(bright)) if len(bright) else None,
-            "per_megavoxel": 1e6 * self.n_objects / max(self.n_voxels, 1),
-            "_radii": radii,
-            "_brightness": bright,
+            "n": n,
+            "radius_median": float(np.median(self.radii)) if n else None,
+            "brightness_median": float(np.median(self.brightness)) if n else None,
+            "per_megavoxel": 1e6 * n / max(self.n_voxels, 1),
         }
 
 
 @dataclass
 class Realism:
-    """Distances synthetic vs real, each with the real set's split-half floor."""
+    """Distances synthetic vs real, each with the real set's own split-half floor."""
 
     scores: list[dict]  # name, value, floor, ratio
     objects: dict[str, dict]  # "pred" / "ref": n, radius_median, brightness_median, density
     n_pred: int
     n_ref: int
     scale: dict[str, float]
+    split: str  # how the real set was halved
+    groups: int  # synthetic groups the value is averaged over
 
     def to_dict(self) -> dict:
         return {
@@ -99,6 +114,8 @@ class Realism:
             "n_pred": self.n_pred,
             "n_ref": self.n_ref,
             "scale": self.scale,
+            "split": self.split,
+            "groups": self.groups,
         }
 
 
@@ -128,6 +145,31 @@ def _sample(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return flat[rng.integers(0, flat.size, SAMPLES_PER_VOLUME)]
 
 
+def _ks(a: np.ndarray, b: np.ndarray) -> float | None:
+    """KS distance; 1 when exactly one side found no nucleus, None when neither did."""
+    if len(a) == 0 and len(b) == 0:
+        return None
+    if len(a) == 0 or len(b) == 0:
+        return 1.0
+    return float(stats.ks_2samp(a, b).statistic)
+
+
+def distances(reference: _Stats, candidate: _Stats) -> dict[str, float | None]:
+    """Every distance of CANDIDATE from REFERENCE."""
+    out: dict[str, float | None] = {}
+    for name in FEATURES:
+        p, q = reference.hists[name], candidate.hists[name]
+        out[f"{name}_kld"] = kl_divergence(p, q)
+        out[f"{name}_bhattacharyya"] = bhattacharyya_distance(p, q)
+    out["radius_ks"] = _ks(reference.radii, candidate.radii)
+    out["brightness_ks"] = _ks(reference.brightness, candidate.brightness)
+    density = [
+        (len(s.radii) + DENSITY_PSEUDO_COUNT) / max(s.n_voxels, 1) for s in (reference, candidate)
+    ]
+    out["density_log_ratio"] = abs(float(np.log(density[1] / density[0])))
+    return out
+
+
 def _halves(shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...], int, int]:
     """Two halves along the longest axis: (region A, region B, axis, cut)."""
     axis = int(np.argmax(shape))
@@ -137,24 +179,31 @@ def _halves(shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...
     return a, b, axis, cut
 
 
-def _distances(p: _SetStats, q: _SetStats) -> dict[str, float | None]:
-    """Every distance between set P (real or real half) and set Q."""
-    out: dict[str, float | None] = {}
-    for name in FEATURES:
-        out[f"{name}_kld"] = kl_divergence(p.hists[name], q.hists[name])
-        out[f"{name}_bhattacharyya"] = bhattacharyya_distance(p.hists[name], q.hists[name])
-    po, qo = p.objects(), q.objects()
-    enough = po["n"] >= MIN_OBJECTS and qo["n"] >= MIN_OBJECTS
-    out["radius_ks"] = (
-        float(stats.ks_2samp(po["_radii"], qo["_radii"]).statistic) if enough else None
-    )
-    out["brightness_ks"] = (
-        float(stats.ks_2samp(po["_brightness"], qo["_brightness"]).statistic) if enough else None
-    )
-    out["density_log_ratio"] = (
-        abs(float(np.log(qo["per_megavoxel"] / po["per_megavoxel"]))) if enough else None
-    )
-    return out
+def _units(
+    volume: io.Volume,
+    lo: float,
+    hi: float,
+    ranges: dict[str, tuple[float, float]],
+    split: bool,
+    where: str,
+) -> list[_Stats]:
+    """The statistics of one volume: as one unit, or as its two halves (split)."""
+    from cellsynth_cli.intensity import to_unit
+
+    unit = to_unit(volume.image, lo, hi, clip=False)
+    if not np.isfinite(unit).all():
+        raise InputError(f"{where}: image contains NaN or infinite values")
+    features = feature_maps(unit)
+    found = detect_nuclei(np.clip(unit, 0, 1), volume.voxel_size)
+    if not split:
+        whole = tuple(slice(None) for _ in unit.shape)
+        return [_Stats.of(features, ranges, whole, found, np.ones(len(found), bool))]
+    a, b, axis, cut = _halves(unit.shape)
+    in_a = found.centres[:, axis] < cut
+    return [
+        _Stats.of(features, ranges, a, found, in_a),
+        _Stats.of(features, ranges, b, found, ~in_a),
+    ]
 
 
 def compare_sets(
@@ -164,10 +213,10 @@ def compare_sets(
     on_volume: Callable[[str], None] | None = None,
 ) -> Realism:
     """Distances between the synthetic set PRED_DIR and the real set REF_DIR, with floors."""
-    rng = np.random.default_rng(seed)
-    # pass 1: the real set's intensity scale (robust percentiles, as training uses)
     from cellsynth_cli.intensity import HIGH_PERCENTILE, LOW_PERCENTILE, to_unit
 
+    rng = np.random.default_rng(seed)
+    # pass 1: the real set's intensity scale (robust percentiles, as training uses)
     samples = [_sample(v.image.astype(np.float64), rng) for v in _images(ref_dir, "real")]
     values = np.concatenate(samples)
     if not np.isfinite(values).all():
@@ -184,59 +233,86 @@ def compare_sets(
     for name, parts in feature_samples.items():
         top = float(np.percentile(np.concatenate(parts), FEATURE_PERCENTILE)) * 1.5
         ranges[name] = (0.0, top if top > 0 else 1.0)
-    # pass 3: histograms and detections; the real set also as two halves (the floor)
-    ref, half_a, half_b, pred = (_SetStats.empty() for _ in range(4))
-    n_ref = n_pred = 0
+    # pass 3: statistics per unit; one real volume is halved, and then so is every synthetic
+    # one, so that the floor and the value compare equal amounts of data
+    split = len(samples) == 1
+    units: dict[str, list[_Stats]] = {"real": [], "synthetic": []}
     for role, directory in (("real", ref_dir), ("synthetic", pred_dir)):
         for volume in _images(directory, role):
-            unit = to_unit(volume.image, lo, hi, clip=False)
-            if not np.isfinite(unit).all():
-                raise InputError(
-                    f"{directory}/{volume.name}: image contains NaN or infinite values"
-                )
-            features = feature_maps(unit)
-            found = detect_nuclei(np.clip(unit, 0, 1), volume.voxel_size)
-            everything = tuple(slice(None) for _ in unit.shape)
-            every_blob = np.ones(len(found), bool)
-            if role == "real":
-                n_ref += 1
-                ref.add(features, found, every_blob, ranges, everything)
-                a, b, axis, cut = _halves(unit.shape)
-                in_a = found.centres[:, axis] < cut if len(found) else every_blob
-                half_a.add(features, found, in_a, ranges, a)
-                half_b.add(features, found, ~in_a, ranges, b)
-            else:
-                n_pred += 1
-                pred.add(features, found, every_blob, ranges, everything)
+            where = f"{directory}/{volume.name}"
+            units[role].extend(_units(volume, lo, hi, ranges, split, where))
             if on_volume:
                 on_volume(volume.name)
-    value = _distances(ref, pred)
-    floor = _distances(half_a, half_b)
+    real, synthetic = units["real"], units["synthetic"]
+    splits = _splits(len(real), rng)
+    size = len(splits[0][1])
+    order = rng.permutation(len(synthetic))
+    groups = [order[i : i + size] for i in range(0, len(order) - size + 1, size)] or [order]
+    synthetic_groups = [_Stats.total([synthetic[i] for i in g]) for g in groups]
+    floors, values = [], []
+    for a, b in splits:
+        reference = _Stats.total([real[i] for i in a])
+        floors.append(distances(reference, _Stats.total([real[i] for i in b])))
+        values.extend(distances(reference, group) for group in synthetic_groups)
     scores = []
-    for name, v in value.items():
-        f = floor[name]
-        ratio = v / f if v is not None and f else None
-        scores.append({"name": name, "value": v, "floor": f, "ratio": ratio})
-    objects = {}
-    for key, s in (("pred", pred), ("ref", ref)):
-        objects[key] = {k: v for k, v in s.objects().items() if not k.startswith("_")}
+    for name in DISTANCES:
+        value, floor = _mean(d[name] for d in values), _mean(d[name] for d in floors)
+        ratio = value / floor if value is not None and floor else None
+        scores.append({"name": name, "value": value, "floor": floor, "ratio": ratio})
     return Realism(
-        scores=scores, objects=objects, n_pred=n_pred, n_ref=n_ref, scale={"low": lo, "high": hi}
+        scores=scores,
+        objects={
+            "pred": _Stats.total(synthetic).objects(),
+            "ref": _Stats.total(real).objects(),
+        },
+        n_pred=len(synthetic) // (2 if split else 1),
+        n_ref=len(samples),
+        scale={"low": lo, "high": hi},
+        split=f"{len(splits)} splits of the "
+        + ("one real volume into halves" if split else "real volumes into halves"),
+        groups=len(groups),
     )
+
+
+def _mean(values: Iterator[float | None]) -> float | None:
+    got = [v for v in values if v is not None]
+    return float(np.mean(got)) if got else None
+
+
+def _splits(n: int, rng: np.random.Generator) -> list[tuple[list[int], list[int]]]:
+    """Ordered splits (A, B) of n real units into halves, |B| = n // 2: all of them when
+    there are few, else MAX_SPLITS random ones. Averaging over splits steadies the floor."""
+    from itertools import combinations
+    from math import comb
+
+    if n < 2:
+        raise InputError("the real set needs at least one volume of 2+ voxels along an axis")
+    everything = set(range(n))
+    if comb(n, n // 2) <= MAX_SPLITS:
+        chosen = [list(b) for b in combinations(range(n), n // 2)]
+    else:
+        chosen = []
+        seen: set[tuple[int, ...]] = set()
+        while len(chosen) < MAX_SPLITS:
+            b = tuple(sorted(rng.choice(n, n // 2, replace=False).tolist()))
+            if b not in seen:
+                seen.add(b)
+                chosen.append(list(b))
+    return [(sorted(everything - set(b)), b) for b in chosen]
 
 
 def write_realism_csv(realism: Realism, path: Path, overwrite: bool = False) -> Path:
     """One row per distance: name, value, floor, ratio (empty where not defined)."""
     import csv
 
+    def cell(value: float | None) -> str:
+        return "" if value is None else f"{value:.6g}"
+
     with io.atomic_file(path, overwrite) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["distance", "value", "floor", "ratio"])
         for row in realism.scores:
             writer.writerow(
-                [
-                    "" if row[k] is None else f"{row[k]:.6g}" if k != "name" else row[k]
-                    for k in ("name", "value", "floor", "ratio")
-                ]
+                [row["name"], cell(row["value"]), cell(row["floor"]), cell(row["ratio"])]
             )
     return Path(path)

@@ -207,13 +207,21 @@ def train_segmenter(
     return config
 
 
-def load_segmenter(model_dir: Path, device: str = "auto") -> tuple[Any, dict]:
+def segmenter_config(model_dir: Path) -> dict:
+    """The configuration of a `segment train` folder (checked without loading cellpose)."""
     config_path = Path(model_dir) / CONFIG_FILE
     if not config_path.is_file() or not (Path(model_dir) / MODEL_FILE).is_file():
         raise InputError(
             f"{model_dir}: not a segmentation model (train one with `cellsynth segment train`)"
         )
-    config = json.loads(config_path.read_text())
+    try:
+        return json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{config_path}: unreadable ({exc})") from None
+
+
+def load_segmenter(model_dir: Path, device: str = "auto") -> tuple[Any, dict]:
+    config = segmenter_config(model_dir)
     gpu = _use_gpu(device)
     models, _ = _cellpose(Path(model_dir))
     model = models.CellposeModel(gpu=gpu, pretrained_model=str(Path(model_dir) / MODEL_FILE))
@@ -245,18 +253,16 @@ def predict(
 ) -> list[dict]:
     paths = io.list_volumes(images)
     names = [io.volume_name(p) for p in paths]
-    existing = {io.volume_name(p) for p in io.existing_outputs(out, names)}
-    if existing and not (overwrite or resume):
-        raise InputError(
-            f"{out} already holds {len(existing)} of the outputs; pass --resume to keep them "
-            "or --overwrite to replace them"
-        )
-    model, config = load_segmenter(model_dir, device)
+    kept = io.outputs_to_keep(out, names, overwrite, resume)
+    segmenter_config(model_dir)  # a bad model folder is reported before any work
+    model = config = None  # loaded when the first volume needs it (cellpose takes seconds)
     results = []
     for path, name in zip(paths, names, strict=True):
-        if resume and name in existing:
+        if name in kept:
             results.append({"name": name, "skipped": True})
             continue
+        if model is None:
+            model, config = load_segmenter(model_dir, device)
         volume = io.read_volume(path)
         if volume.image is None:
             raise InputError(f"{path}: no intensity image to segment")

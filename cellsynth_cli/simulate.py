@@ -63,20 +63,6 @@ def _simulate_one(job: VolumeJob) -> dict:
     return {"name": job.name, "path": str(path), **simulated.info}
 
 
-def existing_to_keep(out_dir: Path, names: list[str], overwrite: bool, resume: bool) -> set[str]:
-    """Names whose output exists and is kept (--resume); refuses before any work when outputs
-    exist and neither --resume nor --overwrite was given."""
-    existing = io.existing_outputs(out_dir, names)
-    if not existing or (overwrite and not resume):
-        return set()
-    if not resume:
-        raise InputError(
-            f"{out_dir} already holds {len(existing)} of the outputs (e.g. {existing[0].name}); "
-            "pass --resume to keep them and make the rest, or --overwrite to replace them"
-        )
-    return {io.volume_name(p) for p in existing}
-
-
 def _check_resumable(path: Path, config: SimulationConfig, seed: int) -> None:
     """A kept volume must come from the same preset settings and seed, or the set is mixed."""
     made = io.read_provenance(path)
@@ -110,7 +96,7 @@ def simulate_dataset(
     if workers <= 0:
         raise InputError(f"--workers must be >= 1, got {workers}")
     names = volume_names(config.preset, n)
-    kept = existing_to_keep(out_dir, names, overwrite, resume)
+    kept = io.outputs_to_keep(out_dir, names, overwrite, resume)
     for name in sorted(kept):
         _check_resumable(io.volume_path(out_dir, name), config, seed)
     children = np.random.SeedSequence(seed).spawn(n)
@@ -153,7 +139,7 @@ def sketches_from_real(
     """One sketch per real volume with instance labels, carrying the real masks along."""
     paths = io.list_volumes(data_dir)
     names = [io.volume_name(p) for p in paths]
-    kept = existing_to_keep(out_dir, names, overwrite, resume)
+    kept = io.outputs_to_keep(out_dir, names, overwrite, resume)
     results = _kept_results([name for name in names if name in kept], on_volume)
     for path in paths:
         if io.volume_name(path) in kept:

@@ -189,6 +189,26 @@ def synthesize_volume(
     return from_unit(model_to_unit(result), norm["low"], norm["high"])
 
 
+def _check_resumable(
+    path: Path, model: TrainedModel, options: SynthesisOptions, n_steps: int
+) -> None:
+    """A kept volume must come from the same model and sampler settings, or the set is mixed."""
+    made = io.read_provenance(path)
+    now = {
+        "model_checksum": model.checksum,
+        "t_start": options.t_start,
+        "steps": n_steps,
+        "sampler": options.sampler,
+        "seed": options.seed,
+    }
+    differ = [key for key, value in now.items() if made.get(key) != value]
+    if differ:
+        raise InputError(
+            f"--resume: {path} was synthesized with another {', '.join(differ)}; use the same "
+            "model and options as the first run, another -o, or --overwrite"
+        )
+
+
 def synthesize_dataset(
     run: Path,
     sketches: Path,
@@ -210,16 +230,13 @@ def synthesize_dataset(
     check_options(options, schedule_T)
     paths = io.list_volumes(sketches)
     names = [io.volume_name(p) for p in paths]
-    existing = {p.name for p in io.existing_outputs(out_dir, names)}
-    if existing and not (resume or overwrite):
-        raise InputError(
-            f"{out_dir} already holds {len(existing)} of the outputs; pass --resume to skip "
-            "them or --overwrite to replace them"
-        )
+    kept = io.outputs_to_keep(out_dir, names, overwrite, resume)
     n_steps = len(sampling_timesteps(options.t_start, options.steps, schedule_T))
+    for name in sorted(kept):
+        _check_resumable(io.volume_path(out_dir, name), model, options, n_steps)
     results = []
     for path, name in zip(paths, names, strict=True):
-        if resume and io.volume_path(out_dir, name).name in existing:
+        if name in kept:
             results.append({"name": name, "skipped": True})
             continue
         volume = io.read_volume(path)

@@ -147,8 +147,13 @@ def train(
     overwrite: bool = False,
     time_limit: float | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train (or resume) a DDPM into RUN/; returns where it stopped and the last loss."""
+    """Train (or resume) a DDPM into RUN/; returns where it stopped and the last loss.
+
+    on_checkpoint(step) is called after every checkpoint is on disk (also the one written
+    when training is interrupted).
+    """
     from cellsynth_cli.diffusion.unet import UNet, UNetConfig, default_config, tune_cpu_allocator
 
     run = Path(run)
@@ -244,6 +249,8 @@ def train(
                 "generator": generator.get_state(),
             },
         )
+        if on_checkpoint:
+            on_checkpoint(step)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     start = time.perf_counter()

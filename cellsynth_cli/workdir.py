@@ -34,16 +34,26 @@ def latest_run(root: Path = Path(".")) -> Path:
 
 
 def new_run_dir(data: Path, root: Path = Path("."), now: datetime | None = None) -> Path:
-    """runs/<data-name>-<YYYYmmdd-HHMMSS> for a new training run, never an existing one."""
+    """Create runs/<data-name>-<YYYYmmdd-HHMMSS>/ for a new training run and return it.
+
+    The directory is claimed by creating it, so two runs started in the same second (even in
+    two processes) get different directories.
+    """
     name = Path(data).resolve().name
     name = Path(name).stem if Path(data).suffix.lower() in (".zarr", ".tif", ".tiff") else name
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    run = Path(root) / RUNS / f"{name or 'data'}-{stamp}"
-    suffix = 2
-    while run.exists():  # two runs started within the same second
-        run = Path(root) / RUNS / f"{name or 'data'}-{stamp}-{suffix}"
-        suffix += 1
-    return run
+    runs = Path(root) / RUNS
+    runs.mkdir(parents=True, exist_ok=True)
+    for suffix in range(1, 1000):
+        run = (
+            runs / f"{name or 'data'}-{stamp}" if suffix == 1 else runs / f"{name}-{stamp}-{suffix}"
+        )
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{runs}: no free run name for {name}-{stamp}")
 
 
 def point_latest(run: Path) -> Path:

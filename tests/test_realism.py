@@ -57,6 +57,42 @@ def test_a_contrast_changed_copy_scores_worse_in_intensity(tmp_path, real_image)
         assert scores[name]["value"] > 3 * scores[name]["floor"], scores[name]
 
 
+def _blob_images(directory, n, rng, blur=0.0):
+    """N images of random bright discs with a random gain each (between-volume variation)."""
+    directory.mkdir()
+    yy, xx = np.ogrid[:96, :96]
+    for i in range(n):
+        image = np.zeros((96, 96), np.float32)
+        for _ in range(rng.integers(8, 14)):
+            cy, cx = rng.integers(8, 88, 2)
+            image[(yy - cy) ** 2 + (xx - cx) ** 2 <= rng.uniform(4, 8) ** 2] = rng.uniform(0.4, 1)
+        image = ndimage.gaussian_filter(image, 1.0 + blur) * rng.uniform(0.7, 1.3)
+        image += rng.normal(0, 0.05, image.shape).astype(np.float32)
+        tifffile.imwrite(directory / f"v{i}.tif", image)
+    return directory
+
+
+def test_the_floor_is_calibrated_on_a_set_of_volumes(tmp_path):
+    """A set drawn from the real set's own distribution scores about the floor (ratio ~ 1,
+    not far below it as an unmatched comparison would), a blurred one far above."""
+    rng = np.random.default_rng(0)
+    real = _blob_images(tmp_path / "real", 6, rng)
+    same = scores_of(compare_sets(_blob_images(tmp_path / "same", 6, rng), real))
+    blurred = scores_of(compare_sets(_blob_images(tmp_path / "blur", 6, rng, blur=1.5), real))
+    for name in ("intensity_kld", "gradient_kld", "texture_kld", "radius_ks", "brightness_ks"):
+        assert 0.4 < same[name]["ratio"] < 2.5, (name, same[name])
+    for name in ("gradient_kld", "texture_kld"):
+        assert blurred[name]["ratio"] > 4, (name, blurred[name])
+        assert blurred[name]["value"] > 4 * same[name]["value"]
+
+
+def test_no_nuclei_in_the_synthetic_set_is_the_largest_object_distance(tmp_path):
+    blank = image_set(tmp_path, "blank", np.zeros((128, 128), np.float32))
+    scores = scores_of(compare_sets(blank, DSB_DIR))
+    assert scores["radius_ks"]["value"] == 1.0 and scores["brightness_ks"]["value"] == 1.0
+    assert scores["density_log_ratio"]["ratio"] > 10
+
+
 def test_cli_unpaired_json_and_csv(tmp_path, real_image):
     noisy = real_image + np.random.default_rng(0).normal(0, 20, real_image.shape)
     pred = image_set(tmp_path, "noisy", noisy)
@@ -118,20 +154,24 @@ def test_detector_matches_the_real_masks(real_image):
     assert abs(np.median(found.equivalent_radius) - true_radius) <= 0.2 * true_radius
 
 
-def test_detector_in_anisotropic_3d():
-    """Balls of radius 6 (in-plane voxels) sampled with z 3x coarser are found as such."""
-    shape = (20, 96, 96)
-    z, y, x = np.meshgrid(*(np.arange(s) for s in shape), indexing="ij")
-    centres = [(10, 24, 24), (10, 24, 70), (10, 70, 48)]
+@pytest.mark.parametrize("z_step", [1.0, 4.0, 10.0])
+def test_detector_in_noisy_anisotropic_3d(z_step):
+    """Six balls of radius 8 (in-plane voxels) sampled with z z_step times coarser, in noise:
+    found once each, with their radius (a mean-sigma LoG finds hundreds of noise blobs)."""
+    depth = int(round(64 / z_step))
+    shape = (depth, 128, 128)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    centres = [(depth // 2, cy, cx) for cy in (30, 90) for cx in (25, 64, 103)]
     image = np.zeros(shape, np.float32)
     for cz, cy, cx in centres:
-        inside = ((z - cz) * 3.0) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 <= 6.0**2
-        image[inside] = 0.8
-    found = detect_nuclei(ndimage.gaussian_filter(image, (0.3, 1, 1)), voxel_size=(3.0, 1, 1))
-    assert len(found) == 3
+        image[((z - cz) * z_step) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 <= 8.0**2] = 0.8
+    image += np.random.default_rng(1).normal(0, 0.05, shape).astype(np.float32)
+    found = detect_nuclei(image, voxel_size=(0.5 * z_step, 0.5, 0.5))
+    assert len(found) == 6
     assert sorted(map(tuple, found.centres[:, 1:])) == sorted((c[1], c[2]) for c in centres)
-    assert np.all(np.abs(found.equivalent_radius - 6.0) < 0.25 * 6.0)
-    np.testing.assert_allclose(found.brightness, 0.8, atol=0.15)
+    assert np.all(np.abs(found.equivalent_radius - 8.0) < 0.15 * 8.0)
+    np.testing.assert_allclose(found.radii[:, 0], found.equivalent_radius / z_step, rtol=1e-6)
+    np.testing.assert_allclose(found.brightness, 0.8, atol=0.1)
 
 
 def test_detector_refuses_bad_images():

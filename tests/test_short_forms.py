@@ -97,14 +97,34 @@ def test_train_defaults_need_real_data(tmp_path):
     assert "real/" in result.stderr and not (tmp_path / "runs").exists()
 
 
-def test_new_run_dirs_are_named_by_data_and_time(tmp_path):
+def test_new_run_dirs_are_named_by_data_and_time_and_claimed(tmp_path):
     now = datetime(2026, 11, 25, 13, 5, 9)
     first = workdir.new_run_dir(tmp_path / "real", root=tmp_path, now=now)
-    assert first == tmp_path / "runs" / "real-20261125-130509"
-    first.mkdir(parents=True)
+    assert first == tmp_path / "runs" / "real-20261125-130509" and first.is_dir()
     second = workdir.new_run_dir(tmp_path / "real/", root=tmp_path, now=now)
-    assert second.name == "real-20261125-130509-2"  # same second: never reuse a run
+    assert second.name == "real-20261125-130509-2"  # same second: never share a run
     assert workdir.new_run_dir(tmp_path / "img.tif", root=tmp_path, now=now).name.startswith("img-")
+
+
+def test_a_refused_train_leaves_runs_latest_alone(tmp_path):
+    """`train -o` into a finished run is refused (exit 2) and runs/latest does not move."""
+    (tmp_path / "real").mkdir()
+    for name in ("dsb2018.tif",):
+        tifffile.imwrite(tmp_path / "real" / name, tifffile.imread(DSB_DIR / name)[:64, :64])
+    args = ["--patch", "32,32", "--channels", "8,16", "--batch", "2", "--steps", "2"]
+    ok(run_cellsynth("train", "-o", "runs/old", *args, cwd=tmp_path))
+    ok(run_cellsynth("train", *args, cwd=tmp_path))
+    latest = tmp_path / "runs" / "latest"
+    newest = latest.resolve()
+    assert newest.name.startswith("real-")
+    refused = run_cellsynth("train", "-o", "runs/old", *args, cwd=tmp_path)
+    assert refused.returncode == 2 and "--resume or --overwrite" in refused.stderr
+    assert latest.resolve() == newest
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "latest",
+        "old",
+        newest.name,
+    ]
 
 
 def test_latest_link_is_replaced_atomically_and_never_a_real_dir(tmp_path):

@@ -80,21 +80,22 @@ JsonOut = Annotated[
         "--json", help="Print the result as JSON on stdout (progress and logs go to stderr)."
     ),
 ]
-Overwrite = Annotated[
-    bool,
-    typer.Option(
-        "--overwrite",
-        help="Replace existing outputs (each old one is kept until its new one is complete).",
-    ),
-]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 Resume = Annotated[
     bool,
-    typer.Option("--resume", help="Keep finished outputs and do only what is missing."),
+    typer.Option(
+        "--resume",
+        help="Continue where an earlier run stopped: keep what it finished and do the rest "
+        "(it must have used the same inputs and settings).",
+    ),
 ]
 Device = Annotated[
     str, typer.Option("--device", help="auto (CUDA when available, else CPU) | cpu | cuda.")
 ]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed: the same seed, the same output.")]
+Seed = Annotated[
+    int,
+    typer.Option("--seed", help="Random seed: the same seed gives the same output (per device)."),
+]
 
 
 def path_option(flags: tuple[str, ...], what: str, default: str | None = None) -> Any:

@@ -82,6 +82,17 @@ def evaluate(
 
         raise InputError(f"{csv_path} already exists (pass --overwrite to replace it)")
     if unpaired or not names_pair(pred, ref):
+        paired_only = [
+            flag
+            for flag, given in (
+                ("--scale", scale != "ref-percentiles"),
+                ("--data-range", data_range is not None),
+                ("--mask-labels", mask_labels),
+            )
+            if given
+        ]
+        if paired_only:
+            console.print(f"[yellow]{', '.join(paired_only)}: only for paired volumes; ignored[/]")
         if not unpaired:
             console.print(
                 f"[dim]no volume names pair between {pred} and {ref}: comparing "

@@ -73,8 +73,8 @@ def noise_analysis(
 
     Examples:
 
-        cellsynth noise-analysis                       # real/ and sketches from its own masks
-        cellsynth noise-analysis --images real/ --sketches sketches/ -o analysis/
+        cellsynth noise-analysis          # real/, sketches from its masks
+        cellsynth noise-analysis --images real/ --sketches sk/ -o analysis/
     """
     from cellsynth_cli import io
     from cellsynth_cli.noise import BACKWARD_SCORES, save_plot

@@ -206,22 +206,27 @@ def qc(
     move_failed: Path = typer.Option(None, "--move-failed", help="Move failing volumes here."),
     out: Path = typer.Option(None, "-o", "--out", help="Write qc.json here (a file path)."),
     device: Device = "auto",
+    overwrite: Overwrite = False,
     json_out: JsonOut = False,
 ) -> None:
     """Quality control of synthetic data: phantom and vanished cells per volume.
 
     Example:
 
-        cellsynth segment qc --max-phantom 0.2 --move-failed rejected/   # seg/ on synth/
+        cellsynth segment qc --max-phantom 0.2 --move-failed rejected/
     """
+    from cellsynth_cli import io
+    from cellsynth_cli.errors import InputError
     from cellsynth_cli.segment import quality_control
 
     model = default_path(model, workdir.SEG, "--model", must_exist=True)
     data = default_path(data, workdir.SYNTH, "--data", must_exist=True)
+    if out is not None and out.exists() and not overwrite:
+        raise InputError(f"{out} already exists (pass --overwrite to replace it)")
     with console.status("quality control", spinner="dots"):
         result = quality_control(model, data, max_phantom, max_vanished, move_failed, device=device)
     if out is not None:
-        out.write_text(json.dumps(result, indent=2))
+        io.write_text(out, json.dumps(result, indent=2), overwrite=overwrite)
     if json_out:
         print_json(result)
         return

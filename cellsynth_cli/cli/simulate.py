@@ -69,7 +69,7 @@ def simulate(
     Examples:
 
         cellsynth simulate celegans -n 50                      # into sim/
-        cellsynth simulate hela -n 8 -o sim/ --shape 256,256 --set n_cells=20,40 --preview
+        cellsynth simulate hela -n 8 --shape 256,256 --set n_cells=20,40
         cellsynth simulate from-labels --data real/ -o sketches/
     """
     from cellsynth_cli import simulate as lib

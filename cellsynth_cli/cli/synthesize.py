@@ -89,8 +89,9 @@ def synthesize(
 
     Examples:
 
-        cellsynth synthesize --t-start 600            # runs/latest + sim/ -> synth/
-        cellsynth synthesize --model runs/nuclei --sketches sim/ -o synth/ --t-start 600 --steps 50
+        cellsynth synthesize --t-start 600      # runs/latest, sim/ -> synth/
+        cellsynth synthesize --model runs/nuclei --sketches sim/ -o synth/
+        cellsynth synthesize --t-start 400 --steps 50 --resume
     """
     from cellsynth_cli.synthesize import SynthesisOptions, synthesize_dataset
 

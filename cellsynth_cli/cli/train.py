@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -22,6 +27,8 @@ from cellsynth_cli.cli.common import (
     print_json,
 )
 from cellsynth_cli.errors import InputError
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report an interrupted command
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -57,7 +64,7 @@ def train(
     ) = None,
     out: path_option(
         ("-o", "--out"),
-        "Run directory for the checkpoint and logs. Default: a new runs/<data-name>-<time>/ "
+        "Run directory for the checkpoint and logs. Default: a new runs/DATA-YYYYmmdd-HHMMSS/ "
         "(runs/latest with --resume); runs/latest then points at it.",
     ) = None,
     dims: int = typer.Option(
@@ -89,13 +96,15 @@ def train(
     Intensities are scaled to [-1, 1] with robust percentiles of the training data; those
     travel in RUN/checkpoint.pt with the network configuration, so `synthesize` needs no
     architecture flags. RUN/ also gets config.json, loss.csv and loss.png. --resume continues
-    a run exactly where it stopped (same result as one uninterrupted run).
+    a run exactly where it stopped (same result as one uninterrupted run); its data and
+    settings come from its checkpoint, only --steps may grow. Ctrl-C or SIGTERM (a batch
+    scheduler's stop) saves a checkpoint first.
 
     Examples:
 
-        cellsynth train --data real/                      # into runs/real-<time>/, runs/latest
+        cellsynth train --data real/            # -> runs/real-YYYYmmdd-HHMMSS/
         cellsynth train --data real/ --steps 20000 --time-limit 2h
-        cellsynth train --resume --steps 40000            # continue runs/latest
+        cellsynth train --resume --steps 40000  # continue runs/latest
     """
     import torch
 
@@ -107,6 +116,7 @@ def train(
         raise InputError(f"--dims must be 2 or 3, got {dims}")
     patch_size = parse_sizes(patch, "--patch")
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    claimed = None  # a run directory made here, removed again if nothing was saved into it
     if resume:
         # a resumed run keeps its own data and settings (from its checkpoint)
         data = data or Path(workdir.REAL)
@@ -115,7 +125,10 @@ def train(
     else:
         data = default_path(data, workdir.REAL, "--data", must_exist=True)
         if out is None:
+            if not Path(data).exists():
+                raise InputError(f"--data {data}: no such file or directory")
             out = default_path(None, workdir.new_run_dir(data), "-o", must_exist=False)
+            claimed = out
     if dims is None and not resume:
         from cellsynth_cli.train import load_training_images
 
@@ -152,17 +165,37 @@ def train(
             rate = step / max(time.perf_counter() - started, 1e-9)
             progress.update(task, completed=step, loss=f"{loss:.4f}", rate=f"{rate:.2f}")
 
+        linked: list[Path | None] = []
+        saved: list[int] = []
+
+        def on_checkpoint(step: int) -> None:
+            saved.append(step)
+            # runs/latest follows the newest run from its first checkpoint on, so a run
+            # stopped any way (time limit, Ctrl-C, SIGTERM from a scheduler) is found by
+            # `train --resume` and `synthesize`
+            if not linked:
+                linked.append(_point_latest(out))
+
         try:
-            result = run_training(
-                config,
-                out,
-                resume=resume,
-                overwrite=overwrite,
-                time_limit=parse_duration(time_limit),
-                on_step=on_step,
-            )
+            with _sigterm_as_interrupt():
+                result = run_training(
+                    config,
+                    out,
+                    resume=resume,
+                    overwrite=overwrite,
+                    time_limit=parse_duration(time_limit),
+                    on_step=on_step,
+                    on_checkpoint=on_checkpoint,
+                )
+        except KeyboardInterrupt:
+            progress.stop()
+            where = f"checkpoint at step {saved[-1]} in {out}" if saved else "nothing saved"
+            console.print(f"interrupted: {where}; continue with --resume")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         finally:
-            latest = _point_latest(out)
+            if claimed is not None and not saved:
+                shutil.rmtree(claimed, ignore_errors=True)  # refused or failed before a step
+        latest = linked[0] if linked else None
     summary = {
         "run": str(result.run),
         "step": result.step,
@@ -186,17 +219,33 @@ def train(
 
 
 def _point_latest(run: Path) -> Path | None:
-    """runs/latest -> this run, once it has a checkpoint (also after Ctrl-C or a time limit),
-    when the run lives in a `runs/` directory."""
-    from cellsynth_cli.checkpoint import CHECKPOINT_NAME
-
-    if run.resolve().parent.name != workdir.RUNS or not (run / CHECKPOINT_NAME).is_file():
+    """runs/latest -> RUN when RUN lives in a directory called `runs` (as given, so a `runs`
+    that is itself a link counts)."""
+    if Path(os.path.abspath(run)).parent.name != workdir.RUNS:
         return None
     try:
-        return workdir.point_latest(run.resolve())
+        return workdir.point_latest(Path(os.path.abspath(run)))
     except OSError as exc:
         console.print(f"[yellow]could not point {workdir.RUNS}/{workdir.LATEST} at {run}: {exc}")
         return None
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a batch scheduler's stop, `kill`) checkpoints like Ctrl-C before exiting."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def register(app: typer.Typer) -> None:
