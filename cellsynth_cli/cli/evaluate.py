@@ -181,7 +181,8 @@ def _print_realism(realism, pred, ref) -> None:
     console.print(objects)
     console.print(
         "x floor: how many times farther from the real set than one half of the real set is "
-        "from the other (about 1 or less: as real as the real data's own variation)."
+        "from the other, at the same amount of data (about 1: as close as the real data are "
+        "to themselves; with few volumes up to ~3 happens by chance)."
     )
 
 
