@@ -178,12 +178,25 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name: str) -> SimulationConfig:
-    """The named preset from presets/NAME.toml, on top of the dataclass defaults."""
-    path = PRESET_DIR / f"{name}.toml"
-    if not path.is_file():
-        raise InputError(f"unknown preset {name!r}; valid presets: {', '.join(preset_names())}")
-    with path.open("rb") as fh:
-        data = tomllib.load(fh)
+    """A preset on top of the dataclass defaults: a bundled name (presets/NAME.toml) or the
+    path of a TOML file (e.g. written by `simulate fit`)."""
+    path = Path(name)
+    if path.suffix.lower() == ".toml" or path.is_file():
+        if not path.is_file():
+            raise InputError(f"preset file {path} does not exist")
+        name = path.stem
+    else:
+        path = PRESET_DIR / f"{name}.toml"
+        if not path.is_file():
+            raise InputError(
+                f"unknown preset {name!r}; valid presets: {', '.join(preset_names())} "
+                "(or the path of a .toml preset file)"
+            )
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML ({exc})") from None
     return replace(SimulationConfig(), {"preset": name, **data}, source=str(path.name))
 
 

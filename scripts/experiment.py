@@ -4,17 +4,20 @@ On the bundled 2D image (data/dsb2018, 256 x 512): the left half is the training
 right half is held back for scoring only.
  1. train the DDPM on the training part's image (no labels);
  2. noise-analysis (from-labels sketches of the training part) picks t_start;
- 3. simulate HeLa-like sketches; size and density come from a blob detector run on the
-    unlabelled training image (no real labels in the synthetic arm);
+ 3. `cellsynth simulate fit` on the unlabelled training image (no real labels in the
+    synthetic arm) writes a nuclei preset: radius, aspect ratio, count, brightness;
+    simulate sketches from it;
  4. synthesize them and train Cellpose on the synthetic images + simulated masks only;
  5. baseline: Cellpose on the real labelled training part;
  6. score both on the held-back part; write experiment_out/report.md and a PNG;
  7. QC: the real-label model segments the synthetic images, matched to their own masks
     (phantom / vanished cells; a proxy for how faithful the synthesis is).
-Sketch brightness, too, comes from the blob detector (image values at the blob centres).
+The DDPM trains a fixed number of steps (not a time limit: a busy machine would train fewer).
 Budgets shrink with EXPERIMENT_FAST=1 (a smoke run of a few minutes). Environment knobs:
-EXPERIMENT_OUT, EXPERIMENT_TRAIN_TIME, EXPERIMENT_N_SYNTHETIC, EXPERIMENT_EPOCHS,
-EXPERIMENT_T_START (overrides the noise analysis), EXPERIMENT_REUSE_DDPM=1.
+EXPERIMENT_OUT, EXPERIMENT_DDPM_STEPS, EXPERIMENT_N_SYNTHETIC, EXPERIMENT_EPOCHS,
+EXPERIMENT_T_START (overrides the noise analysis), EXPERIMENT_REUSE_DDPM=1,
+EXPERIMENT_REUSE_REAL=1 (keep the real-label Cellpose of an earlier run: it does not depend
+on the synthetic side).
 """
 
 from __future__ import annotations
@@ -28,14 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from skimage.feature import blob_log
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = Path(os.environ.get("EXPERIMENT_OUT", REPO / "experiment_out"))
 CS = str(REPO / ".venv" / "bin" / "cellsynth")
 FAST = os.environ.get("EXPERIMENT_FAST") == "1"
 BUDGET = {
-    "train_time": os.environ.get("EXPERIMENT_TRAIN_TIME", "2m" if FAST else "20m"),
+    "ddpm_steps": int(os.environ.get("EXPERIMENT_DDPM_STEPS", 300 if FAST else 6000)),
     "n_synthetic": int(os.environ.get("EXPERIMENT_N_SYNTHETIC", 4 if FAST else 16)),
     "seg_epochs": int(os.environ.get("EXPERIMENT_EPOCHS", 30 if FAST else 300)),
     "steps": 20 if FAST else 50,
@@ -43,7 +45,6 @@ BUDGET = {
 # Both Cellpose arms draw the same number of images per epoch (with replacement: the real
 # arm has one image), so they get the same number of optimizer steps and training crops.
 IMAGES_PER_EPOCH = BUDGET["n_synthetic"]
-SCALE_X = (0.7, 1.0)  # nucleus aspect ratio range for the simulation (the hela preset: 0.5-1)
 timings: dict[str, float] = {}
 
 
@@ -72,34 +73,6 @@ def split_data() -> tuple[Path, Path]:
     return train, test
 
 
-def estimate_nuclei(image_path: Path) -> dict:
-    """Nucleus radius, count per area and brightness from a LoG blob detector (no labels).
-
-    Brightness is read at the blob centres (5x5 mean) on the robust-percentile scale the DDPM
-    normalises with, i.e. the scale sketch intensities live on.
-    """
-    from scipy.ndimage import uniform_filter
-
-    from cellsynth_cli.intensity import robust_range, to_unit
-
-    raw = tifffile.imread(image_path).astype(np.float64)
-    image = (raw - raw.min()) / (np.ptp(raw) or 1.0)
-    blobs = blob_log(image, min_sigma=3, max_sigma=20, num_sigma=18, threshold=0.05)
-    radii = blobs[:, 2] * np.sqrt(2)
-    density = len(blobs) / image.size
-    unit = uniform_filter(to_unit(raw, *robust_range([raw])), 5)
-    centres = unit[blobs[:, 0].astype(int), blobs[:, 1].astype(int)]
-    return {
-        "n_blobs": int(len(blobs)),
-        "radius_median": float(np.median(radii)),
-        "radius_lo": float(np.percentile(radii, 20)),
-        "radius_hi": float(np.percentile(radii, 80)),
-        "per_pixel": density,
-        "intensity_lo": float(np.percentile(centres, 10)),
-        "intensity_hi": float(np.percentile(centres, 90)),
-    }
-
-
 def train_ddpm(unlabelled: Path) -> None:
     stage(
         "1 train DDPM",
@@ -113,11 +86,11 @@ def train_ddpm(unlabelled: Path) -> None:
         "--batch",
         "8",
         "--steps",
-        "100000",
+        str(BUDGET["ddpm_steps"]),
         "--lr",
         "5e-4",
-        "--time-limit",
-        BUDGET["train_time"],
+        "--checkpoint-every",
+        "500",
         "--overwrite",
     )
 
@@ -129,7 +102,6 @@ def main() -> None:
 
     if os.environ.get("EXPERIMENT_REUSE_DDPM") == "1" and (OUT / "ddpm" / "checkpoint.pt").exists():
         print("== 1 train DDPM: reusing the existing model (EXPERIMENT_REUSE_DDPM=1)")
-        BUDGET["train_time"] = "reused from an earlier run"
     else:
         train_ddpm(unlabelled)
 
@@ -164,39 +136,29 @@ def main() -> None:
     )
     t_start = int(os.environ.get("EXPERIMENT_T_START", 0)) or analysis["recommended_t_start"] or 600
 
-    blobs = estimate_nuclei(unlabelled / "dsb.tif")
-    n_per_image = max(5, round(blobs["per_pixel"] * 256 * 256))
-    # the preset squeezes one axis by scale_x ~ U(SX): widen the other so the simulated
-    # nuclei have the blob detector's equal-area radius sqrt(a * b) on average
-    widen = 1.0 / np.sqrt(np.mean(SCALE_X))
-    lo = max(3.0, blobs["radius_lo"]) * widen
-    hi = max(4.0, blobs["radius_hi"]) * widen
-    start = time.perf_counter()
+    fitted = json.loads(
+        stage(
+            "3 simulate",
+            "simulate",
+            "fit",
+            "--data",
+            str(unlabelled),
+            "-o",
+            str(OUT / "fit.toml"),
+            "--overwrite",
+            "--json",
+        )
+    )
     stage(
         "3 simulate",
         "simulate",
-        "hela",
+        str(OUT / "fit.toml"),
         "-n",
         str(BUDGET["n_synthetic"]),
         "-o",
         str(OUT / "sim"),
-        "--shape",
-        "256,256",
-        "--set",
-        f"radius={lo:.1f},{hi:.1f}",
-        "--set",
-        f"scale_x={SCALE_X[0]},{SCALE_X[1]}",
-        "--set",
-        f"intensity={blobs['intensity_lo']:.2f},{blobs['intensity_hi']:.2f}",
-        "--set",
-        f"n_cells={int(n_per_image * 0.8)},{int(n_per_image * 1.2) + 1}",
-        "--set",
-        "n_discs=6,10",
-        "--set",
-        "disc_radius=0.25,0.45",
         "--overwrite",
     )
-    timings["3 simulate"] = time.perf_counter() - start
 
     stage(
         "4 synthesize",
@@ -218,6 +180,10 @@ def main() -> None:
         ("4 segment train (synthetic)", OUT / "synth", "synthetic"),
         ("5 segment train (real labels)", train, "real"),
     ):
+        reuse = os.environ.get("EXPERIMENT_REUSE_REAL") == "1"
+        if arm == "real" and reuse and (OUT / "seg_real" / "segmenter.json").exists():
+            print("== 5 segment train (real labels): reusing it (EXPERIMENT_REUSE_REAL=1)")
+            continue
         stage(
             name,
             "segment",
@@ -273,7 +239,7 @@ def main() -> None:
             "--json",
         )
     )
-    write_report(t_start, blobs, scores, analysis, qc)
+    write_report(t_start, fitted, scores, analysis, qc)
 
 
 def ddpm_summary() -> str:
@@ -289,7 +255,7 @@ def ddpm_summary() -> str:
     return f"{rows[-1][0]} steps in {float(rows[-1][3]):.0f} s, last-100 mean loss {loss:.4f}"
 
 
-def write_report(t_start: int, blobs: dict, scores: dict, analysis: dict, qc: dict) -> None:
+def write_report(t_start: int, fitted: dict, scores: dict, analysis: dict, qc: dict) -> None:
     from cellsynth_cli import io
     from cellsynth_cli.preview import save_panels
 
@@ -325,15 +291,13 @@ def write_report(t_start: int, blobs: dict, scores: dict, analysis: dict, qc: di
     text = f"""# Annotation-free segmentation experiment
 
 Data: data/dsb2018 (256 x 512); left half = training part, right half = held back.
-Budgets: DDPM {BUDGET["train_time"]} ({ddpm_summary()}), {BUDGET["n_synthetic"]} synthetic images,
+Budgets: DDPM {ddpm_summary()}, {BUDGET["n_synthetic"]} synthetic images,
 {BUDGET["seg_epochs"]} Cellpose epochs of {IMAGES_PER_EPOCH} images for each arm (the real arm
 draws its one image {IMAGES_PER_EPOCH} times): the same number of optimizer steps and
 crops{" (FAST smoke run)" if FAST else ""}.
 
-Blob detector on the unlabelled training image: {blobs["n_blobs"]} blobs, radius median
-{blobs["radius_median"]:.1f} px (20-80 %: {blobs["radius_lo"]:.1f}-{blobs["radius_hi"]:.1f}),
-brightness at the blob centres {blobs["intensity_lo"]:.2f}-{blobs["intensity_hi"]:.2f} (10-90 %,
-robust-percentile scale) -> the sketches' radius, density and intensity settings.
+`simulate fit` on the unlabelled training image ({OUT / "fit.toml"}, picture fit.png):
+{"; ".join(f"{k} {v}" for k, v in fitted["estimates"].items())}.
 Noise analysis recommended t_start = {analysis["recommended_t_start"]}; used {t_start}
 (KLD {", ".join(f"{k:.3f}" for k in analysis["kld"])} at t = {analysis["timesteps"]}).
 

@@ -114,7 +114,8 @@ def default_path(value: Path | None, default: str | Path, option: str, must_exis
             f"{option} not given and the default {path}/ does not exist in {Path.cwd()}; "
             f"pass {option} PATH"
         )
-    console.print(f"[dim]{option} {path}/ (default)[/]", highlight=False)
+    shown = f"{path}/" if not path.suffix else str(path)  # directories end in /
+    console.print(f"[dim]{option} {shown} (default)[/]", highlight=False)
     return path
 
 

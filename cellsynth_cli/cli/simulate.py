@@ -22,13 +22,16 @@ from cellsynth_cli.cli.common import (
 from cellsynth_cli.errors import InputError
 
 FROM_LABELS = "from-labels"
+FIT = "fit"
+GENERIC = "nuclei"  # the one bundled preset that is 2D or 3D by --shape
 
 
 def simulate(
     preset: str = typer.Argument(
         ...,
-        help="A preset (arabidopsis, celegans, tribolium, mouse-stem, hela) or 'from-labels' "
-        "to make sketches from real annotations given with --data.",
+        help="A preset (nuclei, arabidopsis, celegans, tribolium, mouse-stem, hela), the path "
+        "of a preset .toml file, 'fit' to estimate a preset from the real images in --data, "
+        "or 'from-labels' to make sketches from real annotations given with --data.",
         show_default=False,
         metavar="PRESET",
     ),
@@ -36,7 +39,8 @@ def simulate(
     out: path_option(
         ("-o", "--out"),
         "Output directory of NAME.zarr volumes. Default: sim/ (sketches/ for from-labels) in "
-        "the working directory.",
+        "the working directory. For fit: the preset file to write (default "
+        "fit-DATA.toml), with a picture of the detections beside it (.png).",
     ) = None,
     seed: Seed = 0,
     shape: str = typer.Option(
@@ -53,7 +57,8 @@ def simulate(
     ),
     data: path_option(
         ("--data",),
-        "from-labels only: real images with masks (zarr or NAME.tif + NAME_masks.tif).",
+        "fit: real images (no masks needed). from-labels: real images with masks (zarr or "
+        "NAME.tif + NAME_masks.tif).",
         workdir.REAL,
     ) = None,
     show_config: bool = typer.Option(
@@ -68,13 +73,23 @@ def simulate(
 
     Examples:
 
-        cellsynth simulate celegans -n 50                      # into sim/
+        cellsynth simulate celegans -n 50                # into sim/
         cellsynth simulate hela -n 8 --shape 256,256 --set n_cells=20,40
+        cellsynth simulate fit --data real/ -o mine.toml  # a preset from your images
+        cellsynth simulate mine.toml -n 50
         cellsynth simulate from-labels --data real/ -o sketches/
+
+    `fit` finds the nuclei in your unannotated images with a LoG blob detector and writes a
+    preset for the generic `nuclei` simulator: radius, aspect ratio, count per image,
+    brightness on the sketch scale, foreground, shape and voxel size (z round in
+    micrometres). Check its picture before simulating from it.
     """
     from cellsynth_cli import simulate as lib
     from cellsynth_cli.config import load_preset, parse_overrides, parse_shape, replace
 
+    if preset == FIT:
+        _fit(data, out, overwrite, json_out)
+        return
     if preset == FROM_LABELS:
         data = default_path(data, workdir.REAL, "--data", must_exist=True)
         out = default_path(out, workdir.SKETCHES, "-o", must_exist=False)
@@ -96,10 +111,13 @@ def simulate(
     if shape is not None:
         new_shape = parse_shape(shape)
         if len(new_shape) != len(config.shape):
-            raise InputError(
-                f"--shape {shape} has {len(new_shape)} axes but preset {preset} is "
-                f"{len(config.shape)}D {tuple(config.shape)}"
-            )
+            if config.preset != GENERIC:
+                raise InputError(
+                    f"--shape {shape} has {len(new_shape)} axes but preset {preset} is "
+                    f"{len(config.shape)}D {tuple(config.shape)}"
+                )
+            # the generic preset works in 2D and 3D (isotropic voxels follow the shape)
+            changes.setdefault("voxel_size", [config.voxel_size[0]] * len(new_shape))
         changes["shape"] = new_shape
     config = replace(config, changes, source="--set/--shape")
     if show_config:
@@ -122,6 +140,46 @@ def simulate(
             on_volume=lambda name: bar.update(task, advance=1, status=name),
         )
     _report(results, out, json_out)
+
+
+def _fit(data: Path | None, out: Path | None, overwrite: bool, json_out: bool) -> None:
+    from rich.table import Table
+
+    from cellsynth_cli import io
+    from cellsynth_cli.fit import fit_nuclei, save_fit_picture, to_toml
+
+    data = default_path(data, workdir.REAL, "--data", must_exist=True)
+    out = default_path(out, Path(f"fit-{data.resolve().stem}.toml"), "-o", must_exist=False)
+    if out.suffix.lower() != ".toml":
+        raise InputError(f"-o {out}: simulate fit writes a preset file; give a NAME.toml path")
+    picture = out.with_suffix(".png")
+    for path in (out, picture):
+        if path.exists() and not overwrite:
+            raise InputError(f"{path} already exists (pass --overwrite to replace it)")
+    with console.status("finding nuclei", spinner="dots") as status:
+        fit = fit_nuclei(data, on_volume=lambda name: status.update(f"found nuclei in {name}"))
+    io.write_text(out, to_toml(fit, data), overwrite=overwrite)
+    save_fit_picture(picture, fit, data)
+    if json_out:
+        print_json(
+            {
+                "preset": str(out),
+                "picture": str(picture),
+                "estimates": fit.estimates,
+                "config": fit.config.to_dict(),
+            }
+        )
+        return
+    table = Table(title=f"nuclei estimated from {data} (no masks used)")
+    table.add_column("estimate")
+    table.add_column("value", justify="right")
+    for key, value in fit.estimates.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    console.print(
+        f"wrote the preset {out} and the detections picture {picture}; simulate with "
+        f"`cellsynth simulate {out} -n 50`"
+    )
 
 
 def _report(results: list[dict], out: Path, json_out: bool) -> None:

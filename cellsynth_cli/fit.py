@@ -1,0 +1,235 @@
+"""`simulate fit`: a nuclei preset estimated from unannotated real images.
+
+The images are scaled like training does (robust percentiles of the whole set to [0, 1], the
+scale sketches live on), nuclei are found with the LoG blob detector, and from them:
+
+- radius: the detections' equal-area (equal-volume) radius, 20th-80th percentile, widened
+  for the one squeezed axis the simulator applies (scale_x);
+- aspect ratio (scale_x): minor/major axis of each nucleus's in-plane intensity moments;
+- z: round in micrometres, so the z semi-axis is squeezed by in-plane / z voxel size;
+- count per volume (n_cells) and the shape and voxel size of the volumes;
+- brightness: the detections' brightness on the sketch scale, 10th-90th percentile;
+- foreground: "full" when the nuclei spread over the image, else a centred ellipsoid
+  fitted to their positions.
+No masks are read. The result is a TOML preset for the generic `nuclei` simulator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cellsynth_cli import io
+from cellsynth_cli.config import SimulationConfig, load_preset, replace
+from cellsynth_cli.detect import Detections, detect_nuclei
+from cellsynth_cli.errors import InputError
+from cellsynth_cli.intensity import robust_range, to_unit
+
+GENERIC_PRESET = "nuclei"
+MIN_DETECTIONS = 5
+FULL_REGION_COVER = 0.7  # a fitted ellipsoid covering this much of the image means "full"
+MOMENT_WINDOW = 1.5  # radii around a centre used for its in-plane intensity moments
+
+
+@dataclass
+class Fit:
+    """A fitted preset, what it was estimated from, and the detections (for the picture)."""
+
+    config: SimulationConfig
+    estimates: dict[str, float | list[float] | str]
+    detections: list[Detections] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+
+def _aspect_ratios(image: np.ndarray, found: Detections) -> np.ndarray:
+    """Minor/major axis ratio of each nucleus from the second moments of its in-plane shape.
+
+    The shape is the connected region around the centre brighter than halfway between the
+    local background (the window's 20th percentile) and the centre, in the centre slice for
+    3D volumes; a region that runs into the window's edge (merged with neighbours) is skipped.
+    """
+    from scipy import ndimage
+
+    ratios = []
+    for centre, radius in zip(found.centres, found.equivalent_radius, strict=True):
+        plane = image[int(centre[0])] if image.ndim == 3 else image
+        cy, cx = int(centre[-2]), int(centre[-1])
+        h = int(np.ceil(MOMENT_WINDOW * radius)) + 1
+        y0, x0 = max(0, cy - h), max(0, cx - h)
+        window = ndimage.gaussian_filter(plane[y0 : cy + h + 1, x0 : cx + h + 1], 1.0)
+        background = np.percentile(window, 20)
+        level = background + 0.5 * (window[cy - y0, cx - x0] - background)
+        labels, _ = ndimage.label(window > level)
+        region = labels == labels[cy - y0, cx - x0]
+        if labels[cy - y0, cx - x0] == 0 or region.sum() < 5:
+            continue
+        if region[0].any() or region[-1].any() or region[:, 0].any() or region[:, -1].any():
+            continue
+        cov = np.cov(np.stack(np.nonzero(region)).astype(float), bias=True)
+        small, large = np.sqrt(np.clip(np.linalg.eigvalsh(cov), 1e-12, None))
+        ratios.append(small / large)
+    return np.asarray(ratios)
+
+
+def _region(found: list[Detections], shape: tuple[int, ...]) -> tuple[str, tuple[float, float]]:
+    """'full', or 'ellipsoid' with region_size, from where the nuclei are."""
+    centres = np.concatenate([d.centres for d in found]).astype(float)
+    # a uniformly filled ellipsoid with semi-axis a has variance a^2 / (ndim + 2) along it
+    semi = np.sqrt((len(shape) + 2) * centres.var(axis=0))
+    half = np.asarray(shape, float) / 2
+    fraction = np.clip(semi / half, 0.05, 1.0)
+    # in 3D the few z slices say little: the in-plane extent decides
+    in_plane = fraction[-2:]
+    if np.prod(in_plane) * np.pi / 4 >= FULL_REGION_COVER:
+        return "full", (0.8, 0.9)
+    f = float(np.mean(in_plane))
+    return "ellipsoid", (round(max(0.05, f * 0.95), 3), round(min(1.0, f * 1.05), 3))
+
+
+def fit_nuclei(
+    data: Path,
+    radius_range: tuple[float, float] | None = None,
+    on_volume: Callable[[str], None] | None = None,
+) -> Fit:
+    """Estimate a nuclei preset from the images in DATA (masks, if any, are not read)."""
+    volumes = [v for v in io.read_volumes(data)]
+    images = [v.image for v in volumes if v.image is not None]
+    if not images:
+        raise InputError(f"{data}: no intensity images to fit (sketches only?)")
+    dims = {im.ndim for im in images}
+    if len(dims) > 1:
+        raise InputError(f"{data}: mixes 2D and 3D images; fit one kind")
+    lo, hi = robust_range(images)
+    detect_kwargs = {} if radius_range is None else {"radius_range": radius_range}
+    found, names = [], []
+    for volume in volumes:
+        if volume.image is None:
+            continue
+        unit = to_unit(volume.image, lo, hi)
+        found.append(detect_nuclei(unit, volume.voxel_size, **detect_kwargs))
+        names.append(volume.name)
+        if on_volume:
+            on_volume(volume.name)
+    n_found = sum(len(d) for d in found)
+    if n_found < MIN_DETECTIONS:
+        raise InputError(
+            f"{data}: found only {n_found} nuclei in {len(found)} image(s); a fit needs at "
+            f"least {MIN_DETECTIONS} (are these bright nuclei on a dark background?)"
+        )
+    radii = np.concatenate([d.equivalent_radius for d in found])
+    brightness = np.concatenate([d.brightness for d in found])
+    aspects = np.concatenate(
+        [
+            _aspect_ratios(to_unit(v.image, lo, hi), d)
+            for v, d in zip([v for v in volumes if v.image is not None], found, strict=True)
+        ]
+    )
+    aspect_lo, aspect_hi = (
+        (float(np.percentile(aspects, 10)), float(np.percentile(aspects, 90)))
+        if len(aspects)
+        else (1.0, 1.0)
+    )
+    aspect_lo, aspect_hi = min(aspect_lo, 1.0), min(max(aspect_hi, aspect_lo), 1.0)
+    # the simulator draws semi-axes (r, sx r) with sx ~ U(lo, hi): its equal-area radius is
+    # r sqrt(sx), so r is widened to give the detector's equal-area radius on average
+    widen = 1.0 / np.sqrt(np.mean([aspect_lo, aspect_hi]))
+    r_lo, r_hi = (float(v) * widen for v in np.percentile(radii, [20, 80]))
+    counts = [len(d) for d in found]
+    shape = tuple(int(s) for s in np.median([im.shape for im in images], axis=0))
+    voxel = next((v.voxel_size for v in volumes if v.voxel_size), None) or (1.0,) * len(shape)
+    ndim = len(shape)
+    region, region_size = _region(found, shape)
+    count_lo = max(1, int(np.floor(min(counts) * 0.9)))
+    count_hi = max(count_lo, int(np.ceil(max(counts) * 1.1)))
+    changes: dict = {
+        "preset": f"fit:{Path(data).name}",
+        "shape": list(shape),
+        "voxel_size": [float(v) for v in voxel],
+        "n_cells": [count_lo, count_hi],
+        "radius": [round(r_lo, 2), round(max(r_hi, r_lo), 2)],
+        "scale_x": [round(aspect_lo, 3), round(aspect_hi, 3)],
+        "intensity": [
+            round(float(np.percentile(brightness, 10)), 3),
+            round(float(max(np.percentile(brightness, 90), np.percentile(brightness, 10))), 3),
+        ],
+        "region": region,
+        "region_size": list(region_size),
+    }
+    if ndim == 3:
+        # round in micrometres: the z semi-axis in z voxels is (in-plane / z voxel size) of r
+        changes["anisotropy"] = round(float(voxel[-1]) / float(voxel[0]), 4)
+    config = replace(load_preset(GENERIC_PRESET), changes, source="simulate fit")
+    estimates = {
+        "images": len(found),
+        "nuclei found": n_found,
+        "nuclei per image": f"{min(counts)}-{max(counts)}",
+        "radius (px, median)": round(float(np.median(radii)), 2),
+        "radius (px, 20-80 %)": f"{np.percentile(radii, 20):.1f}-{np.percentile(radii, 80):.1f}",
+        "aspect ratio (10-90 %)": f"{aspect_lo:.2f}-{aspect_hi:.2f}",
+        "brightness (10-90 %)": f"{changes['intensity'][0]:.2f}-{changes['intensity'][1]:.2f}",
+        "foreground": region if region == "full" else f"ellipsoid {region_size}",
+        "intensity scale (1-99.8 %)": f"{lo:.4g}-{hi:.4g}",
+    }
+    if ndim == 3:
+        estimates["z squeeze (in-plane / z voxel)"] = changes["anisotropy"]
+    return Fit(config=config, estimates=estimates, detections=found, names=names)
+
+
+def to_toml(fit: Fit, data: Path) -> str:
+    """The preset as TOML: every field that differs from the built-in defaults (so the file
+    stands alone), with what was estimated as a header."""
+    base = SimulationConfig().to_dict()
+    lines = [
+        f"# Fitted by `cellsynth simulate fit --data {data}` from the images alone (no masks).",
+        *(f"#   {key}: {value}" for key, value in fit.estimates.items()),
+        f'simulator = "{fit.config.simulator}"',
+    ]
+    for key, value in fit.config.to_dict().items():
+        if key in ("preset", "simulator") or value == base[key]:
+            continue
+        lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def save_fit_picture(path: Path, fit: Fit, data: Path) -> Path:
+    """The first image (max projection in 3D) with every detection drawn as a circle."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Circle
+
+    volume = next(v for v in io.read_volumes(data) if v.image is not None)
+    image = volume.image.max(axis=0) if volume.image.ndim == 3 else volume.image
+    found = fit.detections[0]
+    h, w = image.shape
+    scale = 8.0 / max(h, w)
+    fig, ax = plt.subplots(figsize=(w * scale + 0.2, h * scale + 0.6))
+    lo, hi = np.percentile(image, [1, 99.8])
+    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+    for centre, radius in zip(found.centres, found.equivalent_radius, strict=True):
+        ax.add_patch(Circle((centre[-1], centre[-2]), radius, fill=False, color="yellow", lw=0.8))
+    ax.set_title(
+        f"{fit.names[0]}: {len(found)} nuclei found"
+        + (" (max projection)" if volume.image.ndim == 3 else ""),
+        fontsize=9,
+    )
+    ax.axis("off")
+    fig.tight_layout()
+    with io.atomic_file(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,164 @@
+"""`simulate fit`: presets estimated from images alone match what made the images."""
+
+import json
+import tomllib
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import DSB_DIR
+from scipy import ndimage
+from typer.testing import CliRunner
+
+from cellsynth_cli import io
+from cellsynth_cli.cli import app
+from cellsynth_cli.config import load_preset, replace
+from cellsynth_cli.fit import fit_nuclei
+from cellsynth_cli.simulators import get_simulator
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def microscope(sketch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A sketch made to look measured: blur, background, noise, camera units."""
+    blurred = ndimage.gaussian_filter(sketch.astype(np.float32), 1.0)
+    noisy = blurred + rng.normal(0, 0.03, sketch.shape).astype(np.float32)
+    return (noisy * 900 + 100).astype(np.float32)
+
+
+def simulated_images(tmp_path, changes, n=2, seed=0):
+    """Volumes of the generic nuclei preset with known settings, written without masks."""
+    config = replace(load_preset("nuclei"), changes, source="test")
+    rng = np.random.default_rng(seed)
+    counts = []
+    for i in range(n):
+        made = get_simulator("nuclei")(config, rng)
+        counts.append(made.info["n_cells"])
+        io.write_volume(
+            tmp_path / "real",
+            io.Volume(
+                name=f"v{i}", image=microscope(made.sketch, rng), voxel_size=config.voxel_size
+            ),
+        )
+    return tmp_path / "real", counts
+
+
+def test_fit_2d_recovers_radius_count_and_aspect(tmp_path):
+    data, counts = simulated_images(
+        tmp_path,
+        {
+            "shape": [256, 256],
+            "radius": [9, 9],
+            "scale_x": [1, 1],
+            "n_cells": [30, 30],
+            "deform_strength": 0.0,
+            "intensity": [0.5, 0.9],
+        },
+    )
+    fit = fit_nuclei(data)
+    found = [len(d) for d in fit.detections]
+    for got, true in zip(found, counts, strict=True):
+        assert abs(got - true) <= 0.15 * true, (found, counts)
+    radius = np.median(np.concatenate([d.equivalent_radius for d in fit.detections]))
+    assert abs(radius - 9) <= 0.15 * 9
+    config = fit.config
+    assert config.shape == (256, 256) and config.simulator == "nuclei"
+    assert config.scale_x[0] > 0.75  # round nuclei: aspect ratios near 1
+    assert 0.4 <= config.intensity[0] < config.intensity[1] <= 0.95
+    assert config.region == "full"
+
+
+def test_fit_3d_anisotropic_recovers_radius_count_and_z_squeeze(tmp_path):
+    # z voxels 3x coarser than y/x: the simulator squeezes z by 1/3 (round in micrometres)
+    data, counts = simulated_images(
+        tmp_path,
+        {
+            "shape": [24, 128, 128],
+            "voxel_size": [1.5, 0.5, 0.5],
+            "anisotropy": 1 / 3,
+            "radius": [8, 8],
+            "scale_x": [1, 1],
+            "n_cells": [20, 20],
+            "deform_strength": 0.0,
+            "intensity": [0.5, 0.9],
+        },
+    )
+    fit = fit_nuclei(data)
+    for got, true in zip([len(d) for d in fit.detections], counts, strict=True):
+        assert abs(got - true) <= 0.15 * true
+    radius = np.median(np.concatenate([d.equivalent_radius for d in fit.detections]))
+    assert abs(radius - 8) <= 0.15 * 8
+    assert fit.config.shape == (24, 128, 128)
+    assert fit.config.voxel_size == (1.5, 0.5, 0.5)
+    assert fit.config.anisotropy == pytest.approx(1 / 3, rel=1e-3)
+
+
+def test_fit_on_the_bundled_image_matches_its_masks(tmp_path):
+    """Only the test reads the masks: fit sees the image alone."""
+    (tmp_path / "real").mkdir()
+    tifffile.imwrite(tmp_path / "real" / "dsb.tif", tifffile.imread(DSB_DIR / "dsb2018.tif"))
+    fit = fit_nuclei(tmp_path / "real")
+    masks = tifffile.imread(DSB_DIR / "dsb2018_masks.tif")
+    areas = np.bincount(masks.ravel())[1:]
+    areas = areas[areas > 0]
+    assert abs(len(fit.detections[0]) - len(areas)) <= 0.2 * len(areas)
+    true_radius = np.median(np.sqrt(areas / np.pi))
+    assert abs(np.median(fit.detections[0].equivalent_radius) - true_radius) <= 0.2 * true_radius
+    # the simulator's nuclei have that equal-area radius on average (it squeezes one axis)
+    config = fit.config
+    mean_area_radius = np.mean(config.radius) * np.sqrt(np.mean(config.scale_x))
+    assert abs(mean_area_radius - true_radius) <= 0.2 * true_radius
+
+
+def test_cli_fit_writes_a_preset_that_simulates(tmp_path):
+    data, _ = simulated_images(
+        tmp_path, {"shape": [128, 128], "radius": [8, 10], "n_cells": [15, 15]}, n=1
+    )
+    preset = tmp_path / "mine.toml"
+    result = run("simulate", "fit", "--data", data, "-o", preset, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["picture"] == str(tmp_path / "mine.png")
+    assert (tmp_path / "mine.png").read_bytes()[:4] == b"\x89PNG"
+    with open(preset, "rb") as fh:
+        written = tomllib.load(fh)
+    assert written["simulator"] == "nuclei" and written["shape"] == [128, 128]
+    again = run("simulate", "fit", "--data", data, "-o", preset)
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    result = run("simulate", preset, "-n", 1, "-o", tmp_path / "sim", "--json")
+    assert result.exit_code == 0, result.output
+    volume = io.read_volume(tmp_path / "sim" / "mine_0000.zarr")
+    assert volume.sketch.shape == (128, 128) and volume.masks.max() > 0
+    assert volume.provenance["preset"] == "mine"
+
+
+def test_fit_and_preset_file_errors(tmp_path):
+    (tmp_path / "dark").mkdir()
+    tifffile.imwrite(tmp_path / "dark" / "x.tif", np.zeros((64, 64), np.float32))
+    result = run("simulate", "fit", "--data", tmp_path / "dark", "-o", tmp_path / "p.toml")
+    assert result.exit_code == 2 and "found only 0 nuclei" in result.output
+    assert not (tmp_path / "p.toml").exists()
+    result = run("simulate", "fit", "--data", DSB_DIR, "-o", tmp_path / "p.txt")
+    assert result.exit_code == 2 and ".toml" in result.output
+    result = run("simulate", tmp_path / "missing.toml", "-n", 1, "-o", tmp_path / "s")
+    assert result.exit_code == 2 and "does not exist" in result.output
+    (tmp_path / "bad.toml").write_text("radius = [1,\n")
+    result = run("simulate", tmp_path / "bad.toml", "-n", 1, "-o", tmp_path / "s")
+    assert result.exit_code == 2 and "not valid TOML" in result.output
+
+
+def test_generic_preset_works_in_2d_and_3d(tmp_path):
+    for shape in ("96,96", "12,64,64"):
+        out = tmp_path / shape.replace(",", "x")
+        args = ["--set", "radius=5,7", "--set", "n_cells=5,8", "--shape", shape]
+        result = run("simulate", "nuclei", "-n", 1, "-o", out, *args)
+        assert result.exit_code == 0, result.output
+        volume = io.read_volume(out / "nuclei_0000.zarr")
+        assert volume.masks.shape == tuple(int(v) for v in shape.split(","))
+        assert volume.voxel_size == (1.0,) * volume.masks.ndim
+    result = run("simulate", "celegans", "-n", 1, "-o", tmp_path / "c", "--shape", "64,64")
+    assert result.exit_code == 2 and "3D" in result.output  # anisotropic presets keep dims
