@@ -97,7 +97,7 @@ def random_model(seed: int = 0) -> TrainedModel:
     return TrainedModel(
         net=net,
         dims=2,
-        multiple=net.multiple,
+        multiples=net.multiples,
         normalization={"low": 0.0, "high": 1.0},
         config={"patch": list(TILE), "T": 1000, "schedule": "cosine"},
         step=0,

@@ -71,7 +71,7 @@ class TrainedModel:
 
     net: torch.nn.Module
     dims: int
-    multiple: int
+    multiples: tuple[int, ...]  # every input size must be a multiple of these (per axis)
     normalization: dict[str, float]
     config: dict[str, Any]
     step: int
@@ -94,7 +94,7 @@ def load_model(run: Path, device: torch.device | str = "cpu") -> TrainedModel:
     return TrainedModel(
         net=net,
         dims=unet_config.dims,
-        multiple=net.multiple,
+        multiples=net.multiples,
         normalization=dict(state["normalization"]),
         config=dict(state["config"]),
         step=int(state["step"]),

@@ -70,8 +70,8 @@ def tiling_for(
     Default overlap: a quarter of the training patch (the network's context), capped by the
     tile.
     """
-    m = model.multiple
-    padded = tuple(round_up(s, m) for s in shape)
+    m = model.multiples
+    padded = tuple(round_up(s, k) for s, k in zip(shape, m, strict=True))
     patch = tuple(model.config["patch"])
     tile, overlap = options.tile, options.overlap
     for name, sizes in (("--tile", tile), ("--overlap", overlap)):
@@ -79,8 +79,8 @@ def tiling_for(
             raise InputError(f"{name} {sizes} has {len(sizes)} sizes, the sketch is {len(shape)}D")
     if tile is not None:
         tile = tile * len(shape) if len(tile) == 1 else tile
-        if any(t % m for t in tile):
-            raise InputError(f"--tile {tile}: every size must be a multiple of {m}")
+        if any(t % k for t, k in zip(tile, m, strict=True)):
+            raise InputError(f"--tile {tile}: the sizes must be multiples of {m}")
         tile = tuple(min(t, p) for t, p in zip(tile, padded, strict=True))
     if overlap is None:
         limit = tile or padded

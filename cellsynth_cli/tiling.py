@@ -25,22 +25,27 @@ AUTO_TILE_VOXELS = 2**21
 
 
 def auto_tile(
-    shape: tuple[int, ...], overlap: tuple[int, ...], multiple: int, max_voxels: int
+    shape: tuple[int, ...],
+    overlap: tuple[int, ...],
+    multiple: int | tuple[int, ...],
+    max_voxels: int,
 ) -> tuple[int, ...]:
-    """The largest tiles (multiples of `multiple`) that cover `shape` within `max_voxels`.
+    """The largest tiles (multiples of `multiple`, per axis) that cover `shape` within
+    `max_voxels`.
 
     Starts from one tile = the whole (padded) volume and splits the longest tile axis into one
     more tile at a time, keeping `overlap` between neighbours.
     """
     counts = [1] * len(shape)
+    multiples = (multiple,) * len(shape) if isinstance(multiple, int) else tuple(multiple)
 
     def size(axis: int) -> int:
         n, s, o = counts[axis], shape[axis], overlap[axis]
-        return min(s, round_up(-(-(s + (n - 1) * o) // n), multiple))
+        return min(s, round_up(-(-(s + (n - 1) * o) // n), multiples[axis]))
 
     tile = [size(a) for a in range(len(shape))]
     while int(np.prod(tile)) > max_voxels:
-        shrinkable = [a for a in range(len(shape)) if tile[a] > overlap[a] + multiple]
+        shrinkable = [a for a in range(len(shape)) if tile[a] > overlap[a] + multiples[a]]
         if not shrinkable:
             break  # the budget is a preference: tiles never get smaller than overlap + multiple
         axis = max(shrinkable, key=lambda a: tile[a])

@@ -77,8 +77,15 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_training_images(data: Path, dims: int | None) -> tuple[list[np.ndarray], int]:
-    """All real images of a directory (zarr or TIFF), and the model dims to use."""
+@dataclass
+class TrainingImages:
+    images: list[np.ndarray]
+    dims: int  # of the model
+    voxel_size: tuple[float, ...] | None  # of the first volume that has one
+
+
+def load_training_images(data: Path, dims: int | None) -> TrainingImages:
+    """All real images of a directory (zarr or TIFF), the model dims and the voxel size."""
     volumes = [v for v in io.read_volumes(data)]
     images = [v.image for v in volumes if v.image is not None]
     if not images:
@@ -92,7 +99,8 @@ def load_training_images(data: Path, dims: int | None) -> tuple[list[np.ndarray]
         raise InputError(f"--dims must be 2 or 3, got {dims}")
     if dims == 3 and data_dims == 2:
         raise InputError(f"{data}: a 3D model needs 3D images; these are 2D")
-    return images, dims
+    voxel_size = next((tuple(v.voxel_size) for v in volumes if v.voxel_size), None)
+    return TrainingImages(images=images, dims=dims, voxel_size=voxel_size)
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -154,7 +162,13 @@ def train(
     on_checkpoint(step) is called after every checkpoint is on disk (also the one written
     when training is interrupted).
     """
-    from cellsynth_cli.diffusion.unet import UNet, UNetConfig, default_config, tune_cpu_allocator
+    from cellsynth_cli.diffusion.unet import (
+        UNet,
+        UNetConfig,
+        anisotropic_factors,
+        default_config,
+        tune_cpu_allocator,
+    )
 
     run = Path(run)
     ckpt = run / CHECKPOINT_NAME
@@ -180,7 +194,8 @@ def train(
     if device.type == "cpu":
         tune_cpu_allocator()  # keeps big feature maps resident: ~1.5x faster steps on CPU
 
-    images, dims = load_training_images(Path(config.data), config.dims)
+    found = load_training_images(Path(config.data), config.dims)
+    images, dims = found.images, found.dims
     if state is not None:
         norm = state["normalization"]
         lo, hi = norm["low"], norm["high"]
@@ -189,19 +204,28 @@ def train(
         norm = {"low": lo, "high": hi, "method": "percentiles 1.0 / 99.8 of the training data"}
     model_images = [unit_to_model(to_unit(im, lo, hi)) for im in images]
 
-    unet_config = UNetConfig.from_dict(state["unet"]) if state else default_config(dims)
-    if state is None and config.channels:
-        unet_config = UNetConfig.from_dict(
-            {**unet_config.to_dict(), "channels": list(config.channels)}
-        )
+    if state is not None:
+        unet_config = UNetConfig.from_dict(state["unet"])
+    else:
+        # z is not down-sampled while it is coarser than y/x (checkpoint says so)
+        voxel_size = found.voxel_size if dims == 3 else None
+        unet_config = default_config(dims, voxel_size)
+        if config.channels:
+            unet_config = UNetConfig.from_dict(
+                {
+                    **unet_config.to_dict(),
+                    "channels": list(config.channels),
+                    "down_factors": anisotropic_factors(len(config.channels), voxel_size),
+                }
+            )
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG untouched
         torch.manual_seed(config.seed)
         model = UNet(unet_config).to(device)
-    bad = [p for p in config.patch if p % model.multiple]
-    if len(config.patch) != dims or bad:
-        raise InputError(
-            f"--patch {config.patch} must have {dims} sizes, each a multiple of {model.multiple}"
-        )
+    multiples = model.multiples
+    if len(config.patch) != dims or any(
+        p % m for p, m in zip(config.patch, multiples, strict=True)
+    ):
+        raise InputError(f"--patch {config.patch} must have {dims} sizes, multiples of {multiples}")
     ema = copy.deepcopy(model).eval()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay

@@ -369,3 +369,50 @@ def test_bf16_precision_on_cpu_stays_close_to_fp32(run2d, sketches2d, tmp_path):
     b = io.read_volume(io.list_volumes(tmp_path / "bf16")[0]).image
     spread = float(a.max() - a.min())
     assert np.isfinite(b).all() and np.abs(a - b).max() < 0.1 * spread
+
+
+def test_anisotropic_3d_model_keeps_z_and_synthesizes_without_z_padding(tmp_path):
+    """z voxels 4x coarser: the checkpoint records no z down-sampling at the first level and a
+    35-slice sketch is synthesized in one tile of 35 slices (not padded to a multiple)."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(100, 10, (12, 32, 32)).astype(np.float32)
+    image[3:8, 8:20, 8:20] += 200
+    io.write_volume(tmp_path / "real", io.Volume(name="v", image=image, voxel_size=(2.0, 0.5, 0.5)))
+    result = run(
+        "train",
+        "--data",
+        tmp_path / "real",
+        "-o",
+        tmp_path / "run",
+        "--patch",
+        "5,16,16",
+        "--steps",
+        3,
+        "--json",
+        *TINY,
+    )
+    assert result.exit_code == 0, result.output
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["unet"]["down_factors"] == [[1, 2, 2]]
+    sketch = np.zeros((35, 24, 24), np.float32)
+    sketch[10:20, 5:15, 5:15] = 0.8
+    masks = (sketch > 0).astype(np.uint16)
+    io.write_volume(tmp_path / "sk", io.Volume(name="s", sketch=sketch, masks=masks))
+    result = run(
+        "synthesize",
+        "--model",
+        tmp_path / "run",
+        "--sketches",
+        tmp_path / "sk",
+        "-o",
+        tmp_path / "out",
+        "--t-start",
+        50,
+        "--steps",
+        2,
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)["volumes"][0]
+    assert plan["tile"] == [35, 24, 24] and plan["n_tiles"] == 1
+    assert io.read_volume(tmp_path / "out" / "s.zarr").image.shape == (35, 24, 24)

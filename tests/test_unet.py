@@ -26,7 +26,7 @@ def test_output_shape_matches_input(dims, spatial):
     y = model(x, torch.tensor([1, 500, 999]))
     assert y.shape == x.shape
     assert y.is_contiguous()
-    assert model.multiple == 4
+    assert model.multiples == (4,) * dims
 
 
 def test_default_param_counts_in_paper_ballpark():
@@ -81,7 +81,7 @@ def test_wrong_dims_and_sizes_raise_clear_errors():
         m2(torch.randn(1, 1, 8, 8, 8), t)
     with pytest.raises(ValueError, match="this is a 3D model; got a 2D input"):
         m3(torch.randn(1, 1, 8, 8), t)
-    with pytest.raises(ValueError, match="not a multiple of 4"):
+    with pytest.raises(ValueError, match=r"not a multiple of \(4, 4\)"):
         m2(torch.randn(1, 1, 8, 10), t)
     with pytest.raises(ValueError, match="input channel"):
         m2(torch.randn(1, 2, 8, 8), t)
@@ -120,3 +120,34 @@ def test_batch_one_matches_batched_forward():
         both = model(x, t)
         one = model(x[:1], t[:1])
     torch.testing.assert_close(one, both[:1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "voxel_size,factors,multiples",
+    [
+        (None, None, (8, 8, 8)),
+        ((1.0, 1.0, 1.0), None, (8, 8, 8)),
+        ((2.0, 1.0, 1.0), ((1, 2, 2), (2, 2, 2), (2, 2, 2)), (4, 8, 8)),
+        ((1.0, 0.09, 0.09), ((1, 2, 2), (1, 2, 2), (1, 2, 2)), (1, 8, 8)),  # C. elegans
+    ],
+)
+def test_anisotropic_voxels_keep_z_in_the_first_levels(voxel_size, factors, multiples):
+    config = default_config(3, voxel_size)
+    assert config.down_factors == factors and config.multiples == multiples
+    assert UNetConfig.from_dict(config.to_dict()) == config  # travels in checkpoints
+
+
+def test_anisotropic_unet_runs_on_an_unpadded_z():
+    torch.manual_seed(0)
+    config = UNetConfig(dims=3, channels=(4, 8, 8), down_factors=((1, 2, 2), (1, 2, 2)))
+    model = UNet(config)
+    x = torch.randn(2, 1, 5, 16, 12)  # z = 5: no z down-sampling, so no padding needed
+    assert model(x, torch.tensor([3, 700])).shape == x.shape
+    with pytest.raises(ValueError, match="down_factors"):
+        UNetConfig(dims=3, channels=(4, 8), down_factors=((1, 3, 2),))
+
+
+def test_old_checkpoint_configs_without_factors_still_load():
+    saved = default_config(3).to_dict()
+    saved.pop("down_factors")
+    assert UNetConfig.from_dict(saved).multiples == (8, 8, 8)

@@ -132,7 +132,7 @@ def train(
     if dims is None and not resume:
         from cellsynth_cli.train import load_training_images
 
-        _, dims = load_training_images(data, None)
+        dims = load_training_images(data, None).dims
     dims = dims or 2
     config = TrainConfig(
         data=str(data),

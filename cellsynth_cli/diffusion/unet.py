@@ -26,6 +26,7 @@ import itertools
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
@@ -33,6 +34,7 @@ from torch import nn
 __all__ = [
     "UNet",
     "UNetConfig",
+    "anisotropic_factors",
     "default_config",
     "timestep_embedding",
     "tune_cpu_allocator",
@@ -53,9 +55,23 @@ class UNetConfig:
     emb_dim: int = 128  # width of the time MLP's output, shared by every block
     norm_groups: int = 8  # GroupNorm groups (fewer where a layer has fewer channels)
     channels_last: bool = True  # run the convolutions in channels-last layout (speed)
+    # down-sampling factor per axis after each level but the last; None: 2 on every axis.
+    # Anisotropic 3D data (z much coarser than y/x) keep z at 1 in the first levels, so the
+    # network only halves z once the in-plane resolution has come down to z's.
+    down_factors: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if self.down_factors is not None:
+            factors = tuple(tuple(int(f) for f in level) for level in self.down_factors)
+            object.__setattr__(self, "down_factors", factors)
+            if len(factors) != len(self.channels) - 1 or any(
+                len(level) != self.dims or min(level) < 1 or max(level) > 2 for level in factors
+            ):
+                raise ValueError(
+                    f"down_factors must give {len(self.channels) - 1} levels of {self.dims} "
+                    f"factors in {{1, 2}}, got {self.down_factors}"
+                )
         if self.dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, got {self.dims}")
         if len(self.channels) < 1 or min(self.channels) < 1:
@@ -76,12 +92,22 @@ class UNetConfig:
         return len(self.channels)
 
     @property
-    def multiple(self) -> int:
-        return 2 ** (self.levels - 1)
+    def factors(self) -> tuple[tuple[int, ...], ...]:
+        """Down-sampling factor per axis after each level but the last."""
+        if self.down_factors is not None:
+            return self.down_factors
+        return tuple((2,) * self.dims for _ in range(self.levels - 1))
+
+    @property
+    def multiples(self) -> tuple[int, ...]:
+        """Every spatial size of the input must be a multiple of these (per axis)."""
+        return tuple(int(np.prod([level[a] for level in self.factors])) for a in range(self.dims))
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channels"] = list(self.channels)
+        if self.down_factors is not None:
+            d["down_factors"] = [list(level) for level in self.down_factors]
         return d
 
     @classmethod
@@ -96,15 +122,36 @@ class UNetConfig:
         return cls(**d)
 
 
-def default_config(dims: int) -> UNetConfig:
+def default_config(dims: int, voxel_size: tuple[float, ...] | None = None) -> UNetConfig:
     """Defaults: the paper's 4 levels of 16/32/64/128 channels, one residual block per level
     in encoder and decoder plus one at the bottleneck.
 
-    1.00 M parameters in 2D and 2.61 M in 3D (paper: 0.9 M and 2.3 M).
+    1.00 M parameters in 2D and 2.61 M in 3D (paper: 0.9 M and 2.3 M). For 3D voxels whose z
+    is coarser than y/x by a factor r >= 1.5, z is not down-sampled in the first
+    round(log2 r) levels (at most all of them), so every level sees roughly isotropic voxels.
     """
     if dims not in (2, 3):
         raise ValueError(f"dims must be 2 or 3, got {dims}")
-    return UNetConfig(dims=dims, channels=(16, 32, 64, 128), blocks_per_level=1)
+    channels = (16, 32, 64, 128)
+    return UNetConfig(
+        dims=dims,
+        channels=channels,
+        blocks_per_level=1,
+        down_factors=anisotropic_factors(len(channels), voxel_size) if dims == 3 else None,
+    )
+
+
+def anisotropic_factors(
+    levels: int, voxel_size: tuple[float, ...] | None
+) -> tuple[tuple[int, ...], ...] | None:
+    """Per-level (z, y, x) down-sampling for voxels of this size; None when z is not coarse."""
+    if voxel_size is None or len(voxel_size) != 3 or min(voxel_size) <= 0:
+        return None
+    ratio = float(voxel_size[0]) / float(voxel_size[-1])
+    if ratio < 1.5:
+        return None
+    keep_z = min(levels - 1, int(round(math.log2(ratio))))
+    return tuple((1 if lvl < keep_z else 2, 2, 2) for lvl in range(levels - 1))
 
 
 _ALLOCATOR_TUNED = False
@@ -248,17 +295,18 @@ class UpCat(nn.Module):
     order is used, so this is still a pixel shuffle up to a fixed permutation of its inputs.
     """
 
-    def __init__(self, dims: int, cin: int, cout: int):
+    def __init__(self, dims: int, cin: int, cout: int, factors: tuple[int, ...] | None = None):
         super().__init__()
         self.dims = dims
         self.cout = cout
-        self.conv = _conv(dims)(cin, cout * 2**dims, 1)
+        self.factors = tuple(factors) if factors is not None else (2,) * dims
+        self.conv = _conv(dims)(cin, cout * int(np.prod(self.factors)), 1)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         h = self.conv(x)
-        d, r, c = self.dims, 2, self.cout
+        d, f, c = self.dims, self.factors, self.cout
         b, spatial = h.shape[0], h.shape[2:]
-        out_spatial = tuple(s * r for s in spatial)
+        out_spatial = tuple(s * r for s, r in zip(spatial, f, strict=True))
         fmt = torch.channels_last if d == 2 else torch.channels_last_3d
         layout = fmt if skip.is_contiguous(memory_format=fmt) else torch.contiguous_format
         out = torch.empty(
@@ -268,11 +316,12 @@ class UpCat(nn.Module):
             memory_format=layout,
         )
         perm = (0, *range(2, d + 2), 1)  # logical [B, *S, C]
-        src = h.permute(perm).reshape(b, *spatial, 2**d, c)
+        src = h.permute(perm).reshape(b, *spatial, int(np.prod(f)), c)
         dst = out[:, :c].permute(perm)
         # One strided copy per sub-position: a single 2d+2-dim copy_ was measured ~6x slower.
-        for k, offsets in enumerate(itertools.product(range(r), repeat=d)):
-            dst[(slice(None), *(slice(o, None, r) for o in offsets))].copy_(src[..., k, :])
+        for k, offsets in enumerate(itertools.product(*(range(r) for r in f))):
+            sub = (slice(None), *(slice(o, None, r) for o, r in zip(offsets, f, strict=True)))
+            dst[sub].copy_(src[..., k, :])
         out[:, c:].copy_(skip)
         return out
 
@@ -309,7 +358,7 @@ class UNet(nn.Module):
             ]
             self.enc.append(nn.ModuleList(blocks))
             if lvl < len(ch) - 1:
-                self.down.append(conv(c, c, 3, stride=2, padding=1))
+                self.down.append(conv(c, c, 3, stride=config.factors[lvl], padding=1))
         self.mid = nn.ModuleList(
             ResBlock(dims, ch[-1], ch[-1], e, g) for _ in range(config.mid_blocks)
         )
@@ -317,7 +366,7 @@ class UNet(nn.Module):
         self.dec = nn.ModuleList()
         for lvl in range(len(ch) - 2, -1, -1):
             c = ch[lvl]
-            self.up.append(UpCat(dims, ch[lvl + 1], c))
+            self.up.append(UpCat(dims, ch[lvl + 1], c, config.factors[lvl]))
             blocks = [
                 ResBlock(dims, 2 * c if i == 0 else c, c, e, g)
                 for i in range(config.blocks_per_level)
@@ -332,9 +381,9 @@ class UNet(nn.Module):
             self.to(memory_format=self._fmt)
 
     @property
-    def multiple(self) -> int:
-        """Every spatial size of the input must be a multiple of this."""
-        return self.config.multiple
+    def multiples(self) -> tuple[int, ...]:
+        """Every spatial size of the input must be a multiple of these (per axis)."""
+        return self.config.multiples
 
     def check_input(self, x: torch.Tensor) -> None:
         dims = self.config.dims
@@ -350,9 +399,9 @@ class UNet(nn.Module):
                 f"(input shape {tuple(x.shape)})"
             )
         spatial = tuple(x.shape[2:])
-        if any(s % self.multiple for s in spatial):
+        if any(s % m for s, m in zip(spatial, self.multiples, strict=True)):
             raise ValueError(
-                f"spatial size {spatial} is not a multiple of {self.multiple} "
+                f"spatial size {spatial} is not a multiple of {self.multiples} "
                 f"(this UNet has {self.config.levels} levels); pad or crop the input"
             )
 
