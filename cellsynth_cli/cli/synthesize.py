@@ -43,15 +43,18 @@ def synthesize(
     steps: int = typer.Option(
         None,
         "--steps",
-        help="Network evaluations from t_start to 0. Default: every step "
-        "(t_start evaluations, the paper's DDPM). Fewer (e.g. 50) = a respaced sampler, "
-        "much faster.",
+        help="Network evaluations from t_start to 0, one per step for every --sampler. "
+        "Default: every step (t_start evaluations, the paper's DDPM). Fewer (e.g. 50) = "
+        "evenly spaced steps, much faster.",
     ),
     sampler: str = typer.Option(
         "ddpm",
         "--sampler",
         help="ddpm: stochastic, the paper's reverse step (respaced when "
-        "--steps < t_start). ddim: deterministic DDIM (eta=0), good at few steps.",
+        "--steps < t_start). ddim: deterministic DDIM (eta=0), good at few steps. "
+        "dpm++2m: DPM-Solver++(2M), a deterministic second-order solver of the same ODE as "
+        "ddim. dpm++2m-sde: its stochastic (SDE) variant, the second-order counterpart of "
+        "ddpm.",
     ),
     tile: str = typer.Option(
         None,
