@@ -109,17 +109,19 @@ def fit_nuclei(
         if volume.image is None:
             continue
         unit = to_unit(volume.image, lo, hi)
-        found.append(detect_nuclei(unit, volume.voxel_size, **detect_kwargs))
+        # the detector "auto" picks on the first image is used for all of them
+        method = found[0].method if found else "auto"
+        found.append(detect_nuclei(unit, volume.voxel_size, method, **detect_kwargs))
         names.append(volume.name)
         if on_volume:
             on_volume(volume.name)
     n_found = sum(len(d) for d in found)
-    if n_found < MIN_DETECTIONS:
+    if n_found < MIN_DETECTIONS or not any(d.complete.any() for d in found):
         raise InputError(
             f"{data}: found only {n_found} nuclei in {len(found)} image(s); a fit needs at "
             f"least {MIN_DETECTIONS} (are these bright nuclei on a dark background?)"
         )
-    radii = np.concatenate([d.equivalent_radius for d in found])
+    radii = np.concatenate([d.equivalent_radius[d.complete] for d in found])
     brightness = np.concatenate([d.brightness for d in found])
     aspects = np.concatenate(
         [
@@ -137,7 +139,7 @@ def fit_nuclei(
     # r sqrt(sx), so r is widened to give the detector's equal-area radius on average
     widen = 1.0 / np.sqrt(np.mean([aspect_lo, aspect_hi]))
     r_lo, r_hi = (float(v) * widen for v in np.percentile(radii, [20, 80]))
-    counts = [len(d) for d in found]
+    counts = [d.count for d in found]
     shape = tuple(int(s) for s in np.median([im.shape for im in images], axis=0))
     voxel = next((v.voxel_size for v in volumes if v.voxel_size), None) or (1.0,) * len(shape)
     ndim = len(shape)
@@ -164,8 +166,9 @@ def fit_nuclei(
     config = replace(load_preset(GENERIC_PRESET), changes, source="simulate fit")
     estimates = {
         "images": len(found),
+        "detector": found[0].method,
         "nuclei found": n_found,
-        "nuclei per image": f"{min(counts)}-{max(counts)}",
+        "nuclei per image": f"{min(counts):.0f}-{max(counts):.0f}",
         "radius (px, median)": round(float(np.median(radii)), 2),
         "radius (px, 20-80 %)": f"{np.percentile(radii, 20):.1f}-{np.percentile(radii, 80):.1f}",
         "aspect ratio (10-90 %)": f"{aspect_lo:.2f}-{aspect_hi:.2f}",

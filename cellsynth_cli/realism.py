@@ -55,8 +55,9 @@ class _Stats:
     hists: dict[str, np.ndarray] = field(
         default_factory=lambda: {f: np.zeros(BINS) for f in FEATURES}
     )
-    radii: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    radii: np.ndarray = field(default_factory=lambda: np.zeros(0))  # whole nuclei only
     brightness: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    count: float = 0.0  # nuclei, those cut by the border in proportion to their size
     n_voxels: int = 0
 
     @classmethod
@@ -70,8 +71,9 @@ class _Stats:
     ) -> _Stats:
         return cls(
             hists={f: histogram(features[f][region], BINS, ranges[f]) for f in FEATURES},
-            radii=found.equivalent_radius[inside],
+            radii=found.equivalent_radius[inside & found.complete],
             brightness=found.brightness[inside],
+            count=float(found.weights[inside].sum()),
             n_voxels=int(features["intensity"][region].size),
         )
 
@@ -81,16 +83,18 @@ class _Stats:
             hists={f: sum((u.hists[f] for u in units), np.zeros(BINS)) for f in FEATURES},
             radii=np.concatenate([u.radii for u in units]) if units else np.zeros(0),
             brightness=np.concatenate([u.brightness for u in units]) if units else np.zeros(0),
+            count=sum(u.count for u in units),
             n_voxels=sum(u.n_voxels for u in units),
         )
 
     def objects(self) -> dict:
-        n = len(self.radii)
         return {
-            "n": n,
-            "radius_median": float(np.median(self.radii)) if n else None,
-            "brightness_median": float(np.median(self.brightness)) if n else None,
-            "per_megavoxel": 1e6 * n / max(self.n_voxels, 1),
+            "n": round(self.count, 1),
+            "radius_median": float(np.median(self.radii)) if len(self.radii) else None,
+            "brightness_median": float(np.median(self.brightness))
+            if len(self.brightness)
+            else None,
+            "per_megavoxel": 1e6 * self.count / max(self.n_voxels, 1),
         }
 
 
@@ -105,6 +109,7 @@ class Realism:
     scale: dict[str, float]
     split: str  # how the real set was halved
     groups: int  # synthetic groups the value is averaged over
+    detector: str  # the nucleus detector used for both sets (decided on the real set)
 
     def to_dict(self) -> dict:
         return {
@@ -116,6 +121,7 @@ class Realism:
             "scale": self.scale,
             "split": self.split,
             "groups": self.groups,
+            "detector": self.detector,
         }
 
 
@@ -164,7 +170,7 @@ def distances(reference: _Stats, candidate: _Stats) -> dict[str, float | None]:
     out["radius_ks"] = _ks(reference.radii, candidate.radii)
     out["brightness_ks"] = _ks(reference.brightness, candidate.brightness)
     density = [
-        (len(s.radii) + DENSITY_PSEUDO_COUNT) / max(s.n_voxels, 1) for s in (reference, candidate)
+        (s.count + DENSITY_PSEUDO_COUNT) / max(s.n_voxels, 1) for s in (reference, candidate)
     ]
     out["density_log_ratio"] = abs(float(np.log(density[1] / density[0])))
     return out
@@ -186,6 +192,7 @@ def _units(
     ranges: dict[str, tuple[float, float]],
     split: bool,
     where: str,
+    method: str,
 ) -> list[_Stats]:
     """The statistics of one volume: as one unit, or as its two halves (split)."""
     from cellsynth_cli.intensity import to_unit
@@ -194,7 +201,7 @@ def _units(
     if not np.isfinite(unit).all():
         raise InputError(f"{where}: image contains NaN or infinite values")
     features = feature_maps(unit)
-    found = detect_nuclei(np.clip(unit, 0, 1), volume.voxel_size)
+    found = detect_nuclei(np.clip(unit, 0, 1), volume.voxel_size, method)
     if not split:
         whole = tuple(slice(None) for _ in unit.shape)
         return [_Stats.of(features, ranges, whole, found, np.ones(len(found), bool))]
@@ -237,10 +244,14 @@ def compare_sets(
     # one, so that the floor and the value compare equal amounts of data
     split = len(samples) == 1
     units: dict[str, list[_Stats]] = {"real": [], "synthetic": []}
+    method = "auto"  # decided on the first real volume, then the same for every volume
     for role, directory in (("real", ref_dir), ("synthetic", pred_dir)):
         for volume in _images(directory, role):
             where = f"{directory}/{volume.name}"
-            units[role].extend(_units(volume, lo, hi, ranges, split, where))
+            if method == "auto":
+                unit = np.clip(to_unit(volume.image, lo, hi), 0, 1)
+                method = detect_nuclei(unit, volume.voxel_size).method
+            units[role].extend(_units(volume, lo, hi, ranges, split, where, method))
             if on_volume:
                 on_volume(volume.name)
     real, synthetic = units["real"], units["synthetic"]
@@ -271,6 +282,7 @@ def compare_sets(
         split=f"{len(splits)} splits of the "
         + ("one real volume into halves" if split else "real volumes into halves"),
         groups=len(groups),
+        detector=method,
     )
 
 

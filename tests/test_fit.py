@@ -6,7 +6,7 @@ import tomllib
 import numpy as np
 import pytest
 import tifffile
-from conftest import DSB_DIR
+from conftest import DSB_DIR, REPO
 from scipy import ndimage
 from typer.testing import CliRunner
 
@@ -162,3 +162,41 @@ def test_generic_preset_works_in_2d_and_3d(tmp_path):
         assert volume.voxel_size == (1.0,) * volume.masks.ndim
     result = run("simulate", "celegans", "-n", 1, "-o", tmp_path / "c", "--shape", "64,64")
     assert result.exit_code == 2 and "3D" in result.output  # anisotropic presets keep dims
+
+
+def test_textured_large_nuclei_are_counted_by_the_watershed():
+    """Big nuclei with bright chromatin spots: LoG counts the spots, auto switches to the
+    watershed, which finds each nucleus once with its size."""
+    from cellsynth_cli.detect import detect_nuclei, log_blobs
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:256, :256]
+    image = np.zeros((256, 256), np.float32)
+    centres = [(50 + 78 * i, 50 + 78 * j) for i in range(3) for j in range(3)]
+    for cy, cx in centres:
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= 24**2] = 0.5
+    spots = (rng.random(image.shape) < 0.02) & (image > 0)
+    image += ndimage.gaussian_filter(spots.astype(np.float32), 1.5) * 6
+    image += rng.normal(0, 0.03, image.shape).astype(np.float32)
+    assert len(log_blobs(image)) > 2 * len(centres)
+    found = detect_nuclei(image)
+    assert found.method == "watershed" and len(found) == len(centres)
+    np.testing.assert_allclose(found.equivalent_radius, 24, rtol=0.1)
+
+
+@pytest.mark.slow
+def test_fit_on_the_bundled_3d_stack_matches_its_masks():
+    """cells3d: 20 large textured nuclei (approximate masks, read only by the test)."""
+    fit = fit_nuclei(REPO / "data" / "cells3d")
+    found = fit.detections[0]
+    assert found.method == "watershed"
+    masks = tifffile.imread(REPO / "data" / "cells3d" / "cells3d_masks.tif")
+    sizes = np.bincount(masks.ravel())[1:]
+    sizes = sizes[sizes > 0]
+    z_per_xy = 0.29 / 0.26  # a z voxel is this many in-plane voxels deep
+    true_radius = np.median(np.cbrt(3 * sizes * z_per_xy / (4 * np.pi)))
+    assert abs(found.count - len(sizes)) <= 0.2 * len(sizes)
+    assert (
+        abs(np.median(found.equivalent_radius[found.complete]) - true_radius) <= 0.2 * true_radius
+    )
+    assert fit.config.anisotropy == pytest.approx(0.26 / 0.29, rel=1e-3)
