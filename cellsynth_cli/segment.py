@@ -1,8 +1,10 @@
 """The `segment` stage: Cellpose 3.1 trained from scratch, prediction, scoring and QC.
 
 Nothing is downloaded: the network is built untrained (pretrained_model=False) and cellpose's
-model directory points inside the segmentation model folder. 3D data trains on its z slices;
-3D prediction stitches 2D masks across z (or Cellpose's 3D mode with do_3d).
+model directory points inside the segmentation model folder. 3D data trains on its xy slices
+and on xz / yz slices resampled along z to isotropic voxels (Cellpose's recipe for 3D: its 3D
+mode runs the 2D network on the YX, ZY and ZX planes of the isotropic volume). 3D prediction
+uses that 3D mode with the anisotropy of the voxel size, or stitches 2D masks across z.
 cellpose is imported lazily: it takes seconds.
 """
 
@@ -16,10 +18,12 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from cellsynth_cli import io
 from cellsynth_cli.errors import InputError
@@ -28,6 +32,14 @@ from cellsynth_cli.matching import match, segmentation_scores
 MODEL_FILE = "cellpose_model"
 CONFIG_FILE = "segmenter.json"
 DIAM_MEAN = 30.0  # cellpose rescales every training image so cells have this diameter
+SLICES = ("all", "xy")  # 3D training: xy + xz + yz slices, or xy slices only
+MODES = ("3d", "stitch")  # 3D prediction: Cellpose's 3D mode, or 2D masks stitched across z
+STITCH_THRESHOLD = 0.5  # IoU that joins 2D masks of neighbouring z slices into one cell
+
+
+def _check_choice(value: str, choices: tuple[str, ...], option: str) -> None:
+    if value not in choices:
+        raise InputError(f"{option} must be {' or '.join(choices)}, got {value!r}")
 
 
 def _cellpose(model_dir: Path) -> Any:
@@ -97,23 +109,93 @@ def median_diameter(masks: list[np.ndarray]) -> float:
     return float(2 * np.sqrt(np.median(sizes) / np.pi))
 
 
-def training_slices(data: Path) -> tuple[list[np.ndarray], list[np.ndarray], int]:
-    """2D (image, masks) pairs: 2D volumes as they are, 3D volumes as z slices with cells."""
-    images, masks, dims = [], [], 0
+def z_anisotropy(voxel_size: tuple[float, ...] | None) -> float:
+    """z step over x step of a 3D voxel size (Cellpose's `anisotropy`); 1 when unknown or 2D."""
+    if voxel_size is None or len(voxel_size) != 3:
+        return 1.0
+    return float(voxel_size[0] / voxel_size[-1])
+
+
+def volume_slices(
+    image: np.ndarray, masks: np.ndarray, anisotropy: float = 1.0, orthogonal: bool = True
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """2D training slices of a 3D volume as (plane, image, masks), only those with cells.
+
+    plane is "xy", "xz" or "yz". The xz and yz slices (shape (z, x) and (z, y)) are resampled
+    along z by `anisotropy` so their pixels are square, as Cellpose's 3D mode sees them:
+    images linearly, masks by nearest neighbour so labels stay labels. There are at most as
+    many xz + yz slices as xy slices, evenly spaced: each is a resampled copy, and a big stack
+    would otherwise multiply its memory.
+    """
+    slices = [("xy", im, m) for im, m in zip(image, masks, strict=True) if m.any()]
+    if not orthogonal or image.shape[0] * anisotropy < 2:  # under 2 rows: no extent in z
+        return slices
+    has_cells = masks.any(axis=0)  # (y, x): which xz rows and yz columns cross a cell
+    candidates = [("xz", int(y)) for y in np.flatnonzero(has_cells.any(axis=1))] + [
+        ("yz", int(x)) for x in np.flatnonzero(has_cells.any(axis=0))
+    ]
+    if len(candidates) > len(slices):
+        # evenly spaced over xz then yz, so both kinds and all positions are represented;
+        # the spacing is >= 1, so no index repeats
+        keep = np.linspace(0, len(candidates) - 1, len(slices)).round().astype(int)
+        candidates = [candidates[i] for i in keep]
+    for plane, i in candidates:
+        if plane == "xz":
+            im, m = image[:, i, :], masks[:, i, :]
+        else:
+            im, m = image[:, :, i], masks[:, :, i]
+        if anisotropy != 1.0:
+            # grid_mode: pixels as areas (as cellpose's own resize at prediction), so z plane
+            # k covers rows [k * anisotropy, (k + 1) * anisotropy) and the pixels come out square
+            factor = (anisotropy, 1)
+            im = ndimage.zoom(
+                im.astype(np.float32), factor, order=1, grid_mode=True, mode="nearest"
+            )
+            m = ndimage.zoom(m, factor, order=0, grid_mode=True, mode="nearest")
+        if m.any():  # a z step finer than x shrinks z, which can drop a thin cell
+            slices.append((plane, im, m))
+    return slices
+
+
+@dataclass
+class TrainingSlices:
+    """2D training images with their masks and the plane each was cut along."""
+
+    images: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    planes: list[str] = field(default_factory=list)  # "xy" (also 2D images), "xz", "yz"
+    dims: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return {plane: self.planes.count(plane) for plane in ("xy", "xz", "yz")}
+
+    def xy_masks(self) -> list[np.ndarray]:
+        return [m for m, plane in zip(self.masks, self.planes, strict=True) if plane == "xy"]
+
+
+def training_slices(data: Path, slices: str = "all") -> TrainingSlices:
+    """2D (image, masks) pairs: 2D volumes as they are, 3D volumes cut by volume_slices.
+
+    slices: "all" (xy, xz and yz slices of 3D volumes) or "xy" (xy slices only).
+    """
+    _check_choice(slices, SLICES, "--slices")
+    found = TrainingSlices()
     for volume in io.read_volumes(data):
         if volume.image is None or volume.masks is None:
             raise InputError(f"{data}/{volume.name}: needs an image and masks to train on")
-        dims = volume.image.ndim
-        if dims == 2:
-            pairs = [(volume.image, volume.masks)]
+        found.dims = volume.image.ndim
+        if found.dims == 2:
+            pairs = [("xy", volume.image, volume.masks)]
         else:
-            pairs = [(im, m) for im, m in zip(volume.image, volume.masks, strict=True) if m.any()]
-        for im, m in pairs:
-            images.append(im.astype(np.float32))
-            masks.append(m.astype(np.int32))
-    if not images:
+            anisotropy = z_anisotropy(volume.voxel_size)
+            pairs = volume_slices(volume.image, volume.masks, anisotropy, slices == "all")
+        for plane, im, m in pairs:
+            found.images.append(im.astype(np.float32))
+            found.masks.append(m.astype(np.int32))
+            found.planes.append(plane)
+    if not found.images:
         raise InputError(f"{data}: no image with masks to train on")
-    return images, masks, dims
+    return found
 
 
 def train_segmenter(
@@ -125,6 +207,7 @@ def train_segmenter(
     batch: int = 8,
     images_per_epoch: int | None = None,
     diameter: float | None = None,
+    slices: str = "all",
     overwrite: bool = False,
     seed: int = 0,
     device: str = "auto",
@@ -132,17 +215,23 @@ def train_segmenter(
 ) -> dict:
     """Train Cellpose from scratch on DATA's images + masks; the model goes to OUT.
 
+    slices: for 3D volumes, "all" trains on xy slices and on xz / yz slices resampled to
+    isotropic voxels (see volume_slices), "xy" on xy slices only.
     on_epoch(epoch, loss) is called whenever cellpose reports (epoch 0, 5, then every 10).
     """
     if epochs < 1 or bsize < 16 or batch < 1 or learning_rate <= 0:
         raise InputError("--epochs and --batch must be >= 1, --bsize >= 16, --lr > 0")
     if images_per_epoch is not None and images_per_epoch < 1:
         raise InputError(f"--images-per-epoch must be >= 1, got {images_per_epoch}")
+    _check_choice(slices, SLICES, "--slices")
     if (out / CONFIG_FILE).exists() and not overwrite:
         raise InputError(f"{out} already holds a segmentation model; pass --overwrite")
     gpu = _use_gpu(device)
-    images, masks, dims = training_slices(data)
-    diameter = diameter or median_diameter(masks)
+    found = training_slices(data, slices)
+    images, masks = found.images, found.masks
+    # the diameter prediction rescales by is measured in xy: the xz / yz slices only teach
+    # the network how cells look across z
+    diameter = diameter or median_diameter(found.xy_masks())
     # at least one full batch per epoch: a single training image would otherwise give
     # batch-1 steps (images are drawn with replacement when this differs from their number)
     images_per_epoch = images_per_epoch or max(len(images), batch)
@@ -186,7 +275,8 @@ def train_segmenter(
     shutil.rmtree(work, ignore_errors=True)
     config = {
         "format": "cellsynth-cellpose",
-        "dims": dims,
+        "dims": found.dims,
+        "slices": slices if found.dims == 3 else "xy",
         "diameter": diameter,
         "diam_mean": DIAM_MEAN,
         "epochs": epochs,
@@ -198,6 +288,7 @@ def train_segmenter(
         "seed": seed,
         "data": str(data),
         "n_training_images": len(images),
+        "n_slices": found.counts(),
         "final_loss": float(train_losses[-1]),
         "loss_log": epoch_log.losses,
         "seconds": round(time.perf_counter() - start, 1),
@@ -229,14 +320,18 @@ def load_segmenter(model_dir: Path, device: str = "auto") -> tuple[Any, dict]:
 
 
 def segment_image(
-    model: Any, config: dict, image: np.ndarray, do_3d: bool = False, anisotropy: float = 1.0
+    model: Any, config: dict, image: np.ndarray, mode: str = "3d", anisotropy: float = 1.0
 ) -> np.ndarray:
-    kwargs = dict(channels=[0, 0], diameter=config["diameter"])
+    """Instance masks of a 2D or 3D image (3D: mode "3d" or "stitch", see MODES)."""
+    _check_choice(mode, MODES, "--mode")
+    kwargs: dict[str, Any] = dict(channels=[0, 0], diameter=config["diameter"])
     if image.ndim == 3:
-        if do_3d:
+        # without z_axis cellpose takes the shortest axis of a stack over 5 planes for z
+        kwargs["z_axis"] = 0
+        if mode == "3d":
             kwargs.update(do_3D=True, anisotropy=anisotropy)
         else:
-            kwargs.update(do_3D=False, stitch_threshold=0.5)
+            kwargs.update(do_3D=False, stitch_threshold=STITCH_THRESHOLD)
     masks, _, _ = model.eval(image.astype(np.float32), **kwargs)
     return np.asarray(masks).astype(np.uint32)
 
@@ -246,11 +341,17 @@ def predict(
     images: Path,
     out: Path,
     overwrite: bool = False,
-    do_3d: bool = False,
+    mode: str = "3d",
     on_volume: Callable[[str], None] | None = None,
     resume: bool = False,
     device: str = "auto",
 ) -> list[dict]:
+    """Segment every image of IMAGES into OUT (the image with labels/cells).
+
+    3D images: mode "3d" is Cellpose's 3D mode with anisotropy = z step / x step of the
+    voxel size (1 when unknown); "stitch" joins 2D masks of the z slices. 2D: mode is unused.
+    """
+    _check_choice(mode, MODES, "--mode")
     paths = io.list_volumes(images)
     names = [io.volume_name(p) for p in paths]
     kept = io.outputs_to_keep(out, names, overwrite, resume)
@@ -266,10 +367,9 @@ def predict(
         volume = io.read_volume(path)
         if volume.image is None:
             raise InputError(f"{path}: no intensity image to segment")
-        anisotropy = 1.0
-        if volume.voxel_size and volume.image.ndim == 3:
-            anisotropy = volume.voxel_size[0] / volume.voxel_size[-1]
-        masks = segment_image(model, config, volume.image, do_3d, anisotropy)
+        anisotropy = z_anisotropy(volume.voxel_size)
+        masks = segment_image(model, config, volume.image, mode, anisotropy)
+        settings = {"mode": mode, "anisotropy": anisotropy} if volume.image.ndim == 3 else {}
         io.write_volume(
             out,
             io.Volume(
@@ -277,7 +377,9 @@ def predict(
                 image=volume.image,
                 masks=masks,
                 voxel_size=volume.voxel_size,
-                provenance=io.provenance("segment-predict", model=str(model_dir), source=str(path)),
+                provenance=io.provenance(
+                    "segment-predict", model=str(model_dir), source=str(path), **settings
+                ),
             ),
             overwrite=overwrite,
         )
@@ -326,19 +428,25 @@ def quality_control(
     move_failed: Path | None = None,
     on_volume: Callable[[str], None] | None = None,
     device: str = "auto",
+    mode: str = "3d",
 ) -> dict:
     """Segment each synthetic image; compare with its own simulated masks (IoU >= 0.5).
+
+    3D volumes are segmented as `predict` does with the same mode, so QC judges the data
+    the way the segmenter will be used.
 
     phantom: predicted cells with no simulated partner (made from noise);
     vanished: simulated cells the segmenter cannot find (e.g. dim cells the DDPM erased).
     """
+    _check_choice(mode, MODES, "--mode")
     model, config = load_segmenter(model_dir, device)
     rows = []
     for path in io.list_volumes(data):
         volume = io.read_volume(path)
         if volume.image is None or volume.masks is None:
             raise InputError(f"{path}: QC needs a synthetic image with its simulated masks")
-        predicted = segment_image(model, config, volume.image)
+        anisotropy = z_anisotropy(volume.voxel_size)
+        predicted = segment_image(model, config, volume.image, mode, anisotropy)
         m = match(predicted, volume.masks, 0.5)
         n_pred, n_ref = m.tp + m.fp, m.tp + m.fn
         row = {

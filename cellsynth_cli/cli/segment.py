@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -23,6 +24,16 @@ from cellsynth_cli.cli.common import (
     print_json,
     progress_bar,
 )
+
+Mode = Annotated[
+    str,
+    typer.Option(
+        "--mode",
+        help="3D images: 3d = Cellpose's 3D mode (the network on the xy, xz and yz planes, z "
+        "rescaled by the voxel size's z/x anisotropy, 1 when unknown); stitch = 2D masks per "
+        "z slice joined across z (IoU >= 0.5). Ignored for 2D images.",
+    ),
+]
 
 segment_app = typer.Typer(
     cls=CellsynthGroup,
@@ -53,14 +64,23 @@ def train(
         "number of steps.",
     ),
     diameter: float = typer.Option(
-        None, "--diameter", help="Cell diameter in pixels; default the median of the masks."
+        None,
+        "--diameter",
+        help="Cell diameter in pixels; default the median of the masks (of the xy slices in 3D).",
+    ),
+    slices: str = typer.Option(
+        "all",
+        "--slices",
+        help="3D volumes: all = xy slices plus xz and yz slices resampled along z to isotropic "
+        "voxels (Cellpose's recipe for its 3D mode; at most as many as xy slices per volume); "
+        "xy = xy slices only. 2D images are used as they are.",
     ),
     seed: Seed = 0,
     device: Device = "auto",
     overwrite: Overwrite = False,
     json_out: JsonOut = False,
 ) -> None:
-    """Train Cellpose 3 from scratch. 3D volumes train on their z slices.
+    """Train Cellpose 3 from scratch. 3D volumes train on their xy, xz and yz slices.
 
     --seed sets the initial weights (cellpose itself seeds its crops by the epoch number).
 
@@ -68,6 +88,7 @@ def train(
 
         cellsynth segment train                       # synth/ -> seg/
         cellsynth segment train --data synth/ -o seg/ --epochs 100
+        cellsynth segment train --slices xy           # 3D: xy slices only
     """
     from cellsynth_cli.segment import train_segmenter
 
@@ -89,6 +110,7 @@ def train(
             batch=batch,
             images_per_epoch=images_per_epoch,
             diameter=diameter,
+            slices=slices,
             overwrite=overwrite,
             seed=seed,
             device=device,
@@ -98,8 +120,12 @@ def train(
     if json_out:
         print_json(config)
     else:
+        planes = ""
+        if config["dims"] == 3:
+            counts = ", ".join(f"{n} {plane}" for plane, n in config["n_slices"].items())
+            planes = f" ({counts} slices)"
         console.print(
-            f"trained on {config['n_training_images']} image(s) in "
+            f"trained on {config['n_training_images']} image(s){planes} in "
             f"{config['seconds']} s, final loss {config['final_loss']:.4f}, cell "
             f"diameter {config['diameter']:.1f} px; model in {out}"
         )
@@ -110,9 +136,7 @@ def predict(
     model: path_option(("--model",), "Folder of `segment train`.", workdir.SEG) = None,
     images: path_option(("--images",), "Images to segment (zarr or TIFF).", workdir.REAL) = None,
     out: path_option(("-o", "--out"), "Output directory of NAME.zarr.", workdir.PRED) = None,
-    do_3d: bool = typer.Option(
-        False, "--do-3d", help="3D: Cellpose's 3D mode instead of stitching 2D masks across z."
-    ),
+    mode: Mode = "3d",
     device: Device = "auto",
     resume: Resume = False,
     overwrite: Overwrite = False,
@@ -123,7 +147,7 @@ def predict(
     Examples:
 
         cellsynth segment predict                     # seg/ on real/ -> pred/
-        cellsynth segment predict --model seg/ --images real/ -o pred/ --do-3d
+        cellsynth segment predict --model seg/ --images real/ -o pred/ --mode stitch
     """
     from cellsynth_cli.segment import predict as run_predict
 
@@ -137,7 +161,7 @@ def predict(
             out,
             overwrite=overwrite,
             resume=resume,
-            do_3d=do_3d,
+            mode=mode,
             device=device,
             on_volume=lambda name: status.update(f"segmented {name}"),
         )
@@ -205,11 +229,14 @@ def qc(
     ),
     move_failed: Path = typer.Option(None, "--move-failed", help="Move failing volumes here."),
     out: Path = typer.Option(None, "-o", "--out", help="Write qc.json here (a file path)."),
+    mode: Mode = "3d",
     device: Device = "auto",
     overwrite: Overwrite = False,
     json_out: JsonOut = False,
 ) -> None:
     """Quality control of synthetic data: phantom and vanished cells per volume.
+
+    3D volumes are segmented as `segment predict` does (same --mode, same default).
 
     Example:
 
@@ -224,7 +251,9 @@ def qc(
     if out is not None and out.exists() and not overwrite:
         raise InputError(f"{out} already exists (pass --overwrite to replace it)")
     with console.status("quality control", spinner="dots"):
-        result = quality_control(model, data, max_phantom, max_vanished, move_failed, device=device)
+        result = quality_control(
+            model, data, max_phantom, max_vanished, move_failed, device=device, mode=mode
+        )
     if out is not None:
         io.write_text(out, json.dumps(result, indent=2), overwrite=overwrite)
     if json_out:
