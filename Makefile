@@ -10,7 +10,7 @@ TORCH_SPEC     ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS    ?=
 
-.PHONY: install demo test test-fast bench lint experiment clean
+.PHONY: install demo test test-fast bench lint experiment experiment-3d clean
 
 install: $(STAMP)
 
@@ -50,5 +50,8 @@ lint: $(STAMP)
 experiment: $(STAMP)
 	$(PY) scripts/experiment.py
 
+experiment-3d: $(STAMP)
+	$(PY) scripts/experiment_3d.py
+
 clean:
-	rm -rf $(VENV) demo_out experiment_out .pytest_cache
+	rm -rf $(VENV) demo_out experiment_out experiment_3d_out .pytest_cache

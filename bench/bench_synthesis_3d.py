@@ -1,0 +1,211 @@
+"""3D synthesis at the paper's sizes: seconds per volume and peak memory, against the
+reference-style tile loop measured in the same run.
+
+Volumes: a full-size C. elegans sketch (35 x 512 x 708, `simulate celegans`, seed 0) and a full
+T. castaneum sketch (13 x 1700 x 2450). Networks: the default 3D UNet with fixed random
+weights (speed and memory do not depend on training), either isotropic (z halved at every
+level like y/x, so 35 slices are padded to 40) or anisotropic (the C. elegans voxel size
+1.0 x 0.09 x 0.09 um: z kept at every level, no z padding; T. castaneum 1.0 x 0.38 x 0.38:
+z kept at the first level).
+
+Each configuration runs in its own process (peak RSS = that process's maximum resident
+memory, sketch and network included) and times a few reverse steps of `synthesize_volume`
+at the default plan (tiles, overlap, precision) or a given tile budget; the median step is
+reported and scaled to a volume: 50 steps (respaced DDPM, the README's setting) and 20 steps
+(dpm++2m). Every sampler costs one network evaluation per step, so per-step time is
+sampler-independent.
+
+Reference-style loop: the public code's way for C. elegans, one 32 x 128 x 128 tile per
+network call, 48 tiles per step (2 x 4 x 6 over the volume), each tile its own forward pass:
+median of single tile calls x 48, per step, with the same isotropic network, scaled to the
+same step counts and to the reference's 600 steps.
+
+Run standalone (`python bench/bench_synthesis_3d.py`) or from bench/run.py. Environment:
+BENCH_3D_STEPS (timed steps per configuration, default 2), BENCH_3D_SKIP_TRIBOLIUM=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+
+CELEGANS_VOXEL = (1.0, 0.09, 0.09)
+TRIBOLIUM_VOXEL = (1.0, 0.38, 0.38)
+REF_TILE = (32, 128, 128)
+REF_TILES_PER_STEP = 48
+STEPS_TIMED = int(os.environ.get("BENCH_3D_STEPS", 2))
+VOLUME_STEPS = {"ddpm 50": 50, "dpm++2m 20": 20}
+REFERENCE_STEPS = 600
+
+# name -> (preset, anisotropic network?, tile budget in voxels or None for the default)
+CONFIGS = {
+    "celegans iso, default tiles": ("celegans", False, None),
+    "celegans aniso, default tiles": ("celegans", True, None),
+    "celegans iso, 4M-voxel tiles": ("celegans", False, 2**22),
+    "celegans iso, 8M-voxel tiles": ("celegans", False, 2**23),
+    "tribolium iso, default tiles": ("tribolium", False, None),
+    "tribolium aniso, default tiles": ("tribolium", True, None),
+}
+
+
+def _model(anisotropic: bool, voxel: tuple[float, ...]):
+    import torch
+
+    from cellsynth_cli.checkpoint import TrainedModel
+    from cellsynth_cli.diffusion.unet import UNet, default_config
+
+    torch.manual_seed(0)
+    net = UNet(default_config(3, voxel if anisotropic else None)).eval()
+    with torch.no_grad():  # the zero-initialised output conv would make eps trivial
+        net.outc.weight.normal_(0, 0.1)
+    return TrainedModel(
+        net=net,
+        dims=3,
+        multiples=net.multiples,
+        normalization={"low": 0.0, "high": 1.0},
+        config={"patch": [32, 128, 128], "T": 1000, "schedule": "cosine"},
+        step=0,
+        checksum="random-init",
+        path=Path("random-init"),
+    )
+
+
+def _sketch(preset: str):
+    import numpy as np
+
+    from cellsynth_cli.config import load_preset
+    from cellsynth_cli.simulators import get_simulator
+
+    config = load_preset(preset)
+    made = get_simulator(config.simulator)(config, np.random.default_rng(0))
+    return made.sketch, tuple(config.voxel_size)
+
+
+def run_one(name: str) -> dict:
+    """One configuration in this process: per-step seconds, plan, peak RSS."""
+    import numpy as np
+    import torch
+    from timing import set_threads
+
+    from cellsynth_cli import synthesize as synth
+    from cellsynth_cli.diffusion.unet import tune_cpu_allocator
+
+    set_threads()
+    tune_cpu_allocator()
+    preset, anisotropic, budget = CONFIGS[name]
+    sketch, voxel = _sketch(preset)
+    model = _model(anisotropic, voxel)
+    if budget is not None:
+        synth.AUTO_TILE_VOXELS = budget  # the module reads it at call time
+    options = synth.SynthesisOptions(t_start=600, steps=STEPS_TIMED + 1, sampler="ddpm")
+    device = torch.device("cpu")
+    plan = synth.synthesis_plan(sketch.shape, model, options, device)
+    stamps: list[float] = []
+    start = time.perf_counter()
+    synth.synthesize_volume(
+        model, sketch, options, 0, device, lambda t: stamps.append(time.perf_counter())
+    )
+    steps = [b - a for a, b in zip([start, *stamps[:-1]], stamps, strict=True)][1:]
+    _, tile, _ = synth.tiling_for(sketch.shape, model, options)
+    computed = plan["n_tiles"] * int(np.prod(tile))
+    return {
+        "name": name,
+        "shape": list(sketch.shape),
+        "tile": plan["tile"],
+        "n_tiles": plan["n_tiles"],
+        "precision": plan["precision"],
+        "voxels": int(np.prod(sketch.shape)),
+        "computed_voxels": computed,
+        "step_s": statistics.median(steps),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+    }
+
+
+def run_reference() -> dict:
+    """Median seconds of one 32 x 128 x 128 forward pass (batch 1), the reference's unit."""
+    import torch
+    from timing import median_time, set_threads
+
+    from cellsynth_cli.diffusion.unet import tune_cpu_allocator
+
+    set_threads()
+    tune_cpu_allocator()
+    model = _model(False, CELEGANS_VOXEL)
+    x = torch.randn(1, 1, *REF_TILE)
+    t = torch.tensor([500])
+    with torch.inference_mode():
+        tile_s = median_time(lambda: model.net(x, t), runs=3, warmup=1)
+    return {
+        "name": "reference-style loop",
+        "tile_s": tile_s,
+        "step_s": tile_s * REF_TILES_PER_STEP,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+    }
+
+
+def _child(arg: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--one", arg], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{arg} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    import torch
+
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, timed steps "
+        f"per configuration: {STEPS_TIMED}",
+        flush=True,
+    )
+    reference = _child("reference")
+    print(
+        f"reference-style loop: {reference['tile_s']:.2f} s per 32x128x128 tile call, "
+        f"{REF_TILES_PER_STEP} tiles -> {reference['step_s']:.1f} s per step, "
+        f"{reference['step_s'] * REFERENCE_STEPS / 3600:.1f} h per volume at "
+        f"{REFERENCE_STEPS} steps",
+        flush=True,
+    )
+    names = [
+        n for n in CONFIGS if not (os.environ.get("BENCH_3D_SKIP_TRIBOLIUM") and "tribolium" in n)
+    ]
+    header = (
+        f"{'configuration':32s} {'tiles':>16s} {'computed/volume':>15s} {'s/step':>7s} "
+        + " ".join(f"{k + ' (s)':>13s}" for k in VOLUME_STEPS)
+        + f" {'vs ref (same steps)':>19s} {'peak RSS':>9s}"
+    )
+    print(header, flush=True)
+    for name in names:
+        r = _child(name)
+        tiles = f"{r['n_tiles']} x {'x'.join(map(str, r['tile']))}"
+        ratio = r["computed_voxels"] / r["voxels"]
+        per_volume = " ".join(f"{r['step_s'] * k:13.0f}" for k in VOLUME_STEPS.values())
+        speedup = (
+            f"{reference['step_s'] / r['step_s']:18.2f}x" if "celegans" in name else f"{'-':>19s}"
+        )
+        print(
+            f"{name:32s} {tiles:>16s} {ratio:15.2f} {r['step_s']:7.1f} {per_volume} {speedup} "
+            f"{r['peak_rss_gb']:8.2f}G",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--one":
+        which = sys.argv[2]
+        result = run_reference() if which == "reference" else run_one(which)
+        print(json.dumps(result))
+    else:
+        main()
