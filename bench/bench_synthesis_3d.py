@@ -20,8 +20,17 @@ network call, 48 tiles per step (2 x 4 x 6 over the volume), each tile its own f
 median of single tile calls x 48, per step, with the same isotropic network, scaled to the
 same step counts and to the reference's 600 steps.
 
+Quality vs steps (when a trained 3D model exists: experiment_3d_out/ddpm from
+`make experiment-3d`): one centre crop (32 x 128 x 128) of a simulated sketch of that
+experiment, synthesized from its t_start with every-step DDPM (the paper's sampler; seeds 0
+and 1) and with each fast sampler (seeds 0 and 1); each compared with the every-step
+sample of the same seed: PSNR / SSIM on [0, 1], and the KL divergence of the texture (local
+std) and gradient-magnitude histograms against the pooled every-step outputs. The
+every-step sampler's own seed-to-seed distance is the yardstick.
+
 Run standalone (`python bench/bench_synthesis_3d.py`) or from bench/run.py. Environment:
-BENCH_3D_STEPS (timed steps per configuration, default 2), BENCH_3D_SKIP_TRIBOLIUM=1.
+BENCH_3D_STEPS (timed steps per configuration, default 2), BENCH_3D_SKIP_TRIBOLIUM=1,
+BENCH_3D_SKIP_SPEED=1, BENCH_3D_MODEL (a trained 3D run for the quality part).
 """
 
 from __future__ import annotations
@@ -153,6 +162,110 @@ def run_reference() -> dict:
     }
 
 
+QUALITY_MODEL = Path(os.environ.get("BENCH_3D_MODEL", ROOT / "experiment_3d_out" / "ddpm"))
+QUALITY_CROP = (32, 128, 128)
+QUALITY_SAMPLERS = [
+    ("ddpm", 50),
+    ("ddim", 20),
+    ("dpm++2m", 10),
+    ("dpm++2m", 20),
+    ("dpm++2m-sde", 10),
+    ("dpm++2m-sde", 20),
+]
+
+
+def quality() -> None:
+    """Fast samplers against every-step DDPM with a trained 3D model (see the docstring)."""
+    import numpy as np
+    import torch
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    from timing import set_threads
+
+    from cellsynth_cli import io
+    from cellsynth_cli.checkpoint import load_model
+    from cellsynth_cli.diffusion.unet import tune_cpu_allocator
+    from cellsynth_cli.metrics import histogram, kl_divergence
+    from cellsynth_cli.realism import feature_maps
+    from cellsynth_cli.synthesize import SynthesisOptions, synthesize_volume
+
+    if not (QUALITY_MODEL / "checkpoint.pt").exists():
+        print(f"quality vs steps: skipped (no trained 3D model at {QUALITY_MODEL})")
+        return
+    set_threads()
+    tune_cpu_allocator()
+    device = torch.device("cpu")
+    model = load_model(QUALITY_MODEL, device)
+    sim = QUALITY_MODEL.parent / "sim"
+    synth = QUALITY_MODEL.parent / "synth"
+    sketch = io.read_volume(io.list_volumes(sim)[0]).sketch
+    t_start = int(io.read_provenance(io.list_volumes(synth)[0]).get("t_start", 600))
+    start = [max(0, (n - c) // 2) for n, c in zip(sketch.shape, QUALITY_CROP, strict=True)]
+    crop = sketch[tuple(slice(a, a + c) for a, c in zip(start, QUALITY_CROP, strict=True))]
+    lo, hi = model.normalization["low"], model.normalization["high"]
+
+    def run(sampler: str, steps: int | None, seed: int) -> tuple[np.ndarray, float]:
+        options = SynthesisOptions(t_start=t_start, steps=steps, sampler=sampler)
+        began = time.perf_counter()
+        out = synthesize_volume(model, crop, options, seed, device)
+        return np.clip((out - lo) / (hi - lo), 0, 1), time.perf_counter() - began
+
+    every = {seed: run("ddpm", None, seed) for seed in (0, 1)}
+    features = {seed: feature_maps(every[seed][0]) for seed in (0, 1)}
+    ranges = {
+        name: (0.0, float(np.percentile(features[0][name], 99.5)) * 1.5)
+        for name in ("texture", "gradient")
+    }
+
+    def hist(images_features: list[dict], name: str) -> np.ndarray:
+        return sum(histogram(f[name], 128, ranges[name]) for f in images_features)
+
+    pooled = {name: hist(list(features.values()), name) for name in ranges}
+
+    def scores(image: np.ndarray, seed: int) -> dict:
+        ref = every[seed][0]
+        f = feature_maps(image)
+        return {
+            "psnr": peak_signal_noise_ratio(ref, image, data_range=1.0),
+            "ssim": structural_similarity(ref, image, data_range=1.0),
+            **{
+                f"{n}_kld": kl_divergence(pooled[n], histogram(f[n], 128, ranges[n]))
+                for n in ranges
+            },
+        }
+
+    print(
+        f"\nquality vs steps: {QUALITY_MODEL} (step {model.step}), t_start {t_start}, crop "
+        f"{'x'.join(map(str, QUALITY_CROP))}; every-step DDPM = {t_start} network calls, "
+        f"{every[0][1]:.0f} s"
+    )
+    print(
+        f"{'sampler':18s} {'calls':>5s} {'s':>6s} {'PSNR':>6s} {'SSIM':>6s} {'texture KLD':>11s} "
+        f"{'gradient KLD':>12s}   (vs every-step DDPM, same seed; mean of seeds 0 and 1)"
+    )
+    yard = scores(every[1][0], 0)
+    yard["texture_kld"] = kl_divergence(
+        hist([features[0]], "texture"), hist([features[1]], "texture")
+    )
+    yard["gradient_kld"] = kl_divergence(
+        hist([features[0]], "gradient"), hist([features[1]], "gradient")
+    )
+    print(
+        f"{'every step, seed 1':18s} {t_start:5d} {every[1][1]:6.0f} {yard['psnr']:6.2f} "
+        f"{yard['ssim']:6.3f} {yard['texture_kld']:11.4f} {yard['gradient_kld']:12.4f}   "
+        "(against seed 0: the sampler's own spread)"
+    )
+    for sampler, steps in QUALITY_SAMPLERS:
+        rows = [run(sampler, steps, seed) for seed in (0, 1)]
+        s = [scores(image, seed) for seed, (image, _) in zip((0, 1), rows, strict=True)]
+        mean = {k: float(np.mean([r[k] for r in s])) for k in s[0]}
+        seconds = float(np.mean([r[1] for r in rows]))
+        print(
+            f"{sampler:18s} {steps:5d} {seconds:6.0f} {mean['psnr']:6.2f} {mean['ssim']:6.3f} "
+            f"{mean['texture_kld']:11.4f} {mean['gradient_kld']:12.4f}",
+            flush=True,
+        )
+
+
 def _child(arg: str) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--one", arg], capture_output=True, text=True, check=False
@@ -163,6 +276,12 @@ def _child(arg: str) -> dict:
 
 
 def main() -> None:
+    if not os.environ.get("BENCH_3D_SKIP_SPEED"):
+        speed()
+    quality()
+
+
+def speed() -> None:
     import torch
 
     print(

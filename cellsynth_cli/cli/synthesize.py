@@ -60,7 +60,7 @@ def synthesize(
         None,
         "--tile",
         help="Tile size, e.g. 256 or 32,128,128. Default: the whole sketch in one network call "
-        "up to 2M voxels (1448^2 or 32x256x256); bigger sketches get the largest tiles within "
+        "up to 4M voxels (2048^2 or 64x256x256); bigger sketches get the largest tiles within "
         "that budget, blended at every step. Lower it if memory runs out.",
     ),
     overlap: str = typer.Option(
@@ -70,7 +70,7 @@ def synthesize(
         4,
         "--batch",
         help="Tiles per network call (pays on a GPU; on a CPU cost is per voxel). With "
-        "automatic tiles, capped so one call stays within the 2M-voxel budget.",
+        "automatic tiles, capped so one call stays within the 4M-voxel budget.",
     ),
     seed: Seed = 0,
     device: Device = "auto",
