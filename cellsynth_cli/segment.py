@@ -10,6 +10,7 @@ cellpose is imported lazily: it takes seconds.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -45,13 +46,28 @@ def _check_choice(value: str, choices: tuple[str, ...], option: str) -> None:
 def _cellpose(model_dir: Path) -> Any:
     # cellpose reads its model directory when imported: keep it inside our folder
     os.environ.setdefault("CELLPOSE_LOCAL_MODELS_PATH", str(model_dir / ".cellpose"))
-    # cellpose's own tqdm bars would interleave with ours (read when tqdm is first imported)
-    os.environ.setdefault("TQDM_DISABLE", "1")
     warnings.filterwarnings("ignore", message="Sparse invariant checks")  # torch, from cellpose
     from cellpose import models, train
 
+    _silence_progress_bars()
+
     logging.getLogger("cellpose").setLevel(logging.WARNING)
     return models, train
+
+
+def _silence_progress_bars() -> None:
+    """cellpose's own tqdm bars would interleave with ours. TQDM_DISABLE cannot do it: tqdm
+    reads it when first imported, and torch imports it first. So the names cellpose looks
+    tqdm/trange up under get versions that are disabled (a caller's disable= still wins)."""
+    import importlib
+
+    import tqdm
+
+    for name in ("core", "dynamics", "models", "train", "utils", "io"):
+        module = importlib.import_module(f"cellpose.{name}")
+        for attr in ("tqdm", "trange"):
+            if hasattr(module, attr):
+                setattr(module, attr, functools.partial(getattr(tqdm, attr), disable=True))
 
 
 class _EpochLog(logging.Handler):

@@ -34,9 +34,9 @@ OUT = Path(os.environ.get("EXPERIMENT3D_OUT", REPO / "experiment_3d_out"))
 CS = str(REPO / ".venv" / "bin" / "cellsynth")
 FAST = os.environ.get("EXPERIMENT3D_FAST") == "1"
 BUDGET = {
-    "ddpm_steps": int(os.environ.get("EXPERIMENT3D_DDPM_STEPS", 40 if FAST else 1200)),
+    "ddpm_steps": int(os.environ.get("EXPERIMENT3D_DDPM_STEPS", 40 if FAST else 1000)),
     "n_synthetic": int(os.environ.get("EXPERIMENT3D_N_SYNTHETIC", 2 if FAST else 4)),
-    "seg_epochs": int(os.environ.get("EXPERIMENT3D_EPOCHS", 4 if FAST else 100)),
+    "seg_epochs": int(os.environ.get("EXPERIMENT3D_EPOCHS", 4 if FAST else 60)),
     "synthesis_steps": 10 if FAST else 50,
 }
 PATCH = "16,64,64"  # 3D DDPM training patch (z, y, x)
