@@ -9,7 +9,9 @@ code of Eschweiler et al. builds it (conv-PReLU-InstanceNorm, 16/32/64/128 chann
 kernel-4 stride-2 downsampling, 1x1 conv + pixel/voxel shuffle, time added per level,
 contiguous NC(D)HW layout), each once with glibc's default allocator behaviour and once after
 ``tune_cpu_allocator()`` (large buffers kept in the heap instead of being unmapped and
-page-faulted in again every forward).
+page-faulted in again every forward). Then our UNets again under bf16 autocast, against a bf16
+matmul (on CPUs without native bf16 both are emulated). "ours-3d-aniso" is the 3D UNet for
+C. elegans voxels (z never down-sampled): more work per voxel at the low resolutions.
 
 Run standalone (``python bench/bench_unet.py``) or from bench/run.py.
 """
@@ -107,8 +109,8 @@ class RefUNet(nn.Module):
 
 
 # -------------------------------------------------------------------------- measurement
-def matmul_gflops(n: int = 2048, runs: int = 9) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(n: int = 2048, runs: int = 9, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     with torch.inference_mode():
         return 2 * n**3 / median_time(lambda: torch.mm(a, b), runs, 3) / 1e9
 
@@ -119,13 +121,14 @@ def forward_flops(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def measure(model: nn.Module, dims: int, runs: int, warmup: int = 2) -> dict:
+def measure(model: nn.Module, dims: int, runs: int, warmup: int = 2, bf16: bool = False) -> dict:
     model.eval()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(SHAPES[dims], generator=gen)
     t = torch.randint(1, 1000, (x.shape[0],), generator=gen)
     flops = forward_flops(model, x, t)
-    with torch.inference_mode():
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    with torch.inference_mode(), autocast:
         sec = median_time(lambda: model(x, t), runs, warmup)
     return {
         "params": sum(p.numel() for p in model.parameters()),
@@ -148,24 +151,30 @@ def main(runs: int = 5) -> list[dict]:
     for dims in (2, 3):
         models[f"ours-{dims}d"] = (UNet(default_config(dims)), dims)
         models[f"ref-like-{dims}d"] = (RefUNet(dims), dims)
+    # C. elegans voxels (z 11x coarser): z kept at every level, more work per voxel
+    models["ours-3d-aniso"] = (UNet(default_config(3, (1.0, 0.09, 0.09))), 3)
     header = (
-        f"{'config':<12} {'malloc':<7} {'params':>9} {'GFLOP':>7} {'ms':>8} "
+        f"{'config':<13} {'malloc':<10} {'params':>9} {'GFLOP':>7} {'ms':>8} "
         f"{'GFLOP/s':>8} {'mm GF/s':>8} {'ratio':>6}"
     )
     print(header)
     print("-" * len(header), flush=True)
     rows = []
-    for malloc in ("default", "tuned"):
+    for malloc in ("default", "tuned", "tuned bf16"):
         if malloc == "tuned" and not tune_cpu_allocator():
             print("(tune_cpu_allocator unavailable on this platform: skipped)")
             break
+        bf16 = malloc.endswith("bf16")
         for name, (model, dims) in models.items():
-            r = measure(model, dims, runs)
-            mm = matmul_gflops()  # next to each row: the machine is shared and noisy
+            if bf16 and not name.startswith("ours"):
+                continue
+            r = measure(model, dims, runs, bf16=bf16)
+            # next to each row: the machine is shared and noisy; bf16 rows against a bf16 mm
+            mm = matmul_gflops(dtype=torch.bfloat16 if bf16 else torch.float32)
             r.update(config=name, malloc=malloc, mm_gflops=mm, ratio=r["gflops"] / mm)
             rows.append(r)
             print(
-                f"{name:<12} {malloc:<7} {r['params']:>9,} {r['gflop']:>7.1f} {r['ms']:>8.1f} "
+                f"{name:<13} {malloc:<10} {r['params']:>9,} {r['gflop']:>7.1f} {r['ms']:>8.1f} "
                 f"{r['gflops']:>8.1f} {mm:>8.1f} {r['ratio']:>6.2f}",
                 flush=True,
             )
