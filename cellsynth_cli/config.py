@@ -181,7 +181,9 @@ def load_preset(name: str) -> SimulationConfig:
     """A preset on top of the dataclass defaults: a bundled name (presets/NAME.toml) or the
     path of a TOML file (e.g. written by `simulate fit`)."""
     path = Path(name)
-    if path.suffix.lower() == ".toml" or path.is_file():
+    # a path: a .toml name or anything with a directory part (a bare word is a bundled name,
+    # even if a file of that name happens to be in the working directory)
+    if path.suffix.lower() == ".toml" or len(path.parts) > 1:
         if not path.is_file():
             raise InputError(f"preset file {path} does not exist")
         name = path.stem

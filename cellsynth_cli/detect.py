@@ -237,46 +237,73 @@ def segment_nuclei(image: np.ndarray, voxel_size: tuple[float, ...] | None = Non
 
 
 def watershed_nuclei(image: np.ndarray, voxel_size: tuple[float, ...] | None = None) -> Detections:
-    """Detections from `segment_nuclei`: region centroids, equal-volume radii, mean
-    brightness; regions touching the in-plane border are incomplete and count in proportion
-    to their size (relative to the median complete region)."""
+    """Detections from `segment_nuclei`: region centroids, mean brightness, and per-axis
+    semi-axes from each region's second moments (a uniform ellipsoid has variance a^2 / 5
+    along a 3D axis, a^2 / 4 in 2D), scaled so that their product gives the region's volume.
+
+    Regions touching the border are incomplete (their size is not measured whole) and count
+    in proportion to their size, relative to the median complete region. The z faces count
+    as border only in stacks deeper than two typical diameters: in a thin stack every nucleus
+    touches them.
+    """
     image = _checked(image)
-    scale = _axis_scale(voxel_size, image.ndim)
+    ndim = image.ndim
+    scale = _axis_scale(voxel_size, ndim)
     labels = segment_nuclei(image, voxel_size)
     index = np.arange(1, int(labels.max()) + 1)
-    size = ndimage.sum_labels(np.ones(labels.shape, np.float32), labels, index)
+    ones = np.ones(labels.shape, np.float32)
+    size = ndimage.sum_labels(ones, labels, index)
     index, size = index[size > 0], size[size > 0]
+    axis_scale = tuple(float(v) for v in scale)
     if len(index) == 0:
+        empty = np.zeros((0, ndim))
         return Detections(
-            np.zeros((0, image.ndim), int),
-            np.zeros((0, image.ndim)),
-            np.zeros(0),
-            tuple(image.shape),
-            tuple(float(v) for v in scale),
-            method="watershed",
+            empty.astype(int), empty, np.zeros(0), tuple(image.shape), axis_scale, "watershed"
         )
     in_plane_volume = size / float(np.prod(scale))
-    if image.ndim == 2:
+    if ndim == 2:
         radius = np.sqrt(in_plane_volume / np.pi)
     else:
         radius = np.cbrt(3.0 * in_plane_volume / (4.0 * np.pi))
-    centres = np.rint(np.asarray(ndimage.center_of_mass(image > -1, labels, index))).astype(int)
+    centre = np.asarray(ndimage.center_of_mass(ones, labels, index))
+    # per-axis spread in in-plane voxels -> semi-axes, normalised to the equal-volume radius
+    semi = np.empty((len(index), ndim))
+    for axis in range(ndim):
+        coords = np.indices(labels.shape, sparse=True)[axis] / scale[axis]
+        coords = np.broadcast_to(coords, labels.shape)
+        mean_sq = ndimage.mean(coords * coords, labels, index)
+        variance = np.maximum(mean_sq - (centre[:, axis] / scale[axis]) ** 2, 1e-6)
+        semi[:, axis] = np.sqrt((ndim + 2) * variance)
+    semi *= (radius / np.exp(np.mean(np.log(semi), axis=1)))[:, None]
     brightness = np.asarray(ndimage.mean(image, labels, index), dtype=float)
+    typical = float(np.median(radius))
     edge = np.zeros(labels.shape, bool)
     edge[..., 0, :] = edge[..., -1, :] = edge[..., :, 0] = edge[..., :, -1] = True
+    if ndim == 3 and labels.shape[0] / scale[0] > 4 * typical:
+        edge[0] = edge[-1] = True
     complete = ~np.isin(index, np.unique(labels[edge]))
-    typical = np.median(radius[complete]) if complete.any() else np.median(radius)
-    weights = np.where(complete, 1.0, np.minimum(1.0, (radius / typical) ** image.ndim))
+    typical = np.median(radius[complete]) if complete.any() else typical
+    weights = np.where(complete, 1.0, np.minimum(1.0, (radius / typical) ** ndim))
     return Detections(
-        centres=centres,
-        radii=radius[:, None] * scale[None, :],
+        centres=np.rint(centre).astype(int),
+        radii=semi * scale[None, :],
         brightness=brightness,
         shape=tuple(image.shape),
-        axis_scale=tuple(float(v) for v in scale),
+        axis_scale=axis_scale,
         method="watershed",
         weights=weights,
         complete=complete,
     )
+
+
+def choose_method(images: list[tuple[np.ndarray, tuple[float, ...] | None]]) -> str:
+    """The "auto" choice for a set of images (on [0, 1]): "log", unless over all of them LoG
+    finds more than AUTO_TEXTURE_RATIO times as many blobs as the watershed finds nuclei."""
+    blobs = regions = 0.0
+    for image, voxel_size in images:
+        blobs += len(log_blobs(image, voxel_size))
+        regions += watershed_nuclei(image, voxel_size).count
+    return "watershed" if blobs > AUTO_TEXTURE_RATIO * max(regions, 1.0) else "log"
 
 
 def _drop_nested(

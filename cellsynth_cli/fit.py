@@ -1,13 +1,18 @@
 """`simulate fit`: a nuclei preset estimated from unannotated real images.
 
 The images are scaled like training does (robust percentiles of the whole set to [0, 1], the
-scale sketches live on), nuclei are found with the LoG blob detector, and from them:
+scale sketches live on), nuclei are found with the nucleus detector (LoG or watershed, one
+for the whole set, see detect.py), and from them:
 
-- radius: the detections' equal-area (equal-volume) radius, 20th-80th percentile, widened
-  for the one squeezed axis the simulator applies (scale_x);
-- aspect ratio (scale_x): minor/major axis of each nucleus's in-plane intensity moments;
-- z: round in micrometres, so the z semi-axis is squeezed by in-plane / z voxel size;
-- count per volume (n_cells) and the shape and voxel size of the volumes;
+- radius: the detections' equal-area (equal-volume) radius of whole nuclei, 20th-80th
+  percentile, widened for the squeezed axes the simulator applies (scale_x, scale_z);
+- aspect ratio (scale_x): minor/major axis of each nucleus's in-plane half-maximum region
+  (in 3D measured in the centre slice; the simulator rotates its ellipsoids in 3D, so its
+  slices come out a little rounder than scale_x: sx 0.6 gives a median slice ratio ~0.66);
+- z (3D): the z / in-plane extent of each nucleus in micrometres (scale_z, watershed only;
+  LoG blobs are round by construction), and the z squeeze of the voxel size (anisotropy);
+- count per volume (n_cells; regions cut by the border count by their size), the shape and
+  voxel size of the volumes;
 - brightness: the detections' brightness on the sketch scale, 10th-90th percentile;
 - foreground: "full" when the nuclei spread over the image, else a centred ellipsoid
   fitted to their positions.
@@ -24,7 +29,7 @@ import numpy as np
 
 from cellsynth_cli import io
 from cellsynth_cli.config import SimulationConfig, load_preset, replace
-from cellsynth_cli.detect import Detections, detect_nuclei
+from cellsynth_cli.detect import Detections, choose_method, detect_nuclei
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.intensity import robust_range, to_unit
 
@@ -74,6 +79,22 @@ def _aspect_ratios(image: np.ndarray, found: Detections) -> np.ndarray:
     return np.asarray(ratios)
 
 
+def _z_extent(found: list[Detections]) -> tuple[float, float]:
+    """20-80 % of the z / in-plane extent of whole nuclei, in micrometres (the watershed
+    measures each region's spread per axis; LoG blobs are round by construction: 1, 1)."""
+    if found[0].method != "watershed":
+        return 1.0, 1.0
+    ratios = []
+    for d in found:
+        in_plane = d.radii[d.complete] / np.asarray(d.axis_scale)
+        ratios.append(in_plane[:, 0] / np.sqrt(in_plane[:, 1] * in_plane[:, 2]))
+    ratios = np.concatenate(ratios)
+    if len(ratios) == 0:
+        return 1.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(ratios, [20, 80]))
+    return round(lo, 3), round(max(hi, lo), 3)
+
+
 def _region(found: list[Detections], shape: tuple[int, ...]) -> tuple[str, tuple[float, float]]:
     """'full', or 'ellipsoid' with region_size, from where the nuclei are."""
     centres = np.concatenate([d.centres for d in found]).astype(float)
@@ -104,13 +125,12 @@ def fit_nuclei(
         raise InputError(f"{data}: mixes 2D and 3D images; fit one kind")
     lo, hi = robust_range(images)
     detect_kwargs = {} if radius_range is None else {"radius_range": radius_range}
+    with_images = [v for v in volumes if v.image is not None]
+    # one detector for the whole set, chosen on all of its images
+    method = choose_method([(to_unit(v.image, lo, hi), v.voxel_size) for v in with_images])
     found, names = [], []
-    for volume in volumes:
-        if volume.image is None:
-            continue
+    for volume in with_images:
         unit = to_unit(volume.image, lo, hi)
-        # the detector "auto" picks on the first image is used for all of them
-        method = found[0].method if found else "auto"
         found.append(detect_nuclei(unit, volume.voxel_size, method, **detect_kwargs))
         names.append(volume.name)
         if on_volume:
@@ -135,14 +155,18 @@ def fit_nuclei(
         else (1.0, 1.0)
     )
     aspect_lo, aspect_hi = min(aspect_lo, 1.0), min(max(aspect_hi, aspect_lo), 1.0)
-    # the simulator draws semi-axes (r, sx r) with sx ~ U(lo, hi): its equal-area radius is
-    # r sqrt(sx), so r is widened to give the detector's equal-area radius on average
-    widen = 1.0 / np.sqrt(np.mean([aspect_lo, aspect_hi]))
-    r_lo, r_hi = (float(v) * widen for v in np.percentile(radii, [20, 80]))
     counts = [d.count for d in found]
     shape = tuple(int(s) for s in np.median([im.shape for im in images], axis=0))
     voxel = next((v.voxel_size for v in volumes if v.voxel_size), None) or (1.0,) * len(shape)
     ndim = len(shape)
+    z_lo, z_hi = _z_extent(found) if ndim == 3 else (1.0, 1.0)
+    # the simulator draws semi-axes (sz r, r, sx r) (2D: (r, sx r)) with sx, sz uniform: its
+    # equal-volume radius is r (sx sz)^(1/ndim), so r is widened to match the detector's
+    # equal-volume radii on average
+    sx = np.linspace(aspect_lo, aspect_hi, 21)[:, None]
+    sz = np.linspace(z_lo, z_hi, 21)[None, :] if ndim == 3 else np.ones((1, 1))
+    widen = 1.0 / float(np.mean((sx * sz) ** (1.0 / ndim)))
+    r_lo, r_hi = (float(v) * widen for v in np.percentile(radii, [20, 80]))
     region, region_size = _region(found, shape)
     count_lo = max(1, int(np.floor(min(counts) * 0.9)))
     count_hi = max(count_lo, int(np.ceil(max(counts) * 1.1)))
@@ -161,12 +185,13 @@ def fit_nuclei(
         "region_size": list(region_size),
     }
     if ndim == 3:
-        # round in micrometres: the z semi-axis in z voxels is (in-plane / z voxel size) of r
+        # the z semi-axis, sz r in micrometres, is (in-plane / z voxel size) of that in z voxels
         changes["anisotropy"] = round(float(voxel[-1]) / float(voxel[0]), 4)
+        changes["scale_z"] = [round(z_lo, 3), round(z_hi, 3)]
     config = replace(load_preset(GENERIC_PRESET), changes, source="simulate fit")
     estimates = {
         "images": len(found),
-        "detector": found[0].method,
+        "detector": method,
         "nuclei found": n_found,
         "nuclei per image": f"{min(counts):.0f}-{max(counts):.0f}",
         "radius (px, median)": round(float(np.median(radii)), 2),
@@ -178,6 +203,9 @@ def fit_nuclei(
     }
     if ndim == 3:
         estimates["z squeeze (in-plane / z voxel)"] = changes["anisotropy"]
+        estimates["z / in-plane extent (20-80 %)"] = (
+            f"{z_lo:.2f}-{z_hi:.2f}" if method == "watershed" else "1 (not measured by LoG)"
+        )
     return Fit(config=config, estimates=estimates, detections=found, names=names)
 
 

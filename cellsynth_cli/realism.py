@@ -6,8 +6,9 @@ computed. Instead both sets are compared as distributions:
 - intensity, gradient magnitude (Gaussian derivative, sigma 1) and local texture (standard
   deviation in a 5-voxel window): histograms on common bins, KL divergence (reference ||
   candidate) and Bhattacharyya distance, as the noise analysis does;
-- nuclei found by the LoG blob detector: Kolmogorov-Smirnov distance of their radius and
-  brightness distributions, and |ln| of the ratio of their densities.
+- nuclei found by the nucleus detector (LoG or watershed, chosen on the real set and used for
+  both, see detect.py): Kolmogorov-Smirnov distance of their radius and brightness
+  distributions, and |ln| of the ratio of their densities.
 
 Every distance comes with a floor measured the same way, at the same sample size. The real
 set is split into halves A and B by volume (or, when it is one volume, into the two halves
@@ -27,7 +28,7 @@ import numpy as np
 from scipy import ndimage, stats
 
 from cellsynth_cli import io
-from cellsynth_cli.detect import Detections, detect_nuclei
+from cellsynth_cli.detect import Detections, choose_method, detect_nuclei
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.metrics import bhattacharyya_distance, histogram, kl_divergence
 
@@ -39,6 +40,7 @@ TEXTURE_WINDOW = 5
 FEATURE_PERCENTILE = 99.5  # gradient/texture bins span 0 .. 1.5 x this percentile of real
 SAMPLES_PER_VOLUME = 200_000  # values per volume kept to set the scale and the bins
 MAX_SPLITS = 8  # splits of the real set averaged for the floor
+METHOD_VOLUMES = 3  # real volumes the nucleus detector is chosen on
 DENSITY_PSEUDO_COUNT = 0.5  # keeps |ln density ratio| finite when a side finds no nucleus
 DISTANCES = (
     *(f"{f}_{d}" for f in FEATURES for d in ("kld", "bhattacharyya")),
@@ -244,13 +246,16 @@ def compare_sets(
     # one, so that the floor and the value compare equal amounts of data
     split = len(samples) == 1
     units: dict[str, list[_Stats]] = {"real": [], "synthetic": []}
-    method = "auto"  # decided on the first real volume, then the same for every volume
+    # one nucleus detector for both sets, chosen on (the first few volumes of) the real one
+    method = choose_method(
+        [
+            (np.clip(to_unit(v.image, lo, hi), 0, 1), v.voxel_size)
+            for v, _ in zip(_images(ref_dir, "real"), range(METHOD_VOLUMES), strict=False)
+        ]
+    )
     for role, directory in (("real", ref_dir), ("synthetic", pred_dir)):
         for volume in _images(directory, role):
             where = f"{directory}/{volume.name}"
-            if method == "auto":
-                unit = np.clip(to_unit(volume.image, lo, hi), 0, 1)
-                method = detect_nuclei(unit, volume.voxel_size).method
             units[role].extend(_units(volume, lo, hi, ranges, split, where, method))
             if on_volume:
                 on_volume(volume.name)

@@ -200,3 +200,40 @@ def test_fit_on_the_bundled_3d_stack_matches_its_masks():
         abs(np.median(found.equivalent_radius[found.complete]) - true_radius) <= 0.2 * true_radius
     )
     assert fit.config.anisotropy == pytest.approx(0.26 / 0.29, rel=1e-3)
+    # nuclei are flatter in z than in-plane (masks: median z/xy extent 0.72 in micrometres)
+    assert 0.55 < np.mean(fit.config.scale_z) < 0.9
+
+
+def test_fit_3d_squeezed_nuclei_recovers_the_base_radius(tmp_path):
+    """Nuclei with semi-axes (r, r, 0.5 r), r = 8: their equal-volume radius is
+    8 * 0.5^(1/3) = 6.35; the fit widens it back by the 3D rule, not the 2D one."""
+    data, _ = simulated_images(
+        tmp_path,
+        {
+            "shape": [32, 128, 128],
+            "voxel_size": [1.0, 1.0, 1.0],
+            "radius": [8, 8],
+            "scale_x": [0.5, 0.5],
+            "n_cells": [15, 15],
+            "deform_strength": 0.0,
+            "intensity": [0.6, 0.9],
+        },
+    )
+    fit = fit_nuclei(data)
+    detected = np.median(np.concatenate([d.equivalent_radius for d in fit.detections]))
+    assert abs(detected - 8 * 0.5 ** (1 / 3)) <= 0.15 * 8 * 0.5 ** (1 / 3)
+    assert abs(np.mean(fit.config.radius) - 8) <= 0.15 * 8
+
+
+def test_a_bare_preset_name_is_never_a_stray_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nuclei").write_text("radius = [1, 2]\n")
+    assert load_preset("nuclei").radius == (8.0, 14.0)  # the bundled one
+    (tmp_path / "mine.toml").write_text("radius = [1, 2]\n")
+    assert load_preset("mine.toml").radius == (1.0, 2.0)
+
+
+def test_fit_refuses_simulation_options(tmp_path):
+    result = run("simulate", "fit", "--data", DSB_DIR, "-o", tmp_path / "p.toml", "-n", 5)
+    assert result.exit_code == 2 and "-n" in result.output
+    assert not (tmp_path / "p.toml").exists()

@@ -61,8 +61,9 @@ def evaluate(
     **Unpaired** (synthetic images from simulated sketches have no real counterpart; used when
     no name pairs, or with --unpaired): the two sets compared as distributions - histograms
     of intensity, gradient magnitude and local texture (KL divergence, Bhattacharyya
-    distance) and the size, brightness and density of nuclei found by a LoG blob detector
-    (Kolmogorov-Smirnov distance, |ln density ratio|). Each distance is shown beside the
+    distance) and the size, brightness and density of the nuclei found by the nucleus
+    detector (LoG, or a watershed for large textured nuclei; Kolmogorov-Smirnov distance,
+    |ln density ratio|). Each distance is shown beside the
     same distance between two halves of the real set (the floor): near the floor means as
     close to the real set as the real data are to themselves.
 
@@ -166,7 +167,7 @@ def _print_realism(realism, pred, ref) -> None:
         label = LABELS.get(row["name"], row["name"])
         table.add_row(label, _number(row["value"]), _number(row["floor"]), ratio)
     console.print(table)
-    objects = Table(title="nuclei found by the LoG blob detector")
+    objects = Table(title=f"nuclei found by the nucleus detector ({realism.detector})")
     for col in ("set", "nuclei", "median radius (px)", "median brightness", "per megavoxel"):
         objects.add_column(col, justify="right")
     for key, label in (("pred", "synthetic"), ("ref", "real")):

@@ -79,15 +79,32 @@ def simulate(
         cellsynth simulate mine.toml -n 50
         cellsynth simulate from-labels --data real/ -o sketches/
 
-    `fit` finds the nuclei in your unannotated images with a LoG blob detector and writes a
-    preset for the generic `nuclei` simulator: radius, aspect ratio, count per image,
-    brightness on the sketch scale, foreground, shape and voxel size (z round in
-    micrometres). Check its picture before simulating from it.
+    `fit` finds the nuclei in your unannotated images (a LoG blob detector, or a watershed for
+    large textured nuclei) and writes a preset for the generic `nuclei` simulator: radius,
+    aspect ratio, z extent, count per image, brightness on the sketch scale, foreground,
+    shape and voxel size. Check its picture before simulating from it.
     """
     from cellsynth_cli import simulate as lib
     from cellsynth_cli.config import load_preset, parse_overrides, parse_shape, replace
 
     if preset == FIT:
+        ignored = [
+            flag
+            for flag, given in (
+                ("-n", n is not None),
+                ("--shape", shape is not None),
+                ("--set", bool(settings)),
+                ("--resume", resume),
+                ("--preview", preview),
+                ("--show-config", show_config),
+            )
+            if given
+        ]
+        if ignored:
+            raise InputError(
+                f"simulate fit writes a preset and takes --data, -o, --overwrite and --json; "
+                f"not {', '.join(ignored)} (use them when simulating from the preset)"
+            )
         _fit(data, out, overwrite, json_out)
         return
     if preset == FROM_LABELS:
