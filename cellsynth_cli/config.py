@@ -40,6 +40,9 @@ class SimulationConfig:
     intensity: Range = (0.4, 1.0)  # sketch brightness of a cell, background is 0
     anisotropy: float = 1.0  # z voxel scale after rotation: the paper's sz for celegans (0.09)
     rotate: bool = True  # random rotation of every ellipsoid
+    # 3D: rotate about z only, so a nucleus flattened in z stays flat (adherent cells lying
+    # on the coverslip) instead of standing on its edge
+    rotate_in_plane_only: bool = False
     overlap: bool = True  # False: reject cells that touch an existing one
     placement_tries: int = 20  # attempts per cell when overlap is False
     elongated_fraction: float = 0.0  # fraction of cells stretched along one axis (mitosis)

@@ -11,6 +11,7 @@ for the whole set, see detect.py), and from them:
   slices come out a little rounder than scale_x: sx 0.6 gives a median slice ratio ~0.66);
 - z (3D): the z / in-plane extent of each nucleus in micrometres (scale_z, watershed only;
   LoG blobs are round by construction), and the z squeeze of the voxel size (anisotropy);
+  nuclei clearly flatter in z than in-plane are rotated about z only (they lie flat);
 - count per volume (n_cells; regions cut by the border count by their size), the shape and
   voxel size of the volumes;
 - brightness: the detections' brightness on the sketch scale, 10th-90th percentile;
@@ -37,6 +38,7 @@ GENERIC_PRESET = "nuclei"
 MIN_DETECTIONS = 5
 FULL_REGION_COVER = 0.7  # a fitted ellipsoid covering this much of the image means "full"
 MOMENT_WINDOW = 1.5  # radii around a centre used for its in-plane intensity moments
+FLAT_Z = 0.9  # z / in-plane extent below which fitted 3D nuclei are rotated about z only
 
 
 @dataclass
@@ -188,6 +190,8 @@ def fit_nuclei(
         # the z semi-axis, sz r in micrometres, is (in-plane / z voxel size) of that in z voxels
         changes["anisotropy"] = round(float(voxel[-1]) / float(voxel[0]), 4)
         changes["scale_z"] = [round(z_lo, 3), round(z_hi, 3)]
+        # nuclei clearly flatter in z than in-plane lie flat (adherent cells): keep them so
+        changes["rotate_in_plane_only"] = bool((z_lo + z_hi) / 2 < FLAT_Z)
     config = replace(load_preset(GENERIC_PRESET), changes, source="simulate fit")
     estimates = {
         "images": len(found),

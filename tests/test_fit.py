@@ -202,6 +202,7 @@ def test_fit_on_the_bundled_3d_stack_matches_its_masks():
     assert fit.config.anisotropy == pytest.approx(0.26 / 0.29, rel=1e-3)
     # nuclei are flatter in z than in-plane (masks: median z/xy extent 0.72 in micrometres)
     assert 0.55 < np.mean(fit.config.scale_z) < 0.9
+    assert fit.config.rotate_in_plane_only  # flat nuclei lie flat
 
 
 def test_fit_3d_squeezed_nuclei_recovers_the_base_radius(tmp_path):

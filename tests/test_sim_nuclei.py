@@ -152,3 +152,29 @@ def test_same_seed_same_volume(name):
     np.testing.assert_array_equal(a.masks, b.masks)
     np.testing.assert_array_equal(a.sketch, b.sketch)
     assert not np.array_equal(a.masks, c.masks)
+
+
+def test_in_plane_rotation_keeps_flat_nuclei_flat():
+    """Nuclei with z semi-axis half the in-plane ones, rotated about z only: every nucleus
+    keeps its z extent (a 3D rotation would stand some on their edge)."""
+    from cellsynth_cli.config import load_preset, replace
+    from cellsynth_cli.simulators import get_simulator
+
+    config = replace(
+        load_preset("nuclei"),
+        {
+            "shape": [40, 96, 96],
+            "voxel_size": [1, 1, 1],
+            "radius": [10, 10],
+            "scale_x": [1, 1],
+            "scale_z": [0.5, 0.5],
+            "n_cells": [6, 6],
+            "deform_strength": 0.0,
+            "rotate_in_plane_only": True,
+        },
+        source="test",
+    )
+    made = get_simulator("nuclei")(config, np.random.default_rng(0))
+    for label in range(1, made.masks.max() + 1):
+        z = np.nonzero(made.masks == label)[0]
+        assert z.max() - z.min() + 1 <= 11  # 2 * 0.5 * 10 + 1 voxel

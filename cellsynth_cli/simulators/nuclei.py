@@ -63,7 +63,12 @@ def _cell_geometry(
         e = rng.uniform(*config.elongation)
         semi[-1] *= e
         semi[:-1] /= e ** (1.0 / (ndim - 1))
-    rotation = random_rotation(rng, ndim) if config.rotate else None
+    rotation = None
+    if config.rotate and ndim == 3 and config.rotate_in_plane_only:
+        rotation = np.eye(3)
+        rotation[1:, 1:] = random_rotation(rng, 2)  # about z: (y, x) turn, z stays z
+    elif config.rotate:
+        rotation = random_rotation(rng, ndim)
     scale = np.ones(ndim)
     scale[0] = config.anisotropy if ndim == 3 else 1.0
     return Ellipsoid.build(centre, semi, rotation, scale)
