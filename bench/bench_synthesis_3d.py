@@ -60,8 +60,7 @@ REFERENCE_STEPS = 600
 CONFIGS = {
     "celegans iso, default tiles": ("celegans", False, None),
     "celegans aniso, default tiles": ("celegans", True, None),
-    "celegans iso, 4M-voxel tiles": ("celegans", False, 2**22),
-    "celegans iso, 8M-voxel tiles": ("celegans", False, 2**23),
+    "celegans iso, 2M-voxel tiles": ("celegans", False, 2**21),  # the default before
     "tribolium iso, default tiles": ("tribolium", False, None),
     "tribolium aniso, default tiles": ("tribolium", True, None),
 }
