@@ -6,7 +6,6 @@ Everything in it is plain data (dicts, lists, numbers, strings, tensors), so it 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from cellsynth_cli.errors import InputError
+from cellsynth_cli.io import file_checksum
 
 FORMAT = "cellsynth-ddpm"
 FORMAT_VERSION = 1
@@ -55,14 +55,6 @@ def read_checkpoint(run: Path) -> dict[str, Any]:
         if key not in state:
             raise InputError(f"{path}: checkpoint lacks '{key}'")
     return state
-
-
-def file_checksum(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

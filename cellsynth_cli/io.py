@@ -9,6 +9,7 @@ Writes are atomic: a hidden temporary sibling is renamed into place.
 from __future__ import annotations
 
 import errno
+import hashlib
 import math
 import os
 import secrets
@@ -101,6 +102,39 @@ def outputs_to_keep(
             "pass --resume to keep them and make the rest, or --overwrite to replace them"
         )
     return {volume_name(p) for p in existing}
+
+
+def file_checksum(path: Path) -> str:
+    """SHA-256 of a file (models are identified by it across processes and machines)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remove_temporaries(directory: Path, names: Iterable[str]) -> None:
+    """Delete the hidden temporaries of NAME.zarr that a killed writer left behind (and the
+    backup of a replaced volume, once the new one is in place)."""
+    for name in names:
+        target = volume_path(directory, name)
+        for tmp in Path(directory).glob(f".{target.name}.tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        if target.exists():
+            for old in Path(directory).glob(f".{target.name}.old-*"):
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def written_by_run(directory: Path, name: str, run: str) -> Path | None:
+    """DIR/NAME.zarr if run RUN (the `run` token in its provenance) already wrote it.
+
+    A task re-run after its worker died may find its volume already in place: it returns it
+    instead of writing it a second time.
+    """
+    path = volume_path(directory, name)
+    if path.exists() and read_provenance(path).get("run") == run:
+        return path
+    return None
 
 
 def provenance(stage: str, **fields: Any) -> dict:

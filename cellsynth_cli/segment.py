@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import time
 import warnings
@@ -352,6 +353,68 @@ def segment_image(
     return np.asarray(masks).astype(np.uint32)
 
 
+@dataclass(frozen=True)
+class PredictJob:
+    """One image to segment: everything a Dask worker needs."""
+
+    model_dir: Path
+    model_checksum: str
+    image: Path
+    name: str
+    out_dir: Path
+    mode: str
+    device: str
+    overwrite: bool
+    run: str  # token of this run: a re-run task finds what an earlier attempt wrote
+
+
+_SEGMENTERS: dict[tuple[str, str], tuple[Any, dict]] = {}  # per process: load Cellpose once
+
+
+def cached_segmenter(model_dir: Path, checksum: str, device: str) -> tuple[Any, dict]:
+    key = (checksum, device)
+    if key not in _SEGMENTERS:
+        if io.file_checksum(Path(model_dir) / MODEL_FILE) != checksum:
+            raise InputError(f"{model_dir} changed while segmenting (checksum differs)")
+        _SEGMENTERS.clear()
+        _SEGMENTERS[key] = load_segmenter(model_dir, device)
+    return _SEGMENTERS[key]
+
+
+def predict_one(job: PredictJob) -> dict:
+    """Segment one image into OUT_DIR/<name>.zarr (in-process or on a Dask worker)."""
+    done = io.written_by_run(job.out_dir, job.name, job.run)
+    if done is not None:
+        return {"name": job.name, "n_cells": int(io.read_provenance(done)["n_cells"])}
+    volume = io.read_volume(job.image)
+    if volume.image is None:
+        raise InputError(f"{job.image}: no intensity image to segment")
+    model, config = cached_segmenter(job.model_dir, job.model_checksum, job.device)
+    anisotropy = z_anisotropy(volume.voxel_size)
+    masks = segment_image(model, config, volume.image, job.mode, anisotropy)
+    settings = {"mode": job.mode, "anisotropy": anisotropy} if volume.image.ndim == 3 else {}
+    n_cells = int(len(np.unique(masks)) - 1)
+    io.write_volume(
+        job.out_dir,
+        io.Volume(
+            name=job.name,
+            image=volume.image,
+            masks=masks,
+            voxel_size=volume.voxel_size,
+            provenance=io.provenance(
+                "segment-predict",
+                model=str(job.model_dir),
+                source=str(job.image),
+                n_cells=n_cells,
+                run=job.run,
+                **settings,
+            ),
+        ),
+        overwrite=job.overwrite,
+    )
+    return {"name": job.name, "n_cells": n_cells}
+
+
 def predict(
     model_dir: Path,
     images: Path,
@@ -361,48 +424,41 @@ def predict(
     on_volume: Callable[[str], None] | None = None,
     resume: bool = False,
     device: str = "auto",
+    cluster: str | None = None,
 ) -> list[dict]:
     """Segment every image of IMAGES into OUT (the image with labels/cells).
 
     3D images: mode "3d" is Cellpose's 3D mode with anisotropy = z step / x step of the
     voxel size (1 when unknown); "stitch" joins 2D masks of the z slices. 2D: mode is unused.
+    In this process, or one task per image on a Dask cluster (`cluster`, see cluster.py);
+    Cellpose is loaded once per process, and only when something is left to segment.
     """
+    from cellsynth_cli import cluster as dask_cluster
+
     _check_choice(mode, MODES, "--mode")
+    dask_cluster.parse_cluster(cluster)
     paths = io.list_volumes(images)
     names = [io.volume_name(p) for p in paths]
     kept = io.outputs_to_keep(out, names, overwrite, resume)
     segmenter_config(model_dir)  # a bad model folder is reported before any work
-    model = config = None  # loaded when the first volume needs it (cellpose takes seconds)
-    results = []
-    for path, name in zip(paths, names, strict=True):
-        if name in kept:
-            results.append({"name": name, "skipped": True})
-            continue
-        if model is None:
-            model, config = load_segmenter(model_dir, device)
-        volume = io.read_volume(path)
-        if volume.image is None:
-            raise InputError(f"{path}: no intensity image to segment")
-        anisotropy = z_anisotropy(volume.voxel_size)
-        masks = segment_image(model, config, volume.image, mode, anisotropy)
-        settings = {"mode": mode, "anisotropy": anisotropy} if volume.image.ndim == 3 else {}
-        io.write_volume(
-            out,
-            io.Volume(
-                name=name,
-                image=volume.image,
-                masks=masks,
-                voxel_size=volume.voxel_size,
-                provenance=io.provenance(
-                    "segment-predict", model=str(model_dir), source=str(path), **settings
-                ),
-            ),
-            overwrite=overwrite,
-        )
-        results.append({"name": name, "n_cells": int(len(np.unique(masks)) - 1)})
-        if on_volume:
-            on_volume(name)
-    return results
+    checksum = io.file_checksum(Path(model_dir) / MODEL_FILE)
+    token = secrets.token_hex(8)
+    jobs = [
+        PredictJob(model_dir, checksum, path, name, out, mode, device, overwrite, token)
+        for path, name in zip(paths, names, strict=True)
+        if name not in kept
+    ]
+    results = [{"name": name, "skipped": True} for name in names if name in kept]
+    results += dask_cluster.run_per_volume(
+        predict_one,
+        jobs,
+        [job.name for job in jobs],
+        cluster,
+        out,
+        "predict",
+        on_done=lambda result: on_volume(result["name"]) if on_volume else None,
+    )
+    return sorted(results, key=lambda r: r["name"])
 
 
 def score(pred_dir: Path, ref_dir: Path) -> dict:

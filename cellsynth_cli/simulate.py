@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cellsynth_cli import cluster as dask_cluster
 from cellsynth_cli import io
 from cellsynth_cli.config import SimulationConfig
 from cellsynth_cli.errors import InputError
@@ -28,6 +29,7 @@ class VolumeJob:
     preview: bool
     seed: int
     index: int
+    run: str  # token of this run: a re-run task finds what an earlier attempt wrote
 
 
 def volume_names(prefix: str, n: int) -> list[str]:
@@ -35,6 +37,9 @@ def volume_names(prefix: str, n: int) -> list[str]:
 
 
 def _simulate_one(job: VolumeJob) -> dict:
+    done = io.written_by_run(job.out_dir, job.name, job.run)
+    if done is not None:
+        return {"name": job.name, "path": str(done), "n_cells": io.read_provenance(done)["n_cells"]}
     rng = np.random.default_rng(job.seed_sequence)
     simulated = get_simulator(job.config.simulator)(job.config, rng)
     if simulated.masks.max() == 0:
@@ -52,6 +57,7 @@ def _simulate_one(job: VolumeJob) -> dict:
             seed=job.seed,
             index=job.index,
             config=job.config.to_dict(),
+            run=job.run,
             **simulated.info,
         ),
     )
@@ -80,7 +86,7 @@ def simulate_dataset(
     out_dir: Path,
     seed: int = 0,
     overwrite: bool = False,
-    workers: int = 1,
+    cluster: str | None = None,
     preview: bool = False,
     on_volume: Progress | None = None,
     resume: bool = False,
@@ -88,35 +94,33 @@ def simulate_dataset(
     """Simulate `n` volumes into OUT_DIR/<preset>_0000.zarr ...; returns one summary per volume.
 
     Volume i uses the i-th child of SeedSequence(seed): the same seed gives identical
-    volumes whatever the number of workers, and `resume` (skip finished volumes) gives the
-    same set as one uninterrupted run.
+    volumes in-process or on any Dask cluster (`cluster`, see cluster.py), and `resume` (skip
+    finished volumes) gives the same set as one uninterrupted run.
     """
     if n <= 0:
         raise InputError(f"-n must be a positive number of volumes, got {n}")
-    if workers <= 0:
-        raise InputError(f"--workers must be >= 1, got {workers}")
+    dask_cluster.parse_cluster(cluster)  # a bad --cluster is reported before any work
     names = volume_names(config.preset, n)
     kept = io.outputs_to_keep(out_dir, names, overwrite, resume)
     for name in sorted(kept):
         _check_resumable(io.volume_path(out_dir, name), config, seed)
     children = np.random.SeedSequence(seed).spawn(n)
+    run = secrets.token_hex(8)
     jobs = [
-        VolumeJob(config, name, child, out_dir, overwrite, preview, seed, i)
+        VolumeJob(config, name, child, out_dir, overwrite, preview, seed, i, run)
         for i, (name, child) in enumerate(zip(names, children, strict=True))
         if name not in kept
     ]
     results = _kept_results(sorted(kept), on_volume)
-    if workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-            results.append(_simulate_one(job))
-            if on_volume:
-                on_volume(job.name)
-    else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-            for result in pool.map(_simulate_one, jobs):
-                results.append(result)
-                if on_volume:
-                    on_volume(result["name"])
+    results += dask_cluster.run_per_volume(
+        _simulate_one,
+        jobs,
+        [job.name for job in jobs],
+        cluster,
+        out_dir,
+        "simulate",
+        on_done=lambda result: on_volume(result["name"]) if on_volume else None,
+    )
     return sorted(results, key=lambda r: r["name"])
 
 

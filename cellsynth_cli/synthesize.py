@@ -7,6 +7,7 @@ back to the real data's intensity range.
 
 from __future__ import annotations
 
+import secrets
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -209,6 +210,89 @@ def _check_resumable(
         )
 
 
+@dataclass(frozen=True)
+class VolumeJob:
+    """One sketch to synthesize: everything a Dask worker needs, nothing it cannot pickle."""
+
+    model: Path  # checkpoint file
+    model_checksum: str
+    sketch: Path
+    name: str
+    out_dir: Path
+    options: SynthesisOptions
+    n_steps: int
+    overwrite: bool
+    run: str  # token of this run: a re-run task finds what an earlier attempt wrote
+
+
+_MODELS: dict[tuple[str, str], TrainedModel] = {}  # per process: a worker loads a model once
+
+
+def cached_model(path: Path, checksum: str, device: torch.device) -> TrainedModel:
+    """The model of checkpoint PATH, loaded once per process and device (keyed by checksum)."""
+    key = (checksum, str(device))
+    if key not in _MODELS:
+        model = load_model(path, device)
+        if model.checksum != checksum:
+            raise InputError(f"{path} changed while synthesizing (checksum differs); start again")
+        _MODELS.clear()  # one model at a time: a worker's memory is for the volumes
+        _MODELS[key] = model
+    return _MODELS[key]
+
+
+def synthesize_one(
+    job: VolumeJob,
+    on_volume: Callable[[str, int, dict], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict:
+    """Synthesize one sketch volume into OUT_DIR/<name>.zarr (in-process or on a worker)."""
+    from cellsynth_cli.diffusion.unet import tune_cpu_allocator
+
+    done = io.written_by_run(job.out_dir, job.name, job.run)
+    if done is not None:
+        return {"name": job.name, "path": str(done), "steps": job.n_steps}
+    options = job.options
+    device = pick_device(options.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()  # keeps big feature maps resident: ~1.5x faster on CPU
+    model = cached_model(job.model, job.model_checksum, device)
+    volume = io.read_volume(job.sketch)
+    if volume.sketch is None:
+        raise InputError(f"{job.sketch}: no sketch in this volume (make one with `simulate`)")
+    seed = volume_seed(options.seed, job.name)
+    try:
+        plan = synthesis_plan(volume.sketch.shape, model, options, device)
+        if on_volume:
+            on_volume(job.name, job.n_steps, plan)
+        image = synthesize_volume(model, volume.sketch, options, seed, device, on_step)
+    except InputError as exc:
+        raise InputError(f"{job.sketch}: {exc}") from None
+    out = io.Volume(
+        name=job.name,
+        image=image,
+        masks=volume.masks,
+        sketch=volume.sketch,
+        voxel_size=volume.voxel_size,
+        provenance=io.provenance(
+            "synthesize",
+            model=str(model.path),
+            model_checksum=model.checksum,
+            model_step=model.step,
+            t_start=options.t_start,
+            steps=job.n_steps,
+            sampler=options.sampler,
+            seed=options.seed,
+            volume_seed=seed,
+            **plan,
+            source=str(job.sketch),
+            source_provenance=volume.provenance,
+            run=job.run,
+        ),
+    )
+    written = io.write_volume(job.out_dir, out, overwrite=job.overwrite)
+    return {"name": job.name, "path": str(written), "steps": job.n_steps, **plan}
+
+
 def synthesize_dataset(
     run: Path,
     sketches: Path,
@@ -218,14 +302,25 @@ def synthesize_dataset(
     overwrite: bool = False,
     on_volume: Callable[[str, int, dict], None] | None = None,
     on_step: Callable[[int], None] | None = None,
+    cluster: str | None = None,
+    on_done: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Synthesize every sketch volume of SKETCHES into OUT_DIR/<name>.zarr, with its masks."""
-    from cellsynth_cli.diffusion.unet import tune_cpu_allocator
+    """Synthesize every sketch volume of SKETCHES into OUT_DIR/<name>.zarr, with its masks.
 
-    device = pick_device(options.device)
-    if device.type == "cpu":
-        tune_cpu_allocator()  # keeps big feature maps resident: ~1.5x faster on CPU
+    In this process (on_volume / on_step report each volume's steps), or one task per volume
+    on a Dask cluster (`cluster`, see cluster.py; on_done reports each finished volume). The
+    noise of a volume depends only on the seed and its name, so every mode gives the same
+    volumes.
+    """
+    from cellsynth_cli import cluster as dask_cluster
+
+    dask_cluster.parse_cluster(cluster)  # a bad --cluster is reported before any work
+    # with a cluster the workers load their own copy; this one only checks the options
+    device = pick_device(options.device) if cluster is None else torch.device("cpu")
     model = load_model(run, device)
+    if cluster is None:
+        _MODELS.clear()
+        _MODELS[(model.checksum, str(device))] = model
     schedule_T = int(model.config.get("T", 1000))  # noqa: N806
     check_options(options, schedule_T)
     paths = io.list_volumes(sketches)
@@ -234,43 +329,23 @@ def synthesize_dataset(
     n_steps = len(sampling_timesteps(options.t_start, options.steps, schedule_T))
     for name in sorted(kept):
         _check_resumable(io.volume_path(out_dir, name), model, options, n_steps)
-    results = []
-    for path, name in zip(paths, names, strict=True):
-        if name in kept:
-            results.append({"name": name, "skipped": True})
-            continue
-        volume = io.read_volume(path)
-        if volume.sketch is None:
-            raise InputError(f"{path}: no sketch in this volume (make one with `simulate`)")
-        seed = volume_seed(options.seed, name)
-        try:
-            plan = synthesis_plan(volume.sketch.shape, model, options, device)
-            if on_volume:
-                on_volume(name, n_steps, plan)
-            image = synthesize_volume(model, volume.sketch, options, seed, device, on_step)
-        except InputError as exc:
-            raise InputError(f"{path}: {exc}") from None
-        out = io.Volume(
-            name=name,
-            image=image,
-            masks=volume.masks,
-            sketch=volume.sketch,
-            voxel_size=volume.voxel_size,
-            provenance=io.provenance(
-                "synthesize",
-                model=str(model.path),
-                model_checksum=model.checksum,
-                model_step=model.step,
-                t_start=options.t_start,
-                steps=n_steps,
-                sampler=options.sampler,
-                seed=options.seed,
-                volume_seed=seed,
-                **plan,
-                source=str(path),
-                source_provenance=volume.provenance,
-            ),
+    token = secrets.token_hex(8)
+    jobs = [
+        VolumeJob(
+            model.path, model.checksum, path, name, out_dir, options, n_steps, overwrite, token
         )
-        written = io.write_volume(out_dir, out, overwrite=overwrite)
-        results.append({"name": name, "path": str(written), "steps": n_steps, **plan})
-    return results
+        for path, name in zip(paths, names, strict=True)
+        if name not in kept
+    ]
+    results = [{"name": name, "skipped": True} for name in names if name in kept]
+    if cluster is None:
+        dask_cluster.limit_torch_threads()
+        for job in jobs:
+            results.append(synthesize_one(job, on_volume, on_step))
+            if on_done:
+                on_done(results[-1])
+        return sorted(results, key=lambda r: r["name"])
+    results += dask_cluster.run_per_volume(
+        synthesize_one, jobs, [job.name for job in jobs], cluster, out_dir, "synthesize", on_done
+    )
+    return sorted(results, key=lambda r: r["name"])

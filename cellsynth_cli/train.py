@@ -3,10 +3,17 @@
 AdamW, EMA weights for sampling, gradient clipping, bf16 autocast on CUDA. A run directory
 holds checkpoint.pt (self-describing), config.json, loss.csv and loss.png; `resume`
 continues exactly where a run stopped (the random generator state is checkpointed too).
+
+Under torchrun every process is one rank of DistributedDataParallel (distributed.py): each
+draws its own patches and noise (generator seeded from the seed and its rank), gradients are
+averaged, rank 0 alone writes the run directory. The checkpoint is the same as a single
+process's, plus every rank's generator state, so it resumes under torchrun with the same
+number of processes exactly, and in one process (or another number) from rank 0's state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
@@ -20,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cellsynth_cli import io
+from cellsynth_cli import distributed, io
 from cellsynth_cli.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from cellsynth_cli.diffusion.process import training_loss
 from cellsynth_cli.diffusion.schedule import make_schedule
@@ -101,6 +108,20 @@ def load_training_images(data: Path, dims: int | None) -> TrainingImages:
         raise InputError(f"{data}: a 3D model needs 3D images; these are 2D")
     voxel_size = next((tuple(v.voxel_size) for v in volumes if v.voxel_size), None)
     return TrainingImages(images=images, dims=dims, voxel_size=voxel_size)
+
+
+def _rank_generator_state(
+    state: dict[str, Any], ranks: distributed.Ranks, seed: int, step: int
+) -> torch.Tensor:
+    """This rank's generator state from a checkpoint: its own when the run had as many ranks,
+    rank 0's for a single process, else a fresh stream derived from the seed, rank and step."""
+    saved = state.get("rank_generators")
+    if saved is not None and len(saved) == ranks.world:
+        return saved[ranks.rank]
+    if ranks.rank == 0:
+        return state["generator"]
+    fresh = np.random.SeedSequence([seed, ranks.rank, step]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(fresh)).get_state()
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -190,7 +211,7 @@ def train(
         raise InputError(f"{run} already holds a trained model; pass --resume or --overwrite")
     if config.steps < 1 or config.batch < 1 or config.lr <= 0:
         raise InputError("--steps and --batch must be >= 1 and --lr > 0")
-    device = pick_device(config.device)
+    ranks, device = distributed.setup(pick_device(config.device))
     if device.type == "cpu":
         tune_cpu_allocator()  # keeps big feature maps resident: ~1.5x faster steps on CPU
 
@@ -230,35 +251,41 @@ def train(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(distributed.rank_seed(config.seed, ranks.rank))
     step = 0
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
         step = int(state["step"])
+        generator.set_state(_rank_generator_state(state, ranks, config.seed, step))
+    network = distributed.wrap(model, ranks, device)  # DDP under torchrun, else the model
 
     sampler = PatchSampler(model_images, config.patch, dims)
     schedule = make_schedule(config.schedule, config.T)
-    run.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        (run / LOSS_LOG).unlink(missing_ok=True)
-    else:
-        _truncate_log(run / LOSS_LOG, step)  # rows after the checkpoint are redone
-    (run / "config.json").write_text(
-        json.dumps(
-            {
-                "train": config.to_dict(),
-                "unet": unet_config.to_dict(),
-                "normalization": norm,
-                "dims": dims,
-            },
-            indent=2,
+    if ranks.main:
+        run.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (run / LOSS_LOG).unlink(missing_ok=True)
+        else:
+            _truncate_log(run / LOSS_LOG, step)  # rows after the checkpoint are redone
+        (run / "config.json").write_text(
+            json.dumps(
+                {
+                    "train": config.to_dict(),
+                    "unet": unet_config.to_dict(),
+                    "normalization": norm,
+                    "dims": dims,
+                    "world_size": ranks.world,
+                },
+                indent=2,
+            )
         )
-    )
 
     def checkpoint() -> None:
+        generators = distributed.gather(generator.get_state(), ranks)  # every rank takes part
+        if not ranks.main:
+            return
         save_checkpoint(
             ckpt,
             {
@@ -270,7 +297,9 @@ def train(
                 "model": model.state_dict(),
                 "ema": ema.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(),
+                "generator": generators[0],
+                "rank_generators": generators,
+                "world_size": ranks.world,
             },
         )
         if on_checkpoint:
@@ -280,15 +309,18 @@ def train(
     start = time.perf_counter()
     losses: list[float] = []
     stopped = False
-    log_new = not (run / LOSS_LOG).exists()
-    with open(run / LOSS_LOG, "a", newline="") as log:
-        writer = csv.writer(log)
+    log_new = ranks.main and not (run / LOSS_LOG).exists()
+    log_file = open(run / LOSS_LOG, "a", newline="") if ranks.main else contextlib.nullcontext()
+    with log_file as log:
+        writer = csv.writer(log) if ranks.main else None
         if log_new:
             writer.writerow(["step", "loss", "lr", "seconds"])
-        model.train()
+        network.train()
         try:
             while step < config.steps:
-                if time_limit is not None and time.perf_counter() - start >= time_limit:
+                if time_limit is not None and distributed.any_rank(
+                    time.perf_counter() - start >= time_limit, ranks, device
+                ):  # every rank stops at the same step
                     stopped = True
                     break
                 lr = config.lr * min(1.0, (step + 1) / max(config.warmup, 1))
@@ -296,30 +328,36 @@ def train(
                     group["lr"] = lr
                 x0 = sampler.sample(config.batch, generator).to(device)
                 with autocast:
-                    loss = training_loss(model, x0, schedule, generator)
+                    loss = training_loss(network, x0, schedule, generator)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 _ema_update(ema, model, config.ema_decay if step >= config.warmup else 0.0)
                 step += 1
-                value = float(loss.detach())
+                value = distributed.mean(loss, ranks)  # the loss of the global batch
                 if not math.isfinite(value):
                     raise RuntimeError(f"training diverged at step {step} (loss {value})")
                 losses.append(value)
-                writer.writerow(
-                    [step, f"{value:.6g}", f"{lr:.3g}", f"{time.perf_counter() - start:.2f}"]
-                )
-                if on_step:
+                if writer is not None:
+                    writer.writerow(
+                        [step, f"{value:.6g}", f"{lr:.3g}", f"{time.perf_counter() - start:.2f}"]
+                    )
+                if on_step and ranks.main:
                     on_step(step, value)
                 if step % config.checkpoint_every == 0:
-                    log.flush()
+                    if ranks.main:
+                        log.flush()
                     checkpoint()
         except KeyboardInterrupt:
-            checkpoint()  # Ctrl-C keeps the work done so far: resume with --resume
+            # Ctrl-C keeps the work done so far: resume with --resume. Under torchrun the
+            # other ranks may be gone already, so the last periodic checkpoint stands.
+            if not ranks.active:
+                checkpoint()
             raise
     checkpoint()
-    _write_loss_plot(run)
+    if ranks.main:
+        _write_loss_plot(run)
     return TrainResult(
         run=run,
         step=step,

@@ -11,15 +11,33 @@ REPO = Path(__file__).resolve().parent.parent
 DSB_DIR = REPO / "data" / "dsb2018"
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _is_loopback(address) -> bool:
+    """This machine only: loopback TCP (a local Dask cluster) and unix sockets."""
+    return isinstance(address, str | bytes) or (
+        isinstance(address, tuple) and str(address[0]) in LOOPBACK
+    )
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
-    """Any attempt to open a network connection fails the test."""
+    """Any attempt to reach another machine fails the test (loopback stays usable)."""
+    connect, create_connection = socket.socket.connect, socket.create_connection
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("a test tried to use the network")
+    def guarded_connect(sock, address, *args, **kwargs):
+        if not _is_loopback(address):
+            raise AssertionError(f"a test tried to use the network ({address})")
+        return connect(sock, address, *args, **kwargs)
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+    def guarded_create_connection(address, *args, **kwargs):
+        if not _is_loopback(address):
+            raise AssertionError(f"a test tried to use the network ({address})")
+        return create_connection(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket, "create_connection", guarded_create_connection)
 
 
 @pytest.fixture
@@ -39,12 +57,12 @@ def cellsynth_command() -> list[str]:
     return [found]
 
 
-def run_cellsynth(*args, cwd: Path | None = None, timeout: float = 300):
+def run_cellsynth(*args, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
     """Run the real `cellsynth` in a child process, without stdin, as CI does."""
     import os
     import subprocess
 
-    env = {**os.environ, "CI": "true", "COLUMNS": "200"}
+    env = {**os.environ, "CI": "true", "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [*cellsynth_command(), *(str(a) for a in args)],
         cwd=cwd,

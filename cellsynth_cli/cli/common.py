@@ -23,6 +23,7 @@ from rich.progress import (
 )
 from typer.core import TyperCommand, TyperGroup
 
+from cellsynth_cli.cluster import CLUSTER_HELP, parse_cluster
 from cellsynth_cli.errors import InputError
 
 # progress and logs go to stderr so `--json` output on stdout stays machine-readable
@@ -91,6 +92,18 @@ Resume = Annotated[
 ]
 Device = Annotated[
     str, typer.Option("--device", help="auto (CUDA when available, else CPU) | cpu | cuda.")
+]
+
+
+def _check_cluster(value: str | None) -> str | None:
+    """A bad --cluster is one line before any work (or progress bar) starts."""
+    parse_cluster(value)
+    return value
+
+
+Cluster = Annotated[
+    str | None,
+    typer.Option("--cluster", help=CLUSTER_HELP, show_default=False, callback=_check_cluster),
 ]
 Seed = Annotated[
     int,
@@ -166,5 +179,15 @@ def progress_bar(quiet: bool = False) -> Iterator[Progress]:
         disable=quiet,
         transient=False,
     )
-    with progress:
+    with progress, erase_on_error(progress):
         yield progress
+
+
+@contextmanager
+def erase_on_error(progress: Progress) -> Iterator[None]:
+    """A failed command leaves its one error line, not a half-filled bar above it."""
+    try:
+        yield
+    except BaseException:
+        progress.live.transient = True
+        raise

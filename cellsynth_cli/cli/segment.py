@@ -13,6 +13,7 @@ from cellsynth_cli import workdir
 from cellsynth_cli.cli.common import (
     CellsynthCommand,
     CellsynthGroup,
+    Cluster,
     Device,
     JsonOut,
     Overwrite,
@@ -138,6 +139,7 @@ def predict(
     out: path_option(("-o", "--out"), "Output directory of NAME.zarr.", workdir.PRED) = None,
     mode: Mode = "3d",
     device: Device = "auto",
+    cluster: Cluster = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
     json_out: JsonOut = False,
@@ -148,6 +150,7 @@ def predict(
 
         cellsynth segment predict                     # seg/ on real/ -> pred/
         cellsynth segment predict --model seg/ --images real/ -o pred/ --mode stitch
+        cellsynth segment predict --cluster local:2      # 2 worker processes, one image each
     """
     from cellsynth_cli.segment import predict as run_predict
 
@@ -163,6 +166,7 @@ def predict(
             resume=resume,
             mode=mode,
             device=device,
+            cluster=cluster,
             on_volume=lambda name: status.update(f"segmented {name}"),
         )
     if json_out:

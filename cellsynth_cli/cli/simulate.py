@@ -9,6 +9,7 @@ import typer
 from cellsynth_cli import workdir
 from cellsynth_cli.cli.common import (
     CellsynthCommand,
+    Cluster,
     JsonOut,
     Overwrite,
     Resume,
@@ -49,7 +50,10 @@ def simulate(
     settings: list[str] = typer.Option(
         [], "--set", help="Override a preset field, e.g. --set n_cells=20,40 (repeatable)."
     ),
-    workers: int = typer.Option(1, "--workers", "-j", help="Volumes simulated in parallel."),
+    cluster: Cluster = None,
+    workers: int = typer.Option(
+        None, "--workers", "-j", help="Shorthand for --cluster local:J.", show_default=False
+    ),
     overwrite: Overwrite = False,
     resume: Resume = False,
     preview: bool = typer.Option(
@@ -74,6 +78,7 @@ def simulate(
     Examples:
 
         cellsynth simulate celegans -n 50                # into sim/
+        cellsynth simulate celegans -n 50 --cluster local:4   # 4 worker processes
         cellsynth simulate hela -n 8 --shape 256,256 --set n_cells=20,40
         cellsynth simulate fit --data real/ -o mine.toml  # a preset from your images
         cellsynth simulate mine.toml -n 50
@@ -123,6 +128,10 @@ def simulate(
         _report(results, out, json_out)
         return
 
+    if workers is not None:
+        if cluster is not None:
+            raise InputError("give --cluster or --workers, not both (-j J = --cluster local:J)")
+        cluster = f"local:{workers}"
     config = load_preset(preset)
     changes: dict = parse_overrides(settings)
     if shape is not None:
@@ -152,7 +161,7 @@ def simulate(
             seed=seed,
             overwrite=overwrite,
             resume=resume,
-            workers=workers,
+            cluster=cluster,
             preview=preview,
             on_volume=lambda name: bar.update(task, advance=1, status=name),
         )

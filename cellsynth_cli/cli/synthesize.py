@@ -8,6 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cellsynth_cli import workdir
 from cellsynth_cli.cli.common import (
     CellsynthCommand,
+    Cluster,
     Device,
     JsonOut,
     Overwrite,
@@ -15,6 +16,7 @@ from cellsynth_cli.cli.common import (
     Seed,
     console,
     default_path,
+    erase_on_error,
     path_option,
     print_json,
 )
@@ -81,6 +83,7 @@ def synthesize(
         "Ampere, CPUs with AVX512-BF16 or AMX; ~1.6x faster on such a CPU), fp32 elsewhere. "
         "fp32 | bf16 force one. The choice is printed and stored in each volume's provenance.",
     ),
+    cluster: Cluster = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
     json_out: JsonOut = False,
@@ -95,6 +98,11 @@ def synthesize(
         cellsynth synthesize --t-start 600      # runs/latest, sim/ -> synth/
         cellsynth synthesize --model runs/nuclei --sketches sim/ -o synth/
         cellsynth synthesize --t-start 400 --steps 50 --resume
+        cellsynth synthesize --steps 50 --cluster local:2          # 2 worker processes
+        cellsynth synthesize --steps 50 --cluster tcp://head:8786  # a running Dask scheduler
+
+    With --cluster each volume is one Dask task; a worker loads the model once and writes its
+    volumes into the shared output directory. Same --seed, same volumes in every mode.
     """
     from cellsynth_cli.synthesize import SynthesisOptions, synthesize_dataset
 
@@ -121,8 +129,13 @@ def synthesize(
         console=console,
         disable=json_out,
     )
-    with progress:
+    with progress, erase_on_error(progress):
         task = progress.add_task("synthesize", total=None)
+        if cluster is not None:  # one bar over the volumes, advanced as workers finish them
+            from cellsynth_cli.io import list_volumes
+
+            total = len(list_volumes(sketches))
+            progress.update(task, description=f"synthesize on {cluster}", total=total)
 
         def on_volume(name: str, n_steps: int, plan: dict) -> None:
             tile = "x".join(map(str, plan["tile"]))
@@ -143,6 +156,8 @@ def synthesize(
             overwrite=overwrite,
             on_volume=on_volume,
             on_step=lambda t: progress.advance(task),
+            cluster=cluster,
+            on_done=(lambda result: progress.advance(task)) if cluster is not None else None,
         )
     if json_out:
         print_json({"out": str(out), "volumes": results})

@@ -105,17 +105,27 @@ def train(
         cellsynth train --data real/            # -> runs/real-YYYYmmdd-HHMMSS/
         cellsynth train --data real/ --steps 20000 --time-limit 2h
         cellsynth train --resume --steps 40000  # continue runs/latest
+        torchrun --nproc-per-node 4 $(which cellsynth) train --data real/   # 4 GPUs (DDP)
+
+    Under torchrun each process trains on its own patches (--batch per process) with
+    gradients averaged (DistributedDataParallel: nccl on GPUs, gloo on CPUs); rank 0 writes
+    the run. Its checkpoint resumes anywhere, exactly under the same number of processes.
     """
     import torch
 
+    from cellsynth_cli import distributed
     from cellsynth_cli.diffusion.unet import default_config
-    from cellsynth_cli.train import DEFAULT_PATCH, TrainConfig
+    from cellsynth_cli.train import DEFAULT_PATCH, TrainConfig, pick_device
     from cellsynth_cli.train import train as run_training
 
     if dims is not None and dims not in (2, 3):
         raise InputError(f"--dims must be 2 or 3, got {dims}")
     patch_size = parse_sizes(patch, "--patch")
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    # under torchrun: join the process group; only rank 0 prints, links and cleans up
+    ranks, _ = distributed.setup(pick_device(device))
+    if not ranks.main:
+        console.quiet = True
     claimed = None  # a run directory made here, removed again if nothing was saved into it
     if resume:
         # a resumed run keeps its own data and settings (from its checkpoint)
@@ -127,8 +137,9 @@ def train(
         if out is None:
             if not Path(data).exists():
                 raise InputError(f"--data {data}: no such file or directory")
-            out = default_path(None, workdir.new_run_dir(data), "-o", must_exist=False)
-            claimed = out
+            new_run = workdir.new_run_dir(data) if ranks.main else None
+            out = default_path(None, distributed.broadcast(new_run, ranks), "-o", False)
+            claimed = out if ranks.main else None
     if dims is None and not resume:
         from cellsynth_cli.train import load_training_images
 
@@ -155,7 +166,7 @@ def train(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=json_out,
+        disable=json_out or not ranks.main,
     )
     started = time.perf_counter()
     with progress:
@@ -188,6 +199,7 @@ def train(
                     on_checkpoint=on_checkpoint,
                 )
         except KeyboardInterrupt:
+            distributed.shutdown()
             progress.stop()
             where = f"checkpoint at step {saved[-1]} in {out}" if saved else "nothing saved"
             console.print(f"interrupted: {where}; continue with --resume")
@@ -196,6 +208,9 @@ def train(
             if claimed is not None and not saved:
                 shutil.rmtree(claimed, ignore_errors=True)  # refused or failed before a step
         latest = linked[0] if linked else None
+    distributed.shutdown()
+    if not ranks.main:
+        return
     summary = {
         "run": str(result.run),
         "step": result.step,
