@@ -10,7 +10,7 @@ TORCH_SPEC     ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS    ?=
 
-.PHONY: install demo test test-fast bench lint experiment experiment-3d clean
+.PHONY: install demo test test-fast bench bench-gpu lint experiment experiment-3d clean
 
 install: $(STAMP)
 
@@ -42,6 +42,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+bench-gpu: $(STAMP)
+	$(PY) bench/bench_gpu.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cellsynth_cli tests bench

@@ -9,7 +9,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-BENCHMARKS = ["bench_simulate", "bench_unet", "bench_synthesis", "bench_synthesis_3d"]
+BENCHMARKS = [
+    "bench_simulate",
+    "bench_unet",
+    "bench_synthesis",
+    "bench_synthesis_3d",
+    "bench_cluster",
+    "bench_gpu",
+]
 
 if __name__ == "__main__":
     only = sys.argv[1:]

@@ -29,7 +29,7 @@ def _bcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def alpha_bar_tensor(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
     """alpha_bar_t for a tensor of t in 0..T (alpha_bar_0 = 1)."""
     table = torch.from_numpy(np.concatenate([[1.0], schedule.alpha_bar]))
-    return table[t.cpu().long()].to(t.device)
+    return table.to(t.device)[t.long()]  # indexed on the device: no device-to-host sync
 
 
 def q_sample(
