@@ -30,6 +30,7 @@ every-step sampler's own seed-to-seed distance is the yardstick.
 
 Run standalone (`python bench/bench_synthesis_3d.py`) or from bench/run.py. Environment:
 BENCH_3D_STEPS (timed steps per configuration, default 2), BENCH_3D_SKIP_TRIBOLIUM=1,
+BENCH_3D_ONLY=TEXT (only configurations whose name contains TEXT),
 BENCH_3D_SKIP_SPEED=1, BENCH_3D_MODEL (a trained 3D run for the quality part).
 """
 
@@ -296,8 +297,11 @@ def speed() -> None:
         f"{REFERENCE_STEPS} steps",
         flush=True,
     )
+    only = os.environ.get("BENCH_3D_ONLY", "")  # e.g. "tribolium": configurations naming it
     names = [
-        n for n in CONFIGS if not (os.environ.get("BENCH_3D_SKIP_TRIBOLIUM") and "tribolium" in n)
+        n
+        for n in CONFIGS
+        if only in n and not (os.environ.get("BENCH_3D_SKIP_TRIBOLIUM") and "tribolium" in n)
     ]
     header = (
         f"{'configuration':32s} {'tiles':>16s} {'computed/volume':>15s} {'s/step':>7s} "

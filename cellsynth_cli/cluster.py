@@ -121,8 +121,8 @@ def connect(spec: ClusterSpec) -> Iterator[Any]:
         yield client
 
 
-def check_workers(client: Any, out_dir: Path) -> None:
-    """Every worker imports cellsynth and can write OUT_DIR, or one clear error."""
+def check_workers(client: Any, out_dir: Path, writes: bool = True) -> None:
+    """Every worker imports cellsynth and can write (or read) OUT_DIR, or one clear error."""
     workers = client.scheduler_info(n_workers=-1).get("workers", {})
     if not workers:
         client.wait_for_workers(1, timeout=connect_timeout())
@@ -131,12 +131,13 @@ def check_workers(client: Any, out_dir: Path) -> None:
         if isinstance(result, BaseException):
             raise InputError(f"Dask worker {worker} cannot import cellsynth ({result})")
     target = str(Path(out_dir).resolve())
-    writable = client.run(os.access, target, os.W_OK, on_error="return")
-    for worker, ok in writable.items():
+    mode, verb = (os.W_OK, "write") if writes else (os.R_OK, "read")
+    allowed = client.run(os.access, target, mode, on_error="return")
+    for worker, ok in allowed.items():
         if ok is not True:
             raise InputError(
-                f"Dask worker {worker} cannot write the output directory {target}; workers "
-                "need a shared file system path"
+                f"Dask worker {worker} cannot {verb} the directory {target}; workers need a "
+                "shared file system path"
             )
 
 
@@ -163,6 +164,7 @@ def run_per_volume(
     out_dir: Path,
     stage: str,
     on_done: Callable[[dict], None] | None = None,
+    writes: bool = True,
 ) -> list[dict]:
     """TASK(job) for every job, here or on the Dask cluster; results in completion order.
 
@@ -179,9 +181,10 @@ def run_per_volume(
         return results
     from distributed import as_completed
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if writes:
+        out_dir.mkdir(parents=True, exist_ok=True)
     with connect(spec) as client:
-        check_workers(client, out_dir)
+        check_workers(client, out_dir, writes)
         token = secrets.token_hex(4)
         futures = [
             client.submit(_run_on_worker, task, job, key=f"cellsynth-{stage}-{name}-{token}")

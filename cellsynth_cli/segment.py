@@ -492,6 +492,37 @@ def score(pred_dir: Path, ref_dir: Path) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class QCJob:
+    """One synthetic volume to check against its own masks (in-process or on a worker)."""
+
+    model_dir: Path
+    model_checksum: str
+    path: Path
+    mode: str
+    device: str
+
+
+def qc_one(job: QCJob) -> dict:
+    """Phantom and vanished fractions of one synthetic volume (no file is written)."""
+    volume = io.read_volume(job.path)
+    if volume.image is None or volume.masks is None:
+        raise InputError(f"{job.path}: QC needs a synthetic image with its simulated masks")
+    model, config = cached_segmenter(job.model_dir, job.model_checksum, job.device)
+    anisotropy = z_anisotropy(volume.voxel_size)
+    predicted = segment_image(model, config, volume.image, job.mode, anisotropy)
+    m = match(predicted, volume.masks, 0.5)
+    n_pred, n_ref = m.tp + m.fp, m.tp + m.fn
+    return {
+        "name": volume.name,
+        "path": str(job.path),
+        "phantom": m.fp / n_pred if n_pred else 0.0,
+        "vanished": m.fn / n_ref if n_ref else 0.0,
+        "n_predicted": n_pred,
+        "n_simulated": n_ref,
+    }
+
+
 def quality_control(
     model_dir: Path,
     data: Path,
@@ -501,38 +532,38 @@ def quality_control(
     on_volume: Callable[[str], None] | None = None,
     device: str = "auto",
     mode: str = "3d",
+    cluster: str | None = None,
 ) -> dict:
     """Segment each synthetic image; compare with its own simulated masks (IoU >= 0.5).
 
     3D volumes are segmented as `predict` does with the same mode, so QC judges the data
-    the way the segmenter will be used.
+    the way the segmenter will be used. One task per volume on a Dask cluster with `cluster`
+    (see cluster.py); failed volumes are moved here, after all are checked.
 
     phantom: predicted cells with no simulated partner (made from noise);
     vanished: simulated cells the segmenter cannot find (e.g. dim cells the DDPM erased).
     """
+    from cellsynth_cli import cluster as dask_cluster
+
     _check_choice(mode, MODES, "--mode")
-    model, config = load_segmenter(model_dir, device)
-    rows = []
-    for path in io.list_volumes(data):
-        volume = io.read_volume(path)
-        if volume.image is None or volume.masks is None:
-            raise InputError(f"{path}: QC needs a synthetic image with its simulated masks")
-        anisotropy = z_anisotropy(volume.voxel_size)
-        predicted = segment_image(model, config, volume.image, mode, anisotropy)
-        m = match(predicted, volume.masks, 0.5)
-        n_pred, n_ref = m.tp + m.fp, m.tp + m.fn
-        row = {
-            "name": volume.name,
-            "path": str(path),
-            "phantom": m.fp / n_pred if n_pred else 0.0,
-            "vanished": m.fn / n_ref if n_ref else 0.0,
-            "n_predicted": n_pred,
-            "n_simulated": n_ref,
-        }
+    dask_cluster.parse_cluster(cluster)
+    segmenter_config(model_dir)  # a bad model folder is reported before any work
+    checksum = io.file_checksum(Path(model_dir) / MODEL_FILE)
+    paths = io.list_volumes(data)
+    jobs = [QCJob(Path(model_dir), checksum, path, mode, device) for path in paths]
+    rows = dask_cluster.run_per_volume(
+        qc_one,
+        jobs,
+        [io.volume_name(path) for path in paths],
+        cluster,
+        Path(data),
+        "qc",
+        on_done=lambda row: on_volume(row["name"]) if on_volume else None,
+        writes=False,
+    )
+    rows.sort(key=lambda r: r["name"])
+    for row in rows:
         row["passed"] = row["phantom"] <= max_phantom and row["vanished"] <= max_vanished
-        rows.append(row)
-        if on_volume:
-            on_volume(volume.name)
     failed = [r for r in rows if not r["passed"]]
     if move_failed is not None and failed:
         move_failed.mkdir(parents=True, exist_ok=True)

@@ -178,3 +178,20 @@ def test_tiny_cellpose_trains_from_scratch_and_predicts(tmp_path):
     assert len(report["volumes"]) == 8
     assert all(0 <= r["phantom"] <= 1 and 0 <= r["vanished"] <= 1 for r in report["volumes"])
     assert set(report["passed"]) | set(report["failed"]) == {v["name"] for v in report["volumes"]}
+
+    # the same on a Dask cluster (one worker: Cellpose loads once there): the same cells
+    result = run(
+        "segment", "predict", "--model", tmp_path / "seg", "--images", data,
+        "-o", tmp_path / "pred-dask", "--cluster", "local:1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for path in io.list_volumes(tmp_path / "pred"):
+        here = io.read_volume(path).masks
+        there = io.read_volume(tmp_path / "pred-dask" / path.name).masks
+        assert segmentation_scores(there, here)["f1"] == 1.0, path.name
+    qc_dask = run(
+        "segment", "qc", "--model", tmp_path / "seg", "--data", data,
+        "--max-vanished", "0.0", "--json", "--cluster", "local:1",
+    )  # fmt: skip
+    assert qc_dask.exit_code == 0, qc_dask.output
+    assert json.loads(qc_dask.stdout)["passed"] == report["passed"]

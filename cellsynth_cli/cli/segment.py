@@ -235,6 +235,7 @@ def qc(
     out: Path = typer.Option(None, "-o", "--out", help="Write qc.json here (a file path)."),
     mode: Mode = "3d",
     device: Device = "auto",
+    cluster: Cluster = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = False,
 ) -> None:
@@ -256,7 +257,14 @@ def qc(
         raise InputError(f"{out} already exists (pass --overwrite to replace it)")
     with console.status("quality control", spinner="dots"):
         result = quality_control(
-            model, data, max_phantom, max_vanished, move_failed, device=device, mode=mode
+            model,
+            data,
+            max_phantom,
+            max_vanished,
+            move_failed,
+            device=device,
+            mode=mode,
+            cluster=cluster,
         )
     if out is not None:
         io.write_text(out, json.dumps(result, indent=2), overwrite=overwrite)
