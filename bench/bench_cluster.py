@@ -5,7 +5,9 @@ default 3D UNet, 20 DDPM steps), each in-process, on local:1 and on local:2. Tim
 wall-clock seconds for the whole stage including the cluster's start and shutdown (what a
 user waits for), medians over BENCH_CLUSTER_REPEATS runs (default 2) taken in alternating
 order. "vs in-process" is the in-process time over the row's time (> 1 = faster); the local:1
-row is the overhead of the Dask path itself (target: within 5 %).
+row is the overhead of the Dask path itself (target: within 5 %). Most of it is fixed: the
+last row times starting a LocalCluster of 1 worker that imports cellsynth's synthesis code
+(torch) and shutting it down, with no task; "per-volume overhead" subtracts it.
 """
 
 from __future__ import annotations
@@ -67,6 +69,15 @@ def _synthesize(run: Path, sketches: Path, out: Path, cluster: str | None) -> No
     synthesize_dataset(run, sketches, out, options, cluster=cluster)
 
 
+def _cluster_start() -> None:
+    import importlib
+
+    from cellsynth_cli.cluster import connect, parse_cluster
+
+    with connect(parse_cluster("local:1")) as client:
+        client.run(importlib.import_module, "cellsynth_cli.synthesize")
+
+
 def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     try:
@@ -78,6 +89,7 @@ def main() -> None:
             ),
         }
         print(f"{'stage':34s} {'mode':>10s} {'seconds':>8s} {'vs in-process':>14s}")
+        results: dict[str, tuple[float, float]] = {}
         for stage, fn in stages.items():
             times: dict[str | None, list[float]] = {mode: [] for mode in MODES}
             for repeat in range(REPEATS):
@@ -93,6 +105,12 @@ def main() -> None:
                     f"{stage:34s} {mode or 'in-process':>10s} {t:8.1f} {base / t:13.2f}x",
                     flush=True,
                 )
+            results[stage] = (base, statistics.median(times["local:1"]))
+        start = statistics.median(_timed(_cluster_start) for _ in range(REPEATS))
+        print(f"{'start + stop local:1 (no task)':34s} {'':>10s} {start:8.1f}")
+        for stage, (base, one) in results.items():
+            overhead = (one - start - base) / base
+            print(f"per-volume overhead of local:1, {stage}: {overhead:+.1%}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
