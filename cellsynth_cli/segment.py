@@ -368,11 +368,11 @@ class PredictJob:
     run: str  # token of this run: a re-run task finds what an earlier attempt wrote
 
 
-_SEGMENTERS: dict[tuple[str, str], tuple[Any, dict]] = {}  # per process: load Cellpose once
+_SEGMENTERS: dict[tuple[str, str, str], tuple[Any, dict]] = {}  # per process: load Cellpose once
 
 
 def cached_segmenter(model_dir: Path, checksum: str, device: str) -> tuple[Any, dict]:
-    key = (checksum, device)
+    key = (str(Path(model_dir).resolve()), checksum, device)
     if key not in _SEGMENTERS:
         if io.file_checksum(Path(model_dir) / MODEL_FILE) != checksum:
             raise InputError(f"{model_dir} changed while segmenting (checksum differs)")
@@ -449,6 +449,7 @@ def predict(
         if name not in kept
     ]
     results = [{"name": name, "skipped": True} for name in names if name in kept]
+    _SEGMENTERS.clear()  # in this process: load the model as it is now, once for this call
     results += dask_cluster.run_per_volume(
         predict_one,
         jobs,
@@ -551,6 +552,7 @@ def quality_control(
     checksum = io.file_checksum(Path(model_dir) / MODEL_FILE)
     paths = io.list_volumes(data)
     jobs = [QCJob(Path(model_dir), checksum, path, mode, device) for path in paths]
+    _SEGMENTERS.clear()  # in this process: load the model as it is now, once for this call
     rows = dask_cluster.run_per_volume(
         qc_one,
         jobs,
