@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cellsynth_cli import io
 from cellsynth_cli.errors import InputError
 
 THREADS_ENV = "CELLSYNTH_TORCH_THREADS"  # torch threads per task on a worker
@@ -168,18 +167,24 @@ def run_per_volume(
 ) -> list[dict]:
     """TASK(job) for every job, here or on the Dask cluster; results in completion order.
 
+    In this process TASK may be any callable (e.g. a partial carrying progress callbacks); on a
+    cluster it must pickle.
+
     The first task that fails cancels the rest and its error is raised here (an InputError
     raised on a worker arrives as the same InputError).
     """
     spec = parse_cluster(cluster)
     results: list[dict] = []
     if spec is None or not jobs:
+        limit_torch_threads()  # CELLSYNTH_TORCH_THREADS applies here too (same bytes as a worker)
         for job in jobs:
             results.append(task(job))
             if on_done:
                 on_done(results[-1])
         return results
     from distributed import as_completed
+
+    from cellsynth_cli import io  # numpy and zarr: not at import (the CLI's start-up imports us)
 
     if writes:
         out_dir.mkdir(parents=True, exist_ok=True)

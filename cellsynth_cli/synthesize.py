@@ -7,6 +7,7 @@ back to the real data's intensity range.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import zlib
 from collections.abc import Callable
@@ -338,14 +339,13 @@ def synthesize_dataset(
         if name not in kept
     ]
     results = [{"name": name, "skipped": True} for name in names if name in kept]
-    if cluster is None:
-        dask_cluster.limit_torch_threads()
-        for job in jobs:
-            results.append(synthesize_one(job, on_volume, on_step))
-            if on_done:
-                on_done(results[-1])
-        return sorted(results, key=lambda r: r["name"])
+    # in this process each volume also reports its steps; on a cluster only its completion
+    task = (
+        synthesize_one
+        if cluster
+        else functools.partial(synthesize_one, on_volume=on_volume, on_step=on_step)
+    )
     results += dask_cluster.run_per_volume(
-        synthesize_one, jobs, [job.name for job in jobs], cluster, out_dir, "synthesize", on_done
+        task, jobs, [job.name for job in jobs], cluster, out_dir, "synthesize", on_done
     )
     return sorted(results, key=lambda r: r["name"])

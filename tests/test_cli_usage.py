@@ -92,3 +92,16 @@ def test_bad_input_is_still_one_line_exit_2(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and "valid presets" in lines[-1]
     assert "Traceback" not in result.stderr
+
+
+def test_the_cli_starts_without_numpy_torch_or_zarr():
+    """`cellsynth --help` and usage errors stay fast: the heavy libraries load in commands."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, cellsynth_cli.cli; "
+        "print(sorted({'numpy', 'torch', 'zarr'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
