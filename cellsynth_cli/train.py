@@ -29,11 +29,13 @@ import torch
 
 from cellsynth_cli import distributed, io
 from cellsynth_cli.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
+from cellsynth_cli.diffusion.conditioning import CONDITIONS, is_conditional
 from cellsynth_cli.diffusion.process import training_loss
 from cellsynth_cli.diffusion.schedule import make_schedule
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.intensity import robust_range, to_unit, unit_to_model
 from cellsynth_cli.patches import PatchSampler
+from cellsynth_cli.pseudo_sketch import pseudo_sketch
 
 DEFAULT_PATCH = {2: (256, 256), 3: (32, 128, 128)}
 LOSS_LOG = "loss.csv"
@@ -57,6 +59,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     channels: tuple[int, ...] | None = None  # None: the UNet's defaults for `dims`
     device: str = "auto"
+    condition: str = "none"  # "pseudo-sketch": conditioned on sketches (conditioning.py)
+    condition_dropout: float = 0.1  # classifier-free guidance: P(sketch replaced by null)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -122,6 +126,24 @@ def _rank_generator_state(
         return state["generator"]
     fresh = np.random.SeedSequence([seed, ranks.rank, step]).generate_state(1)[0]
     return torch.Generator().manual_seed(int(fresh)).get_state()
+
+
+def _pseudo_sketch_summary(pseudo: list[tuple[np.ndarray, np.ndarray]] | None) -> dict:
+    if pseudo is None:
+        return {}
+    counts = [int(labels.max()) for _, labels in pseudo]
+    return {"pseudo_sketches": {"images": len(counts), "nuclei_per_image": counts}}
+
+
+def _save_pseudo_sketch_preview(
+    path: Path, image: np.ndarray, pseudo: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """image | pseudo-sketch | its labels, so a person can check what the network learns from."""
+    from cellsynth_cli.preview import save_panels
+
+    sketch, labels = pseudo
+    panels = [("real image", image, False), ("pseudo-sketch", sketch, False)]
+    save_panels(path, [*panels, ("regions", labels, True)])
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -211,6 +233,12 @@ def train(
         raise InputError(f"{run} already holds a trained model; pass --resume or --overwrite")
     if config.steps < 1 or config.batch < 1 or config.lr <= 0:
         raise InputError("--steps and --batch must be >= 1 and --lr > 0")
+    if config.condition not in CONDITIONS:
+        raise InputError(
+            f"--condition must be one of {', '.join(CONDITIONS)}, got {config.condition!r}"
+        )
+    if not 0.0 <= config.condition_dropout < 1.0:
+        raise InputError(f"--condition-dropout must be in [0, 1), got {config.condition_dropout}")
     ranks, device = distributed.setup(pick_device(config.device))
     if device.type == "cpu":
         tune_cpu_allocator()  # keeps big feature maps resident: ~1.5x faster steps on CPU
@@ -224,6 +252,10 @@ def train(
         lo, hi = robust_range(images)
         norm = {"low": lo, "high": hi, "method": "percentiles 1.0 / 99.8 of the training data"}
     model_images = [unit_to_model(to_unit(im, lo, hi)) for im in images]
+    conditions, pseudo = None, None
+    if is_conditional(config.to_dict()):
+        pseudo = [pseudo_sketch(im, lo, hi, found.voxel_size) for im in images]
+        conditions = [unit_to_model(sketch) for sketch, _ in pseudo]
 
     if state is not None:
         unet_config = UNetConfig.from_dict(state["unet"])
@@ -231,6 +263,8 @@ def train(
         # z is not down-sampled while it is coarser than y/x (checkpoint says so)
         voxel_size = found.voxel_size if dims == 3 else None
         unet_config = default_config(dims, voxel_size)
+        if conditions is not None:  # the sketch is a second input channel
+            unet_config = UNetConfig.from_dict({**unet_config.to_dict(), "in_channels": 2})
         if config.channels:
             unet_config = UNetConfig.from_dict(
                 {
@@ -261,7 +295,7 @@ def train(
         generator.set_state(_rank_generator_state(state, ranks, config.seed, step))
     network = distributed.wrap(model, ranks, device)  # DDP under torchrun, else the model
 
-    sampler = PatchSampler(model_images, config.patch, dims)
+    sampler = PatchSampler(model_images, config.patch, dims, conditions)
     schedule = make_schedule(config.schedule, config.T)
     if ranks.main:
         run.mkdir(parents=True, exist_ok=True)
@@ -277,10 +311,13 @@ def train(
                     "normalization": norm,
                     "dims": dims,
                     "world_size": ranks.world,
+                    **_pseudo_sketch_summary(pseudo),
                 },
                 indent=2,
             )
         )
+        if pseudo is not None:
+            _save_pseudo_sketch_preview(run / "pseudo-sketch.png", images[0], pseudo[0])
 
     def checkpoint() -> None:
         generators = distributed.gather(generator.get_state(), ranks)  # every rank takes part
@@ -326,9 +363,12 @@ def train(
                 lr = config.lr * min(1.0, (step + 1) / max(config.warmup, 1))
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                x0 = sampler.sample(config.batch, generator).to(device)
+                patches = sampler.sample(config.batch, generator).to(device)
+                x0, condition = patches[:, :1], patches[:, 1:] if conditions else None
                 with autocast:
-                    loss = training_loss(network, x0, schedule, generator)
+                    loss = training_loss(
+                        network, x0, schedule, generator, condition, config.condition_dropout
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -83,6 +83,14 @@ def synthesize(
         "Ampere, CPUs with AVX512-BF16 or AMX; ~1.6x faster on such a CPU), fp32 elsewhere. "
         "fp32 | bf16 force one. The choice is printed and stored in each volume's provenance.",
     ),
+    guidance: float = typer.Option(
+        1.0,
+        "--guidance",
+        help="Conditional models (train --condition pseudo-sketch) only: classifier-free "
+        "guidance weight w, eps = eps_uncond + w (eps_cond - eps_uncond). 1: follow the sketch "
+        "as trained (one network call per step); > 1: follow it more strongly (two calls); "
+        "0: ignore it.",
+    ),
     cluster: Cluster = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
@@ -100,6 +108,9 @@ def synthesize(
         cellsynth synthesize --t-start 400 --steps 50 --resume
         cellsynth synthesize --steps 50 --cluster local:2          # 2 worker processes
         cellsynth synthesize --steps 50 --cluster tcp://head:8786  # a running Dask scheduler
+
+    A conditional model (trained with --condition pseudo-sketch) also follows each sketch at
+    every step, so its --t-start may be anything up to 1000 (1000: from pure noise).
 
     With --cluster each volume is one Dask task; a worker loads the model once and writes its
     volumes into the shared output directory. Same --seed, same volumes in every mode.
@@ -120,6 +131,7 @@ def synthesize(
         seed=seed,
         device=device,
         precision=precision,
+        guidance=guidance,
     )
     progress = Progress(
         TextColumn("[bold]{task.description}"),

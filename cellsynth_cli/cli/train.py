@@ -87,6 +87,21 @@ def train(
         help="Stop cleanly after this long (e.g. 600, 10m, 2h), checkpointing.",
     ),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Steps between saves."),
+    condition: str = typer.Option(
+        "none",
+        "--condition",
+        help="none: the paper's unconditional DDPM (synthesis follows a sketch only through "
+        "t_start). pseudo-sketch: the network also sees a sketch of each training image, made "
+        "without annotations (nuclei segmented by Otsu + watershed, filled with their mean "
+        "intensity; RUN/pseudo-sketch.png shows one), and synthesis follows the simulated "
+        "sketch at every step.",
+    ),
+    condition_dropout: float = typer.Option(
+        0.1,
+        "--condition-dropout",
+        help="With --condition: the share of training patches whose sketch is hidden, so the "
+        "model also learns the unconditional prediction (needed for synthesize --guidance).",
+    ),
     resume: Resume = False,
     overwrite: Overwrite = False,
     json_out: JsonOut = False,
@@ -155,6 +170,8 @@ def train(
         seed=seed,
         device=device,
         checkpoint_every=checkpoint_every,
+        condition=condition,
+        condition_dropout=condition_dropout,
         channels=parse_sizes(channels, "--channels") or tuple(default_config(dims).channels),
     )
     progress = Progress(

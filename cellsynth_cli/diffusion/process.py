@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from cellsynth_cli.diffusion.conditioning import drop_condition, network_input
 from cellsynth_cli.diffusion.schedule import Schedule
 
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]  # (x_t, t) -> predicted noise
@@ -41,14 +42,25 @@ def q_sample(
 
 
 def training_loss(
-    model: torch.nn.Module, x0: torch.Tensor, schedule: Schedule, generator: torch.Generator
+    model: torch.nn.Module,
+    x0: torch.Tensor,
+    schedule: Schedule,
+    generator: torch.Generator,
+    condition: torch.Tensor | None = None,
+    condition_dropout: float = 0.0,
 ) -> torch.Tensor:
-    """MSE between the true noise and the predicted noise at uniformly random t in 1..T."""
+    """MSE between the true noise and the predicted noise at uniformly random t in 1..T.
+
+    condition: the sketches of a conditional model (an extra input channel), each replaced
+    by the null sketch with probability condition_dropout (conditioning.py).
+    """
     b = x0.shape[0]
     t = torch.randint(1, schedule.T + 1, (b,), generator=generator).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     x_t = q_sample(x0, t, noise, schedule)
-    return torch.nn.functional.mse_loss(model(x_t, t), noise)
+    if condition is not None:
+        condition = drop_condition(condition, condition_dropout, generator)
+    return torch.nn.functional.mse_loss(model(network_input(x_t, condition), t), noise)
 
 
 def sampling_timesteps(t_start: int, steps: int | None, T: int) -> list[int]:  # noqa: N803

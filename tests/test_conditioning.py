@@ -1,0 +1,215 @@
+"""Sketch-conditioned DDPMs: pseudo-sketches, training pairs, guidance, and the CLI path."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import DSB_DIR, run_cellsynth
+from scipy import ndimage
+
+from cellsynth_cli import io
+from cellsynth_cli.checkpoint import load_model
+from cellsynth_cli.config import load_preset, replace
+from cellsynth_cli.diffusion.conditioning import (
+    NULL_CONDITION,
+    drop_condition,
+    guided,
+    network_input,
+)
+from cellsynth_cli.diffusion.unet import UNet, UNetConfig
+from cellsynth_cli.errors import InputError
+from cellsynth_cli.matching import iou_matrix
+from cellsynth_cli.patches import PatchSampler
+from cellsynth_cli.pseudo_sketch import pseudo_sketch
+from cellsynth_cli.simulators import get_simulator
+from cellsynth_cli.synthesize import SynthesisOptions, synthesize_volume
+
+TINY = ["--channels", "8,16", "--batch", "2", "--lr", "2e-3", "--patch", "32,32"]
+
+
+def _best_iou(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """For each reference instance, its best IoU with any predicted instance."""
+    iou, _, _ = iou_matrix(pred, ref)
+    return iou.max(axis=1) if iou.size else np.zeros(int(ref.max()))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_pseudo_sketch_recovers_the_instances_of_a_simulated_image(dims):
+    shape = [128, 128] if dims == 2 else [24, 96, 96]
+    config = replace(
+        load_preset("nuclei"),
+        {
+            "shape": shape,
+            "voxel_size": [1.0] * dims,
+            "radius": [7, 10],
+            "n_cells": [18, 18] if dims == 2 else [14, 14],
+            "intensity": [0.25, 0.9],  # dim nuclei beside bright ones
+            "deform_strength": 0.0,
+        },
+        source="test",
+    )
+    rng = np.random.default_rng(3)
+    made = get_simulator("nuclei")(config, rng)
+    image = ndimage.gaussian_filter(made.sketch, 1.0) + rng.normal(0, 0.03, made.sketch.shape)
+    image = (image * 900 + 100).astype(np.float32)
+    sketch, labels = pseudo_sketch(image, 100.0, 1000.0)
+    best = _best_iou(labels, made.masks)
+    assert (best >= 0.7).mean() >= 0.7, best
+    # each region is filled with its mean intensity on the unit scale, background 0
+    assert sketch[labels == 0].max() == 0.0
+    region = labels == labels.max()
+    expected = (image[region].mean() - 100.0) / 900.0
+    assert sketch[region].mean() == pytest.approx(expected, abs=0.02)
+
+
+def test_pseudo_sketch_of_an_empty_image_is_a_clear_error():
+    with pytest.raises(InputError, match="no nuclei"):
+        pseudo_sketch(np.full((64, 64), 5.0, np.float32), 0.0, 10.0)
+
+
+def test_training_patches_of_image_and_sketch_stay_aligned():
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(40, 36)).astype(np.float32)
+    sampler = PatchSampler([volume], (16, 16), 2, conditions=[volume * 2.0])
+    patches = sampler.sample(32, torch.Generator().manual_seed(1))
+    assert patches.shape == (32, 2, 16, 16)
+    torch.testing.assert_close(patches[:, 1], patches[:, 0] * 2.0)
+
+
+def test_unconditional_patches_draw_the_same_stream_as_before():
+    """One channel: identical patches from the same generator (the old layout's stream)."""
+    volume = np.arange(40 * 36, dtype=np.float32).reshape(40, 36)
+    patches = PatchSampler([volume], (16, 16), 2).sample(4, torch.Generator().manual_seed(5))
+    assert patches.shape == (4, 1, 16, 16)
+    # every patch is a flipped/rotated crop of the volume: its values are a crop's values
+    for p in patches[:, 0].numpy():
+        corner = p.min()
+        y, x = divmod(int(corner), 36)
+        assert set(p.ravel()) == set(volume[y : y + 16, x : x + 16].ravel())
+
+
+def test_condition_dropout_replaces_whole_sketches_with_null():
+    cond = torch.full((2000, 1, 4, 4), -1.0)
+    dropped = drop_condition(cond, 0.25, torch.Generator().manual_seed(0))
+    null = (dropped == NULL_CONDITION).flatten(1).all(dim=1)
+    kept = (dropped == -1.0).flatten(1).all(dim=1)
+    assert bool((null | kept).all())
+    assert 0.2 < float(null.float().mean()) < 0.3
+    assert torch.equal(drop_condition(cond, 0.0, torch.Generator()), cond)
+
+
+def _tiny_conditional_unet() -> UNet:
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(dims=2, in_channels=2, channels=(8, 16)))
+    for p in net.parameters():  # non-zero output layer: the prediction depends on the input
+        torch.nn.init.normal_(p, std=0.2)
+    return net.eval()
+
+
+def test_guidance_mixes_conditional_and_unconditional_predictions():
+    net = _tiny_conditional_unet()
+    x = torch.randn(3, 1, 16, 16)
+    sketch = torch.rand(3, 1, 16, 16) * 2 - 1
+    t = torch.tensor([10, 500, 900])
+    stacked = network_input(x, sketch)
+    with torch.no_grad():
+        cond = net(stacked, t)
+        uncond = net(network_input(x, torch.full_like(sketch, NULL_CONDITION)), t)
+        assert not torch.allclose(cond, uncond)
+        torch.testing.assert_close(guided(net, 0.0)(stacked, t), uncond)
+        torch.testing.assert_close(guided(net, 1.0)(stacked, t), cond)
+        torch.testing.assert_close(guided(net, 3.0)(stacked, t), uncond + 3.0 * (cond - uncond))
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cond") / "run"
+    made = run_cellsynth(
+        "train",
+        "--data",
+        DSB_DIR,
+        "-o",
+        out,
+        "--condition",
+        "pseudo-sketch",
+        "--steps",
+        3,
+        "--checkpoint-every",
+        2,
+        "--json",
+        *TINY,
+    )
+    assert made.returncode == 0, made.stderr
+    return out
+
+
+def test_a_conditional_model_trains_resumes_and_says_so(conditional_run):
+    state = torch.load(conditional_run / "checkpoint.pt", weights_only=True)
+    assert state["config"]["condition"] == "pseudo-sketch"
+    assert state["unet"]["in_channels"] == 2
+    config = json.loads((conditional_run / "config.json").read_text())
+    assert config["pseudo_sketches"]["nuclei_per_image"][0] > 20
+    assert (conditional_run / "pseudo-sketch.png").stat().st_size > 0
+    resumed = run_cellsynth("train", "--resume", "-o", conditional_run, "--steps", 4, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    state = torch.load(conditional_run / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 4 and state["config"]["condition"] == "pseudo-sketch"
+
+
+def test_a_conditional_model_synthesizes_from_sketches_through_the_cli(conditional_run, tmp_path):
+    sim = run_cellsynth(
+        "simulate", "hela", "-n", 1, "-o", tmp_path / "sim", "--shape", "40,48", "--seed", 1
+    )
+    assert sim.returncode == 0, sim.stderr
+    out = tmp_path / "synth"
+    args = ["--model", conditional_run, "--sketches", tmp_path / "sim", "--steps", 3]
+    made = run_cellsynth("synthesize", *args, "--t-start", 1000, "--guidance", 2, "-o", out)
+    assert made.returncode == 0, made.stderr
+    volume = io.read_volume(io.list_volumes(out)[0])
+    assert volume.image.shape == (40, 48) and np.isfinite(volume.image).all()
+    made_by = io.read_provenance(io.list_volumes(out)[0])
+    assert made_by["conditional"] is True and made_by["guidance"] == 2.0
+    # resuming with another guidance would mix two sets
+    again = run_cellsynth("synthesize", *args, "--t-start", 1000, "-o", out, "--resume")
+    assert again.returncode == 2 and "guidance" in again.stderr
+
+
+def test_a_conditional_model_refuses_to_synthesize_without_a_sketch(conditional_run):
+    model = load_model(conditional_run)
+    start = np.zeros((32, 32), np.float32)
+    with pytest.raises(InputError, match="needs a sketch"):
+        synthesize_volume(model, start, SynthesisOptions(t_start=5), 0, torch.device("cpu"))
+    # with one it works, from any start
+    out = synthesize_volume(
+        model, start, SynthesisOptions(t_start=5), 0, torch.device("cpu"), condition=start
+    )
+    assert out.shape == (32, 32)
+
+
+def test_guidance_needs_a_conditional_model(tmp_path):
+    from cellsynth_cli.checkpoint import save_checkpoint
+
+    net = UNet(UNetConfig(dims=2, channels=(8, 16)))
+    save_checkpoint(
+        tmp_path / "checkpoint.pt",
+        {
+            "config": {"patch": [32, 32], "T": 1000, "schedule": "cosine"},
+            "unet": net.config.to_dict(),
+            "normalization": {"low": 0.0, "high": 1.0},
+            "dims": 2,
+            "step": 0,
+            "ema": net.state_dict(),
+        },
+    )
+    model = load_model(tmp_path)
+    sketch = np.zeros((32, 32), np.float32)
+    with pytest.raises(InputError, match="not a conditional model"):
+        synthesize_volume(
+            model, sketch, SynthesisOptions(t_start=5, guidance=2.0), 0, torch.device("cpu")
+        )
+    # an unconditional model ignores the condition: the same image with or without it
+    options = SynthesisOptions(t_start=5)
+    plain = synthesize_volume(model, sketch, options, 0, torch.device("cpu"))
+    given = synthesize_volume(model, sketch, options, 0, torch.device("cpu"), condition=sketch)
+    np.testing.assert_array_equal(plain, given)
