@@ -39,6 +39,9 @@ HIST_RANGE = (-5.0, 5.0)
 # 0.01 picks 600 on that curve: the first t where the sketches' noised histogram is
 # practically that of the real images.
 DEFAULT_KLD_THRESHOLD = 0.01
+# QC-aware choice: t whose KLD is at most this are realistic enough to compete on how many
+# cells they keep (0.1: t=400 on the paper's A. thaliana curve, 0.053, qualifies).
+DEFAULT_QC_MAX_KLD = 0.1
 # backward analysis: each metric of the result denoised from the real image and the sketch
 BACKWARD_SCORES = tuple(
     f"{start}_{m}" for start in ("real", "sketch") for m in ("psnr", "ssim", "mae")
@@ -55,6 +58,9 @@ class NoiseAnalysis:
     n_volumes: int
     normalization: dict[str, float]
     backward: list[dict] = field(default_factory=list)
+    qc: list[dict] = field(default_factory=list)  # phantom / vanished per t (with --qc)
+    qc_t_start: int | None = None
+    qc_max_kld: float | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -66,6 +72,9 @@ class NoiseAnalysis:
             "n_volumes": self.n_volumes,
             "normalization": self.normalization,
             "backward": self.backward,
+            "qc": self.qc,
+            "qc_t_start": self.qc_t_start,
+            "qc_max_kld": self.qc_max_kld,
         }
 
 
@@ -135,7 +144,13 @@ def noise_analysis(
     crop: tuple[int, ...] | None = None,
     device: str = "auto",
     on_progress: Callable[[str], None] | None = None,
+    qc_sketches: Path | None = None,
+    qc_max_kld: float = DEFAULT_QC_MAX_KLD,
 ) -> NoiseAnalysis:
+    """The forward analysis, and with a model the backward one; with QC_SKETCHES (simulated
+    sketches and their masks) also the QC-aware choice of t_start (qc_analysis)."""
+    if qc_sketches is not None and model_run is None:
+        raise InputError("--qc needs --model (it synthesizes the sketches at each t)")
     if bins < 2:
         raise InputError(f"--bins must be >= 2, got {bins}")
     if not timesteps or any(not 0 <= t <= 1000 for t in timesteps):
@@ -185,7 +200,90 @@ def noise_analysis(
         result.backward = backward_analysis(
             model, real, sketch, timesteps, backward_steps, crop, seed, on_progress
         )
+    if qc_sketches is not None:
+        volumes = [v for v in io.read_volumes(qc_sketches)][: max_volumes or None]
+        result.qc = qc_analysis(model, volumes, timesteps, backward_steps, crop, seed, on_progress)
+        result.qc_max_kld = qc_max_kld
+        result.qc_t_start = recommend_t_start_qc(timesteps, kld, result.qc, qc_max_kld)
     return result
+
+
+def phantom_vanished(
+    image: np.ndarray, masks: np.ndarray, voxel_size: tuple[float, ...] | None = None
+) -> dict[str, float]:
+    """Phantom and vanished shares of one synthetic image against its own masks, judged by
+    the classical segmenter (no trained model, no real labels): cells it finds with no
+    mask partner at IoU 0.5, and masks it finds no cell for."""
+    from cellsynth_cli.detect import segment_nuclei
+    from cellsynth_cli.matching import match
+
+    ids, counts = np.unique(masks[masks > 0], return_counts=True)
+    if ids.size == 0:
+        raise InputError("QC needs masks with at least one cell")
+    # the sketch's own cell size (equal-volume radius in in-plane voxels) sets the window
+    if masks.ndim == 2:
+        radius = float(np.median(np.sqrt(counts / np.pi)))
+    else:
+        vs = np.asarray(voxel_size if voxel_size else (1.0, 1.0, 1.0), dtype=float)
+        size = counts * float(np.prod(vs / vs[-1]))
+        radius = float(np.median((size * (3.0 / (4.0 * np.pi))) ** (1 / 3)))
+    lo, hi = np.percentile(image, [1.0, 99.8])
+    unit = np.clip((image - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    found = segment_nuclei(unit, voxel_size, threshold="local", radius=radius)
+    m = match(found, masks, 0.5)
+    n_pred, n_ref = m.tp + m.fp, m.tp + m.fn
+    return {
+        "phantom": m.fp / n_pred if n_pred else 0.0,
+        "vanished": m.fn / n_ref if n_ref else 0.0,
+    }
+
+
+def qc_analysis(
+    model,
+    volumes: list[io.Volume],
+    timesteps: list[int],
+    steps: int | None,
+    crop: tuple[int, ...] | None,
+    seed: int,
+    on_progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """For each t > 0: synthesize every simulated sketch from t and measure how many of its
+    cells the result keeps (phantom / vanished, phantom_vanished)."""
+    from cellsynth_cli.synthesize import SynthesisOptions, synthesize_volume
+
+    usable = [v for v in volumes if v.sketch is not None and v.masks is not None]
+    if not usable:
+        raise InputError("--qc: no simulated sketches with masks there (`cellsynth simulate`)")
+    device = next(model.net.parameters()).device
+    rows = []
+    for t in timesteps:
+        if t == 0:
+            continue
+        options = SynthesisOptions(t_start=t, steps=min(steps, t) if steps else None, batch=4)
+        shares: dict[str, list[float]] = {"phantom": [], "vanished": []}
+        for i, volume in enumerate(usable):
+            sketch, masks = _centre_crop(volume.sketch, crop), _centre_crop(volume.masks, crop)
+            image = synthesize_volume(model, sketch, options, seed + i, device, condition=sketch)
+            for key, value in phantom_vanished(image, masks, volume.voxel_size).items():
+                shares[key].append(value)
+        row = {"t": t, **{k: float(np.mean(v)) for k, v in shares.items()}}
+        rows.append(row)
+        if on_progress:
+            on_progress(f"qc t={t}: phantom {row['phantom']:.0%}, vanished {row['vanished']:.0%}")
+    return rows
+
+
+def recommend_t_start_qc(
+    timesteps: list[int], kld: list[float], qc: list[dict], max_kld: float
+) -> int | None:
+    """Among the t whose KLD is at most max_kld, the one that loses the fewest cells
+    (phantom + vanished; ties go to the larger t, the more realistic)."""
+    kld_at = dict(zip(timesteps, kld, strict=True))
+    candidates = [row for row in qc if kld_at[row["t"]] <= max_kld]
+    if not candidates:
+        return None
+    best = min(candidates, key=lambda row: (row["phantom"] + row["vanished"], -row["t"]))
+    return int(best["t"])
 
 
 def _centre_crop(array: np.ndarray, crop: tuple[int, ...] | None) -> np.ndarray:

@@ -213,3 +213,65 @@ def test_guidance_needs_a_conditional_model(tmp_path):
     plain = synthesize_volume(model, sketch, options, 0, torch.device("cpu"))
     given = synthesize_volume(model, sketch, options, 0, torch.device("cpu"), condition=sketch)
     np.testing.assert_array_equal(plain, given)
+
+
+def test_phantom_and_vanished_cells_are_found_without_a_trained_model():
+    from cellsynth_cli.noise import phantom_vanished
+
+    config = replace(
+        load_preset("nuclei"),
+        {"shape": [128, 128], "radius": [7, 9], "n_cells": [16, 16], "deform_strength": 0.0},
+        source="test",
+    )
+    rng = np.random.default_rng(7)
+    made = get_simulator("nuclei")(config, rng)
+
+    def photograph(sketch):
+        blurred = ndimage.gaussian_filter(sketch, 1.0)
+        return blurred + rng.normal(0, 0.03, sketch.shape).astype(np.float32)
+
+    faithful = phantom_vanished(photograph(made.sketch), made.masks)
+    assert faithful["phantom"] <= 0.1 and faithful["vanished"] <= 0.1
+    # erase half of the cells from the image: they vanished
+    ids = np.unique(made.masks[made.masks > 0])
+    erased = made.sketch * ~np.isin(made.masks, ids[::2])
+    lost = phantom_vanished(photograph(erased), made.masks)
+    assert 0.35 <= lost["vanished"] <= 0.65
+    # the image keeps its cells but half of the masks are gone: the unmatched are phantoms
+    kept_masks = made.masks * np.isin(made.masks, ids[::2])
+    extra = phantom_vanished(photograph(made.sketch), kept_masks)
+    assert 0.35 <= extra["phantom"] <= 0.65 and extra["vanished"] <= 0.1
+
+
+def test_qc_aware_t_start_keeps_the_most_cells_among_realistic_enough_t():
+    from cellsynth_cli.noise import recommend_t_start_qc
+
+    timesteps = [0, 200, 400, 600, 800]
+    kld = [3.0, 0.5, 0.06, 0.004, 0.001]
+    qc = [
+        {"t": 200, "phantom": 0.0, "vanished": 0.0},  # keeps every cell but KLD too high
+        {"t": 400, "phantom": 0.05, "vanished": 0.1},
+        {"t": 600, "phantom": 0.2, "vanished": 0.3},
+        {"t": 800, "phantom": 0.05, "vanished": 0.1},  # a tie with 400: the larger t
+    ]
+    assert recommend_t_start_qc(timesteps, kld, qc, 0.1) == 800
+    qc[3] = {"t": 800, "phantom": 0.4, "vanished": 0.4}
+    assert recommend_t_start_qc(timesteps, kld, qc, 0.1) == 400
+    assert recommend_t_start_qc(timesteps, kld, qc, 0.01) == 600
+    assert recommend_t_start_qc(timesteps, kld, qc, 0.0001) is None
+
+
+def test_noise_analysis_qc_through_the_cli(conditional_run, tmp_path):
+    sim = run_cellsynth(
+        "simulate", "hela", "-n", 1, "-o", tmp_path / "sim", "--shape", "64,64", "--seed", 2
+    )
+    assert sim.returncode == 0, sim.stderr
+    args = ["noise-analysis", "--images", DSB_DIR, "--model", conditional_run, "--t", "0,300,600"]
+    done = run_cellsynth(*args, "--steps", 2, "--qc", tmp_path / "sim", "--crop", "64,64", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert [row["t"] for row in result["qc"]] == [300, 600]
+    assert all(0.0 <= row["phantom"] <= 1.0 for row in result["qc"])
+    assert result["qc_t_start"] in (None, 300, 600)
+    refused = run_cellsynth("noise-analysis", "--images", DSB_DIR, "--qc", tmp_path / "sim")
+    assert refused.returncode == 2 and "--qc needs --model" in refused.stderr

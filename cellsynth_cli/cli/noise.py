@@ -53,6 +53,17 @@ def noise_analysis(
         None, "--max-volumes", help="Backward/forward: only the first N volumes."
     ),
     crop: str = typer.Option(None, "--crop", help="Backward: centre crop, e.g. 128,128."),
+    qc: Path = typer.Option(
+        None,
+        "--qc",
+        help="Simulated sketches with masks (`cellsynth simulate` output; a few small ones "
+        "suffice): with --model, synthesize them from each t, find the cells in the result "
+        "with a classical segmenter (no real labels) and recommend the t that keeps them best "
+        "(fewest phantom + vanished cells) among those with KLD <= --qc-max-kld.",
+    ),
+    qc_max_kld: float = typer.Option(
+        0.1, "--qc-max-kld", help="With --qc: the largest KLD a candidate t may have."
+    ),
     device: Device = "auto",
     out: Path = typer.Option(
         None, "-o", "--out", help="Directory for noise_analysis.json and noise_analysis.png."
@@ -75,6 +86,9 @@ def noise_analysis(
 
         cellsynth noise-analysis          # real/, sketches from its masks
         cellsynth noise-analysis --images real/ --sketches sk/ -o analysis/
+        cellsynth noise-analysis --model runs/latest --qc sim/ --max-volumes 4 --crop 128,128
+
+    With --qc the QC-aware choice is printed on stdout instead (see --qc).
     """
     from cellsynth_cli import io
     from cellsynth_cli.noise import BACKWARD_SCORES, save_plot
@@ -110,6 +124,8 @@ def noise_analysis(
             crop=parse_sizes(crop, "--crop"),
             device=device,
             on_progress=lambda msg: status.update(f"noise analysis: {msg}"),
+            qc_sketches=qc,
+            qc_max_kld=qc_max_kld,
         )
     data = result.to_dict()
     if files:
@@ -145,6 +161,20 @@ def noise_analysis(
                 *(f"{row[k]:.3f}" for k in BACKWARD_SCORES),
             )
         console.print(back)
+    if result.qc:
+        qc_table = Table(title="QC: simulated sketches synthesized from t, cells kept")
+        for col in ("t", "KLD", "phantom", "vanished"):
+            qc_table.add_column(col, justify="right")
+        kld_at = dict(zip(result.timesteps, result.kld, strict=True))
+        for row in result.qc:
+            mark = " <" if row["t"] == result.qc_t_start else ""
+            qc_table.add_row(
+                str(row["t"]),
+                f"{kld_at[row['t']]:.4f}",
+                f"{row['phantom']:.1%}{mark}",
+                f"{row['vanished']:.1%}",
+            )
+        console.print(qc_table)
     if result.recommended_t_start is None:
         console.print(f"no t has KLD below {kld_threshold}; try a higher --kld-threshold")
     else:
@@ -152,6 +182,13 @@ def noise_analysis(
             f"recommended t_start: [bold]{result.recommended_t_start}[/] "
             f"(smallest t with KLD < {kld_threshold})"
         )
+    if qc is not None:
+        console.print(
+            f"QC-aware t_start: [bold]{result.qc_t_start}[/] (fewest phantom + vanished cells "
+            f"with KLD <= {qc_max_kld}); printed on stdout"
+        )
+        typer.echo(str(result.qc_t_start))
+        return
     typer.echo(str(result.recommended_t_start))
 
 
