@@ -3,10 +3,11 @@
 On the bundled 2D image (data/dsb2018, 256 x 512): the left half is the training part, the
 right half is held back for scoring only.
  1. train the DDPM on the training part's image (no labels);
- 2. noise-analysis (from-labels sketches of the training part) picks t_start;
- 3. `cellsynth simulate fit` on the unlabelled training image (no real labels in the
+ 2. `cellsynth simulate fit` on the unlabelled training image (no real labels in the
     synthetic arm) writes a nuclei preset: radius, aspect ratio, count, brightness;
     simulate sketches from it;
+ 3. noise-analysis (from-labels sketches of the training part) picks t_start (or, with
+    EXPERIMENT_T_RULE=qc, the simulated sketches' phantom/vanished count does);
  4. synthesize them and train Cellpose on the synthetic images + simulated masks only;
  5. baseline: Cellpose on the real labelled training part;
  6. score both on the held-back part; write experiment_out/report.md and a PNG;
@@ -17,7 +18,10 @@ Budgets shrink with EXPERIMENT_FAST=1 (a smoke run of a few minutes). Environmen
 EXPERIMENT_OUT, EXPERIMENT_DDPM_STEPS, EXPERIMENT_N_SYNTHETIC, EXPERIMENT_EPOCHS,
 EXPERIMENT_T_START (overrides the noise analysis), EXPERIMENT_REUSE_DDPM=1,
 EXPERIMENT_REUSE_REAL=1 (keep the real-label Cellpose of an earlier run: it does not depend
-on the synthetic side).
+on the synthetic side). Issue-12 variants: EXPERIMENT_SEED (DDPM and synthesis seed),
+EXPERIMENT_CONDITION=pseudo-sketch (a sketch-conditioned DDPM), EXPERIMENT_GUIDANCE=w
+(classifier-free guidance), EXPERIMENT_T_RULE=qc (t_start from `noise-analysis --qc` on the
+simulated sketches instead of the KLD rule).
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ BUDGET = {
     "n_synthetic": int(os.environ.get("EXPERIMENT_N_SYNTHETIC", 4 if FAST else 16)),
     "seg_epochs": int(os.environ.get("EXPERIMENT_EPOCHS", 30 if FAST else 300)),
     "steps": 20 if FAST else 50,
+}
+VARIANT = {
+    "seed": int(os.environ.get("EXPERIMENT_SEED", 0)),
+    "condition": os.environ.get("EXPERIMENT_CONDITION", "none"),
+    "guidance": float(os.environ.get("EXPERIMENT_GUIDANCE", 1.0)),
+    "t_rule": os.environ.get("EXPERIMENT_T_RULE", "kld"),
 }
 # Both Cellpose arms draw the same number of images per epoch (with replacement: the real
 # arm has one image), so they get the same number of optimizer steps and training crops.
@@ -91,7 +101,30 @@ def train_ddpm(unlabelled: Path) -> None:
         "5e-4",
         "--checkpoint-every",
         "500",
+        "--seed",
+        str(VARIANT["seed"]),
+        "--condition",
+        VARIANT["condition"],
         "--overwrite",
+    )
+
+
+# QC-aware t_start: 4 simulated sketches synthesized from each t, cells counted
+QC_ARGS = ["--qc", str(OUT / "sim"), "--max-volumes", "4"]
+
+
+def reusable_ddpm() -> bool:
+    """EXPERIMENT_REUSE_DDPM=1 and a finished model of this variant is there."""
+    try:
+        made = json.loads((OUT / "ddpm" / "config.json").read_text())["train"]
+    except (OSError, KeyError, ValueError):
+        return False
+    return (
+        os.environ.get("EXPERIMENT_REUSE_DDPM") == "1"
+        and (OUT / "ddpm" / "checkpoint.pt").exists()
+        and made.get("condition", "none") == VARIANT["condition"]
+        and made.get("seed", 0) == VARIANT["seed"]
+        and made.get("steps") == BUDGET["ddpm_steps"]
     )
 
 
@@ -100,13 +133,37 @@ def main() -> None:
     train, test = split_data()
     unlabelled = OUT / "real_train_unlabelled"
 
-    if os.environ.get("EXPERIMENT_REUSE_DDPM") == "1" and (OUT / "ddpm" / "checkpoint.pt").exists():
+    if reusable_ddpm():
         print("== 1 train DDPM: reusing the existing model (EXPERIMENT_REUSE_DDPM=1)")
     else:
         train_ddpm(unlabelled)
 
+    fitted = json.loads(
+        stage(
+            "2 simulate",
+            "simulate",
+            "fit",
+            "--data",
+            str(unlabelled),
+            "-o",
+            str(OUT / "fit.toml"),
+            "--overwrite",
+            "--json",
+        )
+    )
     stage(
-        "2 noise analysis",
+        "2 simulate",
+        "simulate",
+        str(OUT / "fit.toml"),
+        "-n",
+        str(BUDGET["n_synthetic"]),
+        "-o",
+        str(OUT / "sim"),
+        "--overwrite",
+    )
+
+    stage(
+        "3 noise analysis",
         "simulate",
         "from-labels",
         "--data",
@@ -117,7 +174,7 @@ def main() -> None:
     )
     analysis = json.loads(
         stage(
-            "2 noise analysis",
+            "3 noise analysis",
             "noise-analysis",
             "--images",
             str(train),
@@ -131,34 +188,15 @@ def main() -> None:
             "128,128",
             "-o",
             str(OUT / "noise"),
-            "--json",
-        )
-    )
-    t_start = int(os.environ.get("EXPERIMENT_T_START", 0)) or analysis["recommended_t_start"] or 600
-
-    fitted = json.loads(
-        stage(
-            "3 simulate",
-            "simulate",
-            "fit",
-            "--data",
-            str(unlabelled),
-            "-o",
-            str(OUT / "fit.toml"),
             "--overwrite",
             "--json",
+            *(QC_ARGS if VARIANT["t_rule"] == "qc" else []),
         )
     )
-    stage(
-        "3 simulate",
-        "simulate",
-        str(OUT / "fit.toml"),
-        "-n",
-        str(BUDGET["n_synthetic"]),
-        "-o",
-        str(OUT / "sim"),
-        "--overwrite",
-    )
+    t_start = analysis["recommended_t_start"] or 600
+    if VARIANT["t_rule"] == "qc":
+        t_start = analysis["qc_t_start"] or t_start
+    t_start = int(os.environ.get("EXPERIMENT_T_START", 0)) or t_start
 
     stage(
         "4 synthesize",
@@ -173,6 +211,9 @@ def main() -> None:
         str(t_start),
         "--steps",
         str(BUDGET["steps"]),
+        "--seed",
+        str(VARIANT["seed"]),
+        *(["--guidance", str(VARIANT["guidance"])] if VARIANT["condition"] != "none" else []),
         "--overwrite",
     )
     # both arms: the same Cellpose recipe, steps and crops; only the training data differ
@@ -291,6 +332,7 @@ def write_report(t_start: int, fitted: dict, scores: dict, analysis: dict, qc: d
     text = f"""# Annotation-free segmentation experiment
 
 Data: data/dsb2018 (256 x 512); left half = training part, right half = held back.
+Variant: {json.dumps(VARIANT)}.
 Budgets: DDPM {ddpm_summary()}, {BUDGET["n_synthetic"]} synthetic images,
 {BUDGET["seg_epochs"]} Cellpose epochs of {IMAGES_PER_EPOCH} images for each arm (the real arm
 draws its one image {IMAGES_PER_EPOCH} times): the same number of optimizer steps and
@@ -298,7 +340,8 @@ crops{" (FAST smoke run)" if FAST else ""}.
 
 `simulate fit` on the unlabelled training image ({OUT / "fit.toml"}, picture fit.png):
 {"; ".join(f"{k} {v}" for k, v in fitted["estimates"].items())}.
-Noise analysis recommended t_start = {analysis["recommended_t_start"]}; used {t_start}
+Noise analysis recommended t_start = {analysis["recommended_t_start"]} (KLD rule),
+{analysis.get("qc_t_start")} (QC rule, with EXPERIMENT_T_RULE=qc); used {t_start}
 (KLD {", ".join(f"{k:.3f}" for k in analysis["kld"])} at t = {analysis["timesteps"]}).
 
 | Cellpose trained on | Dice | AP@0.5 | AP@0.75 | F1@0.5 |
