@@ -10,7 +10,7 @@ TORCH_SPEC     ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS    ?=
 
-.PHONY: install demo test test-fast bench bench-gpu lint experiment experiment-3d clean
+.PHONY: install demo demo-full bundled-model test test-fast bench bench-gpu lint experiment experiment-3d clean
 
 install: $(STAMP)
 
@@ -33,6 +33,12 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/cellsynth --version
 	bash scripts/demo.sh
+
+demo-full: $(STAMP)
+	bash scripts/demo_full.sh
+
+bundled-model: $(STAMP)
+	$(PY) scripts/bundled_model.py
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -57,4 +63,4 @@ experiment-3d: $(STAMP)
 	$(PY) scripts/experiment_3d.py
 
 clean:
-	rm -rf $(VENV) demo_out experiment_out experiment_3d_out .pytest_cache
+	rm -rf $(VENV) demo_out demo_full_out bundled_build experiment_out experiment_3d_out .pytest_cache

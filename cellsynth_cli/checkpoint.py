@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from cellsynth_cli import bundled
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.io import file_checksum
 
@@ -21,8 +22,11 @@ FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def checkpoint_path(run: Path) -> Path:
-    """RUN/checkpoint.pt for a run directory, or the file itself."""
+def checkpoint_path(run: Path | str) -> Path:
+    """RUN/checkpoint.pt for a run directory, or the file itself; bundled:NAME for a model
+    that ships with the package (bundled.py)."""
+    if bundled.is_bundled(run):
+        run = bundled.resolve(run)
     run = Path(run)
     return run / CHECKPOINT_NAME if run.is_dir() else run
 
@@ -69,6 +73,7 @@ class TrainedModel:
     step: int
     checksum: str
     path: Path
+    provenance: dict[str, Any] | None = None  # how a bundled model was made
 
 
 def load_model(run: Path, device: torch.device | str = "cpu") -> TrainedModel:
@@ -92,4 +97,5 @@ def load_model(run: Path, device: torch.device | str = "cpu") -> TrainedModel:
         step=int(state["step"]),
         checksum=file_checksum(path),
         path=path.resolve(),  # the run itself, not a link such as runs/latest
+        provenance=state.get("provenance"),
     )

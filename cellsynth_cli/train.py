@@ -218,6 +218,10 @@ def train(
     state = None
     if resume:
         state = read_checkpoint(run)
+        if "optimizer" not in state or "model" not in state:
+            raise InputError(
+                f"{run} holds weights only (a bundled or exported model): it cannot be resumed"
+            )
         saved = dict(state["config"])
         # a resumed run keeps its configuration; only the step budget may grow
         config = TrainConfig(

@@ -1,23 +1,47 @@
-"""Side-by-side figure for the demo and README: sketch | synthetic | real (first volumes)."""
+"""The demo picture: per synthetic image, sketch | synthetic with its mask outlines; then a
+real crop of the same size, for comparison (2D)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from cellsynth_cli import io
-from cellsynth_cli.preview import save_panels
 
 
-def main(synth_dir: str, real_dir: str, out: str) -> None:
+def _display(image: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(image, [0.5, 99.8])
+    return np.clip((image - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+
+
+def main(synth_dir: str, real_dir: str, out: str, n: int = 2) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.segmentation import mark_boundaries
+
     real = next(io.read_volumes(Path(real_dir)))
-    rows = []
-    for volume in list(io.read_volumes(Path(synth_dir)))[:3]:
-        rows.append((f"sketch {volume.name}", volume.sketch, False))
-        rows.append(("synthetic", volume.image, False))
-    h, w = rows[0][1].shape
-    rows.append(("real (crop)", real.image[:h, :w], False))
-    save_panels(Path(out), rows)
+    panels = []
+    for volume in list(io.read_volumes(Path(synth_dir)))[:n]:
+        panels.append((f"sketch {volume.name}", _display(volume.sketch)))
+        shown = mark_boundaries(_display(volume.image), volume.masks, color=(1.0, 0.35, 0.2))
+        panels.append(("synthetic + its masks", shown))
+    h, w = panels[0][1].shape[:2]
+    panels.append(("real (held-back crop)", _display(real.image[:h, :w])))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.5))
+    for ax, (title, image) in zip(axes, panels, strict=True):
+        ax.imshow(image, cmap="gray", interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    tmp = Path(out).with_name(f".{Path(out).name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
     print(f"wrote {out}")
 
 

@@ -33,8 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+import dsb_halves  # scripts/: the same halves as the demo and the bundled model
 import numpy as np
-import tifffile
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = Path(os.environ.get("EXPERIMENT_OUT", REPO / "experiment_out"))
@@ -69,18 +69,8 @@ def stage(name: str, *args: str) -> str:
 
 
 def split_data() -> tuple[Path, Path]:
-    image = tifffile.imread(REPO / "data" / "dsb2018" / "dsb2018.tif")
-    masks = tifffile.imread(REPO / "data" / "dsb2018" / "dsb2018_masks.tif")
-    train, test = OUT / "real_train", OUT / "real_test"
-    for folder, sl in ((train, np.s_[:, :256]), (test, np.s_[:, 256:])):
-        folder.mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(folder / "dsb.tif", image[sl])
-        tifffile.imwrite(folder / "dsb_masks.tif", masks[sl])
-    # the DDPM and the blob detector see the image only
-    unlabelled = OUT / "real_train_unlabelled"
-    unlabelled.mkdir(exist_ok=True)
-    tifffile.imwrite(unlabelled / "dsb.tif", image[:, :256])
-    return train, test
+    folders = dsb_halves.split(OUT)
+    return folders["real_train"], folders["real_test"]
 
 
 def train_ddpm(unlabelled: Path) -> None:
