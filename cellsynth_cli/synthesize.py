@@ -316,7 +316,8 @@ def synthesize_one(
         voxel_size=volume.voxel_size,
         provenance=io.provenance(
             "synthesize",
-            model=str(model.path),
+            # a bundled model by its name: its install path differs from machine to machine
+            model=model.provenance["name"] if model.provenance else str(model.path),
             model_checksum=model.checksum,
             model_step=model.step,
             t_start=options.t_start,

@@ -45,7 +45,7 @@ def noise_analysis(
     model: Path = typer.Option(
         None,
         "--model",
-        help="A trained run: use its intensity normalisation and also run "
+        help="A trained run (or bundled:NAME): use its intensity normalisation and also run "
         "the backward analysis (denoise from each t, score against the real image).",
     ),
     steps: int = typer.Option(50, "--steps", help="Backward: sampler steps per t (fast)."),

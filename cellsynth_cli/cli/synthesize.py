@@ -26,7 +26,9 @@ from cellsynth_cli.cli.train import parse_sizes
 def synthesize(
     model: path_option(
         ("--model",),
-        "Run directory (or checkpoint.pt) of `cellsynth train`.",
+        "Run directory (or checkpoint.pt) of `cellsynth train`, or bundled:NAME for a model "
+        "that ships with cellsynth (bundled:dsb2018-nuclei: a small demo model for 2D "
+        "fluorescence nuclei, not a general one).",
         f"{workdir.RUNS}/{workdir.LATEST}",
     ) = None,
     sketches: path_option(
@@ -105,6 +107,7 @@ def synthesize(
 
         cellsynth synthesize --t-start 600      # runs/latest, sim/ -> synth/
         cellsynth synthesize --model runs/nuclei --sketches sim/ -o synth/
+        cellsynth synthesize --model bundled:dsb2018-nuclei --t-start 500 --steps 50
         cellsynth synthesize --t-start 400 --steps 50 --resume
         cellsynth synthesize --steps 50 --cluster local:2          # 2 worker processes
         cellsynth synthesize --steps 50 --cluster tcp://head:8786  # a running Dask scheduler

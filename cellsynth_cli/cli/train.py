@@ -92,9 +92,9 @@ def train(
         "--condition",
         help="none: the paper's unconditional DDPM (synthesis follows a sketch only through "
         "t_start). pseudo-sketch: the network also sees a sketch of each training image, made "
-        "without annotations (nuclei segmented by Otsu + watershed, filled with their mean "
-        "intensity; RUN/pseudo-sketch.png shows one), and synthesis follows the simulated "
-        "sketch at every step.",
+        "without annotations (nuclei segmented by a local threshold + watershed, filled with "
+        "their mean intensity; RUN/pseudo-sketch.png shows one), and synthesis follows the "
+        "simulated sketch at every step.",
     ),
     condition_dropout: float = typer.Option(
         0.1,
