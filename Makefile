@@ -10,7 +10,7 @@ TORCH_SPEC     ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS    ?=
 
-.PHONY: install demo demo-full bundled-model test test-fast bench bench-gpu lint experiment experiment-3d clean
+.PHONY: install demo demo-full bundled-model test test-fast bench bench-gpu lint experiment experiment-3d study clean
 
 install: $(STAMP)
 
@@ -62,5 +62,9 @@ experiment: $(STAMP)
 experiment-3d: $(STAMP)
 	$(PY) scripts/experiment_3d.py
 
+# issue 12: experiment variants x DDPM seeds in one table (hours on a CPU; STUDY_ARGS="--rows paper --seeds 0")
+study: $(STAMP)
+	$(PY) scripts/study.py $(STUDY_ARGS)
+
 clean:
-	rm -rf $(VENV) demo_out demo_full_out bundled_build experiment_out experiment_3d_out .pytest_cache
+	rm -rf $(VENV) demo_out demo_full_out bundled_build experiment_out experiment_3d_out experiment_study .pytest_cache

@@ -351,6 +351,17 @@ errors (F1 {scores["real"]["summary"]["f1"]["mean"]:.3f} on real held-back data)
 {timing_rows}
 """
     (OUT / "report.md").write_text(text)
+    # the same numbers for scripts/study.py, which averages variants over seeds
+    results = {
+        "variant": VARIANT,
+        "budget": BUDGET,
+        "t_start": t_start,
+        "ddpm": ddpm_summary(),
+        "scores": {arm: scores[arm]["summary"] for arm in scores},
+        "qc": {"phantom": phantom, "vanished": vanished, "volumes": len(qc["volumes"])},
+        "seconds": timings,
+    }
+    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(text)
 
 

@@ -1,0 +1,152 @@
+"""The issue-12 study: `make experiment` variants, each over several DDPM seeds, in one table.
+
+Every row is scripts/experiment.py with the same held-back half, Cellpose recipe and step
+budget; only the synthetic side changes. Rows that differ only after the DDPM share it
+(paper and +QC t_start share the unconditional model of each seed; conditional and
+conditional + guidance share the conditional one), and every run shares the real-label
+Cellpose of the first run (it does not depend on the synthetic side).
+
+    python scripts/study.py                    # all rows x seeds 0,1,2 (hours on a CPU)
+    python scripts/study.py --rows paper,conditional --seeds 0
+    python scripts/study.py --table-only       # just (re)write the table from finished runs
+
+Runs go to experiment_study/<row>-s<seed>/ (report.md, results.json each); the table to
+experiment_study/study.md. A run whose results.json exists is not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+STUDY = Path(os.environ.get("STUDY_OUT", REPO / "experiment_study"))
+# row -> the experiment's environment; "ddpm" names the row whose model it reuses
+ROWS: dict[str, dict[str, str]] = {
+    "paper": {"EXPERIMENT_CONDITION": "none", "EXPERIMENT_T_RULE": "kld"},
+    "qc-t": {"EXPERIMENT_CONDITION": "none", "EXPERIMENT_T_RULE": "qc", "ddpm": "paper"},
+    "conditional": {"EXPERIMENT_CONDITION": "pseudo-sketch", "EXPERIMENT_T_RULE": "kld"},
+    "conditional+guidance": {
+        "EXPERIMENT_CONDITION": "pseudo-sketch",
+        "EXPERIMENT_T_RULE": "kld",
+        "EXPERIMENT_GUIDANCE": "2",
+        "ddpm": "conditional",
+    },
+}
+LABELS = {
+    "paper": "paper method (unconditional, KLD t_start)",
+    "qc-t": "+ QC-aware t_start",
+    "conditional": "conditional model (pseudo-sketches)",
+    "conditional+guidance": "conditional + guidance w = 2",
+}
+METRICS = ("dice", "ap@0.5", "ap@0.75", "f1")
+
+
+def run_dir(row: str, seed: int) -> Path:
+    return STUDY / f"{row}-s{seed}"
+
+
+def share(source: Path, target: Path) -> None:
+    """Give a run a finished part of another run (a relative link: no copy)."""
+    if source.exists() and not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(os.path.relpath(source, target.parent))
+
+
+def run(row: str, seed: int, first_real: Path | None) -> None:
+    out = run_dir(row, seed)
+    if (out / "results.json").exists():
+        print(f"== {out.name}: done earlier")
+        return
+    settings = dict(ROWS[row])
+    env = {**os.environ, "EXPERIMENT_OUT": str(out), "EXPERIMENT_SEED": str(seed)}
+    shared_ddpm = settings.pop("ddpm", None)
+    if shared_ddpm is not None:
+        share(run_dir(shared_ddpm, seed) / "ddpm", out / "ddpm")
+        env["EXPERIMENT_REUSE_DDPM"] = "1"
+    if first_real is not None:
+        share(first_real, out / "seg_real")
+        env["EXPERIMENT_REUSE_REAL"] = "1"
+    env.update(settings)
+    print(f"== {out.name}: {settings}", flush=True)
+    with open(STUDY / f"{out.name}.log", "w") as log:
+        done = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "experiment.py")], stdout=log, stderr=log
+        )
+    if done.returncode != 0:
+        print(f"   failed (exit {done.returncode}); see {STUDY / (out.name + '.log')}")
+
+
+def spread(values: list[float], fmt: str = "{:.3f}") -> str:
+    """mean, and min-max over seeds when there is more than one."""
+    text = fmt.format(np.mean(values))
+    if len(values) > 1:
+        text += f" ({fmt.format(min(values))}–{fmt.format(max(values))})"
+    return text
+
+
+def table() -> str:
+    lines = [
+        "| row | seeds | t_start | Dice | AP@0.5 | AP@0.75 | F1 | phantom | vanished | "
+        "min of compute |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    real = []
+    for row in ROWS:
+        results = [json.loads(p.read_text()) for p in sorted(STUDY.glob(f"{row}-s*/results.json"))]
+        if not results:
+            continue
+        real += [r["scores"]["real"] for r in results]
+        cells = [spread([r["scores"]["synthetic"][m]["mean"] for r in results]) for m in METRICS]
+        qc = [
+            spread([r["qc"][k] * 100 for r in results], "{:.0f} %") for k in ("phantom", "vanished")
+        ]
+        minutes = [
+            sum(v for k, v in r["seconds"].items() if "real labels" not in k) / 60 for r in results
+        ]
+        seeds = ",".join(str(r["variant"]["seed"]) for r in results)
+        t_starts = ",".join(str(r["t_start"]) for r in results)
+        lines.append(
+            f"| {LABELS[row]} | {seeds} | {t_starts} | {' | '.join(cells)} | "
+            f"{' | '.join(qc)} | {spread(minutes, '{:.0f}')} |"
+        )
+    if real:
+        cells = [f"{real[0][m]['mean']:.3f}" for m in METRICS]
+        lines.append(
+            f"| real labels (one model, shared) | – | – | {' | '.join(cells)} | – | – | – |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated: " + ",".join(ROWS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    STUDY.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+        unknown = sorted(set(rows) - set(ROWS))
+        if unknown:
+            sys.exit(f"unknown rows {unknown}; rows: {', '.join(ROWS)}")
+        seeds = [int(s) for s in args.seeds.split(",")]
+        first_real = next(iter(sorted(STUDY.glob("*-s*/seg_real/segmenter.json"))), None)
+        for seed in seeds:
+            for row in rows:
+                run(row, seed, first_real.parent if first_real else None)
+                found = sorted(STUDY.glob("*-s*/seg_real/segmenter.json"))
+                first_real = first_real or (found[0] if found else None)
+    text = "# Study: synthetic-only Cellpose on the held-back half\n\n" + table() + "\n"
+    (STUDY / "study.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
