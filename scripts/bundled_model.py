@@ -2,9 +2,9 @@
 
 The exact recipe (TRAIN_ARGS below, the same as `make experiment`'s DDPM): `cellsynth train`
 on the left half of data/dsb2018 (image only, 256 x 256), 6000 steps of batch 8 at patch
-128 x 128, seed 0; about 90 min on a 2-core CPU, a few minutes on a GPU. The export keeps
-the EMA weights (fp32, ~4 MB), the network's configuration, the intensity normalisation and
-a provenance record; config.json, loss.csv and loss.png go beside it.
+128 x 128, seed 0; about 35-40 min on a 2-core CPU (0.33 s/step), a few minutes on a GPU.
+The export keeps the EMA weights (fp32, ~4 MB), the network's configuration, the intensity
+normalisation and a provenance record; config.json, loss.csv and loss.png go beside it.
 
     python scripts/bundled_model.py                      # train into bundled_build/, export
     python scripts/bundled_model.py --from-run RUN       # export a run made with TRAIN_ARGS
