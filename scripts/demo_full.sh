@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make demo-full`: the whole annotation-free story with nothing pre-trained, <= 30 min on a
-# 2-core CPU: train a DDPM on the unlabelled training half of data/dsb2018, fit + simulate
+# 2-core CPU (13.5 min measured): train a DDPM on the unlabelled training half of data/dsb2018, fit + simulate
 # sketches, synthesize, train Cellpose on the synthetic images only, segment the held-back
 # half and score it against its real labels (used for scoring only).
 set -euo pipefail
@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 OUT=${DEMO_OUT:-demo_full_out}
 CS=${CELLSYNTH:-.venv/bin/cellsynth}
 PY=${PYTHON_BIN:-.venv/bin/python}
-STEPS=${DEMO_FULL_STEPS:-1200}    # DDPM steps (~0.8 s each on a 2-core CPU)
+STEPS=${DEMO_FULL_STEPS:-1200}    # DDPM steps (~0.4 s each on a 2-core CPU)
 EPOCHS=${DEMO_FULL_EPOCHS:-60}    # Cellpose epochs of 16 images
 start=$(date +%s)
 stamp() { echo "   ($(( $(date +%s) - start )) s so far)"; }
