@@ -78,7 +78,10 @@ def run(row: str, seed: int, first_real: Path | None) -> None:
     print(f"== {out.name}: {settings}", flush=True)
     with open(STUDY / f"{out.name}.log", "w") as log:
         done = subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "experiment.py")], stdout=log, stderr=log
+            [sys.executable, str(REPO / "scripts" / "experiment.py")],
+            env=env,
+            stdout=log,
+            stderr=log,
         )
     if done.returncode != 0:
         print(f"   failed (exit {done.returncode}); see {STUDY / (out.name + '.log')}")
