@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make demo-full`: the whole annotation-free story with nothing pre-trained, <= 30 min on a
-# 2-core CPU (13.5 min measured): train a DDPM on the unlabelled training half of data/dsb2018, fit + simulate
-# sketches, synthesize, train Cellpose on the synthetic images only, segment the held-back
-# half and score it against its real labels (used for scoring only).
+# 2-core CPU (13.5 min measured): train a DDPM on the unlabelled training half of
+# data/dsb2018, fit + simulate sketches, synthesize, train Cellpose on the synthetic images
+# only, segment the held-back half and score it against its real labels (used for scoring
+# only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${DEMO_OUT:-demo_full_out}

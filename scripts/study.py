@@ -60,6 +60,12 @@ def share(source: Path, target: Path) -> None:
         target.symlink_to(os.path.relpath(source, target.parent))
 
 
+def finished_real_arm() -> Path | None:
+    """The real-label Cellpose of an earlier run (all runs share one), if there is one."""
+    found = sorted(STUDY.glob("*-s*/seg_real/segmenter.json"))
+    return found[0].parent if found else None
+
+
 def run(row: str, seed: int, first_real: Path | None) -> None:
     out = run_dir(row, seed)
     if (out / "results.json").exists():
@@ -149,12 +155,9 @@ def main() -> None:
         if unknown:
             sys.exit(f"unknown rows {unknown}; rows: {', '.join(ROWS)}")
         seeds = [int(s) for s in args.seeds.split(",")]
-        first_real = next(iter(sorted(STUDY.glob("*-s*/seg_real/segmenter.json"))), None)
         for seed in seeds:
             for row in rows:
-                run(row, seed, first_real.parent if first_real else None)
-                found = sorted(STUDY.glob("*-s*/seg_real/segmenter.json"))
-                first_real = first_real or (found[0] if found else None)
+                run(row, seed, finished_real_arm())
     text = "# Study: synthetic-only Cellpose on the held-back half\n\n" + table() + "\n"
     (STUDY / "study.md").write_text(text)
     print(text)
