@@ -210,12 +210,12 @@ def noise_analysis(
 
 def phantom_vanished(
     image: np.ndarray, masks: np.ndarray, voxel_size: tuple[float, ...] | None = None
-) -> dict[str, float]:
+) -> dict:
     """Phantom and vanished shares of one synthetic image against its own masks, judged by
     the classical segmenter (no trained model, no real labels): cells it finds with no
-    mask partner at IoU 0.5, and masks it finds no cell for."""
+    mask partner at IoU 0.5, and masks it finds no cell for (segment.match_counts)."""
     from cellsynth_cli.detect import segment_nuclei
-    from cellsynth_cli.matching import match
+    from cellsynth_cli.segment import match_counts
 
     ids, counts = np.unique(masks[masks > 0], return_counts=True)
     if ids.size == 0:
@@ -230,12 +230,7 @@ def phantom_vanished(
     lo, hi = np.percentile(image, [1.0, 99.8])
     unit = np.clip((image - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     found = segment_nuclei(unit, voxel_size, threshold="local", radius=radius)
-    m = match(found, masks, 0.5)
-    n_pred, n_ref = m.tp + m.fp, m.tp + m.fn
-    return {
-        "phantom": m.fp / n_pred if n_pred else 0.0,
-        "vanished": m.fn / n_ref if n_ref else 0.0,
-    }
+    return match_counts(found, masks)
 
 
 def qc_analysis(
@@ -264,8 +259,9 @@ def qc_analysis(
         for i, volume in enumerate(usable):
             sketch, masks = _centre_crop(volume.sketch, crop), _centre_crop(volume.masks, crop)
             image = synthesize_volume(model, sketch, options, seed + i, device, condition=sketch)
-            for key, value in phantom_vanished(image, masks, volume.voxel_size).items():
-                shares[key].append(value)
+            counts = phantom_vanished(image, masks, volume.voxel_size)
+            for key in shares:
+                shares[key].append(counts[key])
         row = {"t": t, **{k: float(np.mean(v)) for k, v in shares.items()}}
         rows.append(row)
         if on_progress:

@@ -36,6 +36,8 @@ CONFIG_FILE = "segmenter.json"
 DIAM_MEAN = 30.0  # cellpose rescales every training image so cells have this diameter
 SLICES = ("all", "xy")  # 3D training: xy + xz + yz slices, or xy slices only
 MODES = ("3d", "stitch")  # 3D prediction: Cellpose's 3D mode, or 2D masks stitched across z
+# QC judges: a trained Cellpose folder, or the classical segmenter (no model, no labels)
+JUDGES = ("model", "classical")
 STITCH_THRESHOLD = 0.5  # IoU that joins 2D masks of neighbouring z slices into one cell
 
 
@@ -497,7 +499,7 @@ def score(pred_dir: Path, ref_dir: Path) -> dict:
 class QCJob:
     """One synthetic volume to check against its own masks (in-process or on a worker)."""
 
-    model_dir: Path
+    model_dir: Path | None  # None: the classical judge
     model_checksum: str
     path: Path
     mode: str
@@ -506,17 +508,27 @@ class QCJob:
 
 def qc_one(job: QCJob) -> dict:
     """Phantom and vanished fractions of one synthetic volume (no file is written)."""
+    from cellsynth_cli.noise import phantom_vanished
+
     volume = io.read_volume(job.path)
     if volume.image is None or volume.masks is None:
         raise InputError(f"{job.path}: QC needs a synthetic image with its simulated masks")
-    model, config = cached_segmenter(job.model_dir, job.model_checksum, job.device)
-    anisotropy = z_anisotropy(volume.voxel_size)
-    predicted = segment_image(model, config, volume.image, job.mode, anisotropy)
-    m = match(predicted, volume.masks, 0.5)
+    if job.model_dir is None:
+        counts = phantom_vanished(volume.image, volume.masks, volume.voxel_size)
+    else:
+        model, config = cached_segmenter(job.model_dir, job.model_checksum, job.device)
+        anisotropy = z_anisotropy(volume.voxel_size)
+        predicted = segment_image(model, config, volume.image, job.mode, anisotropy)
+        counts = match_counts(predicted, volume.masks)
+    return {"name": volume.name, "path": str(job.path), **counts}
+
+
+def match_counts(predicted: np.ndarray, masks: np.ndarray) -> dict:
+    """Phantom (predicted, not in the masks) and vanished (in the masks, not predicted)
+    shares at IoU 0.5, with the two cell counts."""
+    m = match(predicted, masks, 0.5)
     n_pred, n_ref = m.tp + m.fp, m.tp + m.fn
     return {
-        "name": volume.name,
-        "path": str(job.path),
         "phantom": m.fp / n_pred if n_pred else 0.0,
         "vanished": m.fn / n_ref if n_ref else 0.0,
         "n_predicted": n_pred,
@@ -525,7 +537,7 @@ def qc_one(job: QCJob) -> dict:
 
 
 def quality_control(
-    model_dir: Path,
+    model_dir: Path | None,
     data: Path,
     max_phantom: float = 1.0,
     max_vanished: float = 1.0,
@@ -534,8 +546,13 @@ def quality_control(
     device: str = "auto",
     mode: str = "3d",
     cluster: str | None = None,
+    judge: str = "model",
 ) -> dict:
     """Segment each synthetic image; compare with its own simulated masks (IoU >= 0.5).
+
+    judge "model": the Cellpose of model_dir segments; "classical": the classical segmenter
+    (local threshold + watershed at the masks' own cell size; no model, no labels, so an
+    annotation-free pipeline can clean its training set with it).
 
     3D volumes are segmented as `predict` does with the same mode, so QC judges the data
     the way the segmenter will be used. One task per volume on a Dask cluster with `cluster`
@@ -547,11 +564,16 @@ def quality_control(
     from cellsynth_cli import cluster as dask_cluster
 
     _check_choice(mode, MODES, "--mode")
+    _check_choice(judge, JUDGES, "--judge")
     dask_cluster.parse_cluster(cluster)
-    segmenter_config(model_dir)  # a bad model folder is reported before any work
-    checksum = io.file_checksum(Path(model_dir) / MODEL_FILE)
+    if judge == "classical":
+        model_dir, checksum = None, ""
+    else:
+        segmenter_config(model_dir)  # a bad model folder is reported before any work
+        model_dir = Path(model_dir)
+        checksum = io.file_checksum(model_dir / MODEL_FILE)
     paths = io.list_volumes(data)
-    jobs = [QCJob(Path(model_dir), checksum, path, mode, device) for path in paths]
+    jobs = [QCJob(model_dir, checksum, path, mode, device) for path in paths]
     _SEGMENTERS.clear()  # in this process: load the model as it is now, once for this call
     rows = dask_cluster.run_per_volume(
         qc_one,
@@ -581,4 +603,5 @@ def quality_control(
         "failed": [r["name"] for r in failed],
         "max_phantom": max_phantom,
         "max_vanished": max_vanished,
+        "judge": judge,
     }

@@ -21,13 +21,17 @@ EXPERIMENT_REUSE_REAL=1 (keep the real-label Cellpose of an earlier run: it does
 on the synthetic side). Issue-12 variants: EXPERIMENT_SEED (DDPM and synthesis seed),
 EXPERIMENT_CONDITION=pseudo-sketch (a sketch-conditioned DDPM), EXPERIMENT_GUIDANCE=w
 (classifier-free guidance), EXPERIMENT_T_RULE=qc (t_start from `noise-analysis --qc` on the
-simulated sketches instead of the KLD rule).
+simulated sketches instead of the KLD rule), EXPERIMENT_QC_FILTER=x (drop synthetic images
+whose phantom or vanished share, judged by the classical segmenter, is above x, before
+Cellpose trains), EXPERIMENT_N_SYNTHETIC with EXPERIMENT_IMAGES_PER_EPOCH (more synthetic
+images at the same Cellpose step budget).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -51,10 +55,11 @@ VARIANT = {
     "condition": os.environ.get("EXPERIMENT_CONDITION", "none"),
     "guidance": float(os.environ.get("EXPERIMENT_GUIDANCE", 1.0)),
     "t_rule": os.environ.get("EXPERIMENT_T_RULE", "kld"),
+    "qc_filter": float(os.environ.get("EXPERIMENT_QC_FILTER", 1.0)),
 }
 # Both Cellpose arms draw the same number of images per epoch (with replacement: the real
 # arm has one image), so they get the same number of optimizer steps and training crops.
-IMAGES_PER_EPOCH = BUDGET["n_synthetic"]
+IMAGES_PER_EPOCH = int(os.environ.get("EXPERIMENT_IMAGES_PER_EPOCH", 4 if FAST else 16))
 timings: dict[str, float] = {}
 
 
@@ -206,6 +211,8 @@ def main() -> None:
         *(["--guidance", str(VARIANT["guidance"])] if VARIANT["condition"] != "none" else []),
         "--overwrite",
     )
+    if VARIANT["qc_filter"] < 1.0:
+        filter_synthetic(VARIANT["qc_filter"])
     # both arms: the same Cellpose recipe, steps and crops; only the training data differ
     for name, data, arm in (
         ("4 segment train (synthetic)", OUT / "synth", "synthetic"),
@@ -273,6 +280,33 @@ def main() -> None:
     write_report(t_start, fitted, scores, analysis, qc)
 
 
+def filter_synthetic(max_share: float) -> None:
+    """Annotation-free cleaning: the classical segmenter judges each synthetic image against
+    its own masks; images with more phantom or vanished cells than max_share move aside."""
+    rejected = OUT / "synth_rejected"
+    if rejected.exists():  # an earlier run's rejects: synthesize --overwrite remade the set
+        shutil.rmtree(rejected)
+    stage(
+        "4 qc filter",
+        "segment",
+        "qc",
+        "--judge",
+        "classical",
+        "--data",
+        str(OUT / "synth"),
+        "--max-phantom",
+        str(max_share),
+        "--max-vanished",
+        str(max_share),
+        "--move-failed",
+        str(rejected),
+        "-o",
+        str(OUT / "qc_filter.json"),
+        "--overwrite",
+        "--json",
+    )
+
+
 def ddpm_summary() -> str:
     """Steps, seconds and last loss of the DDPM run, from its loss log (step,loss,lr,seconds)."""
     try:
@@ -316,6 +350,13 @@ def write_report(t_start: int, fitted: dict, scores: dict, analysis: dict, qc: d
             f"| {label} | {s['dice']['mean']:.3f} | {s['ap@0.5']['mean']:.3f} | "
             f"{s['ap@0.75']['mean']:.3f} | {s['f1']['mean']:.3f} |"
         )
+    kept = len(qc["volumes"])
+    filtered = (
+        f"QC filter (classical judge, phantom and vanished <= {VARIANT['qc_filter']}): "
+        f"{kept} of {BUDGET['n_synthetic']} synthetic images kept.\n"
+        if VARIANT["qc_filter"] < 1.0
+        else ""
+    )
     phantom = float(np.mean([v["phantom"] for v in qc["volumes"]]))
     vanished = float(np.mean([v["vanished"] for v in qc["volumes"]]))
     timing_rows = "\n".join(f"| {k} | {v:.0f} |" for k, v in timings.items())
@@ -334,6 +375,7 @@ Noise analysis recommended t_start = {analysis["recommended_t_start"]} (KLD rule
 {analysis.get("qc_t_start")} (QC rule, with EXPERIMENT_T_RULE=qc); used {t_start}
 (KLD {", ".join(f"{k:.3f}" for k in analysis["kld"])} at t = {analysis["timesteps"]}).
 
+{filtered}
 | Cellpose trained on | Dice | AP@0.5 | AP@0.75 | F1@0.5 |
 |---|---|---|---|---|
 {chr(10).join(rows)}
@@ -358,7 +400,7 @@ errors (F1 {scores["real"]["summary"]["f1"]["mean"]:.3f} on real held-back data)
         "t_start": t_start,
         "ddpm": ddpm_summary(),
         "scores": {arm: scores[arm]["summary"] for arm in scores},
-        "qc": {"phantom": phantom, "vanished": vanished, "volumes": len(qc["volumes"])},
+        "qc": {"phantom": phantom, "vanished": vanished, "volumes": kept},
         "seconds": timings,
     }
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -2,9 +2,9 @@
 
 Every row is scripts/experiment.py with the same held-back half, Cellpose recipe and step
 budget; only the synthetic side changes. Rows that differ only after the DDPM share it
-(paper and +QC t_start share the unconditional model of each seed; conditional and
-conditional + guidance share the conditional one), and every run shares the real-label
-Cellpose of the first run (it does not depend on the synthetic side).
+(paper, +QC t_start, +QC filtering and 64 images share the unconditional model of each
+seed; conditional and conditional + guidance share the conditional one), and every run
+shares the real-label Cellpose of the first run (it does not depend on the synthetic side).
 
     python scripts/study.py                    # all rows x seeds 0,1,2 (hours on a CPU)
     python scripts/study.py --rows paper,conditional --seeds 0
@@ -32,6 +32,18 @@ STUDY = Path(os.environ.get("STUDY_OUT", REPO / "experiment_study"))
 ROWS: dict[str, dict[str, str]] = {
     "paper": {"EXPERIMENT_CONDITION": "none", "EXPERIMENT_T_RULE": "kld"},
     "qc-t": {"EXPERIMENT_CONDITION": "none", "EXPERIMENT_T_RULE": "qc", "ddpm": "paper"},
+    "qc-filter": {
+        "EXPERIMENT_CONDITION": "none",
+        "EXPERIMENT_T_RULE": "kld",
+        "EXPERIMENT_QC_FILTER": "0.2",
+        "ddpm": "paper",
+    },
+    "synthetic-64": {
+        "EXPERIMENT_CONDITION": "none",
+        "EXPERIMENT_T_RULE": "kld",
+        "EXPERIMENT_N_SYNTHETIC": "64",
+        "ddpm": "paper",
+    },
     "conditional": {"EXPERIMENT_CONDITION": "pseudo-sketch", "EXPERIMENT_T_RULE": "kld"},
     "conditional+guidance": {
         "EXPERIMENT_CONDITION": "pseudo-sketch",
@@ -43,6 +55,8 @@ ROWS: dict[str, dict[str, str]] = {
 LABELS = {
     "paper": "paper method (unconditional, KLD t_start)",
     "qc-t": "+ QC-aware t_start",
+    "qc-filter": "+ QC filtering (classical judge, drop images > 20 %)",
+    "synthetic-64": "+ 64 synthetic images (same Cellpose steps)",
     "conditional": "conditional model (pseudo-sketches)",
     "conditional+guidance": "conditional + guidance w = 2",
 }

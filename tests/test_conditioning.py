@@ -275,3 +275,43 @@ def test_noise_analysis_qc_through_the_cli(conditional_run, tmp_path):
     assert result["qc_t_start"] in (None, 300, 600)
     refused = run_cellsynth("noise-analysis", "--images", DSB_DIR, "--qc", tmp_path / "sim")
     assert refused.returncode == 2 and "--qc needs --model" in refused.stderr
+
+
+def test_classical_qc_moves_aside_images_that_lost_their_cells(tmp_path):
+    """segment qc --judge classical: no model, no labels; an image that kept its cells passes,
+    one whose dim half vanished fails on vanished and is moved aside."""
+    config = replace(
+        load_preset("nuclei"),
+        {"shape": [128, 128], "voxel_size": [1.0, 1.0], "radius": [7, 10], "n_cells": [16, 16],
+         "intensity": [0.5, 0.9], "deform_strength": 0.0},
+        source="test",
+    )  # fmt: skip
+    rng = np.random.default_rng(5)
+    made = get_simulator("nuclei")(config, rng)
+    faithful = ndimage.gaussian_filter(made.sketch, 1.0) + rng.normal(0, 0.03, made.sketch.shape)
+    # the same masks, but half of the cells erased from the image
+    erased = faithful.copy()
+    ids = np.unique(made.masks[made.masks > 0])
+    erased[np.isin(made.masks, ids[::2])] = rng.normal(
+        0, 0.03, (np.isin(made.masks, ids[::2])).sum()
+    )
+    data = tmp_path / "synth"
+    for name, image in (("faithful", faithful), ("erased", erased)):
+        volume = io.Volume(name, image=(image * 900 + 100).astype(np.float32), masks=made.masks)
+        io.write_volume(data, volume)
+    result = run_cellsynth(
+        "segment", "qc", "--judge", "classical", "--data", data, "--max-vanished", "0.3",
+        "--move-failed", tmp_path / "rejected", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    rows = {r["name"]: r for r in report["volumes"]}
+    assert report["judge"] == "classical"
+    assert rows["faithful"]["vanished"] <= 0.2 and rows["faithful"]["phantom"] <= 0.2
+    assert rows["erased"]["vanished"] >= 0.4
+    assert report["passed"] == ["faithful"] and report["failed"] == ["erased"]
+    assert [io.volume_name(p) for p in io.list_volumes(data)] == ["faithful"]
+    assert [io.volume_name(p) for p in io.list_volumes(tmp_path / "rejected")] == ["erased"]
+    # a bad judge name is one line and exit 2
+    bad = run_cellsynth("segment", "qc", "--judge", "oracle", "--data", data)
+    assert bad.returncode == 2 and "--judge must be model or classical" in bad.stderr

@@ -233,6 +233,13 @@ def qc(
     ),
     move_failed: Path = typer.Option(None, "--move-failed", help="Move failing volumes here."),
     out: Path = typer.Option(None, "-o", "--out", help="Write qc.json here (a file path)."),
+    judge: str = typer.Option(
+        "model",
+        "--judge",
+        help="Who segments the synthetic images: model = the Cellpose of --model; classical "
+        "= local threshold + watershed at the masks' own cell size (no model, no labels: "
+        "cleans an annotation-free training set before any Cellpose exists).",
+    ),
     mode: Mode = "3d",
     device: Device = "auto",
     cluster: Cluster = None,
@@ -243,15 +250,17 @@ def qc(
 
     3D volumes are segmented as `segment predict` does (same --mode, same default).
 
-    Example:
+    Examples:
 
         cellsynth segment qc --max-phantom 0.2 --move-failed rejected/
+        cellsynth segment qc --judge classical --max-vanished 0.3 --move-failed rejected/
     """
     from cellsynth_cli import io
     from cellsynth_cli.errors import InputError
     from cellsynth_cli.segment import quality_control
 
-    model = default_path(model, workdir.SEG, "--model", must_exist=True)
+    if judge == "model":  # other judges need no model (a wrong name is reported below)
+        model = default_path(model, workdir.SEG, "--model", must_exist=True)
     data = default_path(data, workdir.SYNTH, "--data", must_exist=True)
     if out is not None and out.exists() and not overwrite:
         raise InputError(f"{out} already exists (pass --overwrite to replace it)")
@@ -265,13 +274,16 @@ def qc(
             device=device,
             mode=mode,
             cluster=cluster,
+            judge=judge,
         )
     if out is not None:
         io.write_text(out, json.dumps(result, indent=2), overwrite=overwrite)
     if json_out:
         print_json(result)
         return
-    table = Table(title="synthetic data QC (IoU >= 0.5 against the simulated masks)")
+    table = Table(
+        title=f"synthetic data QC, {judge} judge (IoU >= 0.5 against the simulated masks)"
+    )
     for col in ("volume", "phantom", "vanished", "predicted", "simulated", "passed"):
         table.add_column(col, justify="right")
     for r in result["volumes"]:
