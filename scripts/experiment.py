@@ -16,7 +16,8 @@ right half is held back for scoring only.
 The DDPM trains a fixed number of steps (not a time limit: a busy machine would train fewer).
 Budgets shrink with EXPERIMENT_FAST=1 (a smoke run of a few minutes). Environment knobs:
 EXPERIMENT_OUT, EXPERIMENT_DDPM_STEPS, EXPERIMENT_N_SYNTHETIC, EXPERIMENT_EPOCHS,
-EXPERIMENT_T_START (overrides the noise analysis), EXPERIMENT_REUSE_DDPM=1,
+EXPERIMENT_T_START (overrides the noise analysis), EXPERIMENT_DDPM=bundled:NAME (start from
+that shipped DDPM, checked to be this recipe's; `make experiment` does), EXPERIMENT_REUSE_DDPM=1,
 EXPERIMENT_REUSE_REAL=1 (keep the real-label Cellpose of an earlier run: it does not depend
 on the synthetic side). Issue-12 variants: EXPERIMENT_SEED (DDPM and synthesis seed),
 EXPERIMENT_CONDITION=pseudo-sketch (a sketch-conditioned DDPM), EXPERIMENT_GUIDANCE=w
@@ -108,6 +109,34 @@ def train_ddpm(unlabelled: Path) -> None:
 QC_ARGS = ["--qc", str(OUT / "sim"), "--max-volumes", "4"]
 
 
+# EXPERIMENT_DDPM=bundled:NAME starts from a shipped DDPM instead of training one (`make
+# experiment` does, with the model this recipe made: see bundled_ddpm); "train" trains.
+DDPM_SOURCE = os.environ.get("EXPERIMENT_DDPM", "train")
+
+
+def bundled_ddpm() -> Path | None:
+    """The folder of the EXPERIMENT_DDPM bundled model, checked to be this recipe's DDPM (same
+    data, condition, seed and steps), or None when the experiment trains its own."""
+    if DDPM_SOURCE == "train":
+        return None
+    from cellsynth_cli import bundled
+
+    folder = bundled.resolve(DDPM_SOURCE)
+    made = json.loads((folder / "config.json").read_text())["train"]
+    wanted = {
+        "condition": VARIANT["condition"],
+        "seed": VARIANT["seed"],
+        "steps": BUDGET["ddpm_steps"],
+    }
+    differs = {k: made.get(k, "none") for k, v in wanted.items() if made.get(k, "none") != v}
+    if differs or "left half" not in made.get("data", ""):
+        sys.exit(
+            f"{DDPM_SOURCE} was not made by this recipe (it has {differs or made.get('data')}); "
+            "set EXPERIMENT_DDPM=train to train the DDPM"
+        )
+    return folder
+
+
 def reusable_ddpm() -> bool:
     """EXPERIMENT_REUSE_DDPM=1 and a finished model of this variant is there."""
     try:
@@ -128,10 +157,15 @@ def main() -> None:
     train, test = split_data()
     unlabelled = OUT / "real_train_unlabelled"
 
-    if reusable_ddpm():
+    if bundled_ddpm() is not None:
+        print(
+            f"== 1 train DDPM: starting from {DDPM_SOURCE}, this recipe's model (EXPERIMENT_DDPM)"
+        )
+    elif reusable_ddpm():
         print("== 1 train DDPM: reusing the existing model (EXPERIMENT_REUSE_DDPM=1)")
     else:
         train_ddpm(unlabelled)
+    model = DDPM_SOURCE if bundled_ddpm() is not None else str(OUT / "ddpm")
 
     fitted = json.loads(
         stage(
@@ -176,7 +210,7 @@ def main() -> None:
             "--sketches",
             str(OUT / "fromlabels"),
             "--model",
-            str(OUT / "ddpm"),
+            model,
             "--steps",
             "10",
             "--crop",
@@ -197,7 +231,7 @@ def main() -> None:
         "4 synthesize",
         "synthesize",
         "--model",
-        str(OUT / "ddpm"),
+        model,
         "--sketches",
         str(OUT / "sim"),
         "-o",
@@ -310,7 +344,7 @@ def filter_synthetic(max_share: float) -> None:
 def ddpm_summary() -> str:
     """Steps, seconds and last loss of the DDPM run, from its loss log (step,loss,lr,seconds)."""
     try:
-        text = (OUT / "ddpm" / "loss.csv").read_text()
+        text = ((bundled_ddpm() or OUT / "ddpm") / "loss.csv").read_text()
     except OSError:
         return "no loss log"
     rows = [line.split(",") for line in text.split()[1:]]
@@ -359,11 +393,17 @@ def write_report(t_start: int, fitted: dict, scores: dict, analysis: dict, qc: d
     )
     phantom = float(np.mean([v["phantom"] for v in qc["volumes"]]))
     vanished = float(np.mean([v["vanished"] for v in qc["volumes"]]))
+    ddpm_source = (
+        f"the shipped {DDPM_SOURCE} (made by this recipe earlier)"
+        if bundled_ddpm()
+        else "trained here"
+    )
     timing_rows = "\n".join(f"| {k} | {v:.0f} |" for k, v in timings.items())
     text = f"""# Annotation-free segmentation experiment
 
 Data: data/dsb2018 (256 x 512); left half = training part, right half = held back.
 Variant: {json.dumps(VARIANT)}.
+DDPM: {ddpm_source}.
 Budgets: DDPM {ddpm_summary()}, {BUDGET["n_synthetic"]} synthetic images,
 {BUDGET["seg_epochs"]} Cellpose epochs of {IMAGES_PER_EPOCH} images for each arm (the real arm
 draws its one image {IMAGES_PER_EPOCH} times): the same number of optimizer steps and
@@ -399,6 +439,7 @@ errors (F1 {scores["real"]["summary"]["f1"]["mean"]:.3f} on real held-back data)
         "budget": BUDGET,
         "t_start": t_start,
         "ddpm": ddpm_summary(),
+        "ddpm_source": DDPM_SOURCE,
         "scores": {arm: scores[arm]["summary"] for arm in scores},
         "qc": {"phantom": phantom, "vanished": vanished, "volumes": kept},
         "seconds": timings,
