@@ -45,6 +45,11 @@ ROWS: dict[str, dict[str, str]] = {
         "ddpm": "paper",
     },
     "conditional": {"EXPERIMENT_CONDITION": "pseudo-sketch", "EXPERIMENT_T_RULE": "kld"},
+    "conditional-t1000": {
+        "EXPERIMENT_CONDITION": "pseudo-sketch",
+        "EXPERIMENT_T_START": "1000",
+        "ddpm": "conditional",
+    },
     "conditional+guidance": {
         "EXPERIMENT_CONDITION": "pseudo-sketch",
         "EXPERIMENT_T_RULE": "kld",
@@ -58,6 +63,7 @@ LABELS = {
     "qc-filter": "+ QC filtering (classical judge, drop images > 20 %)",
     "synthetic-64": "+ 64 synthetic images (same Cellpose steps)",
     "conditional": "conditional model (pseudo-sketches)",
+    "conditional-t1000": "conditional, from pure noise (t_start = T)",
     "conditional+guidance": "conditional + guidance w = 2",
 }
 METRICS = ("dice", "ap@0.5", "ap@0.75", "f1")
@@ -153,6 +159,32 @@ def table() -> str:
         lines.append(
             f"| real labels (one model, shared) | – | – | {' | '.join(cells)} | – | – | – |"
         )
+        lines += ["", ratio_table(real[0])]
+    return "\n".join(lines)
+
+
+# issue 12's target: synthetic only >= these shares of the real-label model
+TARGET = {"dice": 0.95, "ap@0.5": 0.90, "ap@0.75": 0.70}
+
+
+def ratio_table(real: dict) -> str:
+    """Each row's mean over seeds as a share of the real-label model, against the target."""
+    lines = [
+        "| row (share of real labels) | "
+        + " | ".join(f"{m} (target {t:.2f})" for m, t in TARGET.items())
+        + " |",
+        "|---|" + "---|" * len(TARGET),
+    ]
+    for row in ROWS:
+        results = [json.loads(p.read_text()) for p in sorted(STUDY.glob(f"{row}-s*/results.json"))]
+        if not results:
+            continue
+        cells = []
+        for metric, target in TARGET.items():
+            share = np.mean([r["scores"]["synthetic"][metric]["mean"] for r in results])
+            share /= real[metric]["mean"]
+            cells.append(f"{share:.3f}{' ✓' if share >= target else ''}")
+        lines.append(f"| {LABELS[row]} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
