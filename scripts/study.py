@@ -213,8 +213,8 @@ HEADER = """# Study: Cellpose trained on synthetic images only, scored on the he
 
 Every row is `make experiment` (scripts/experiment.py) with one change on the synthetic side:
 the same data halves, a 6000-step DDPM per seed, 16 sketches from `simulate fit` (64 in
-the 64-image row), Cellpose
-300 epochs x 16 images per arm. Mean over the seeds listed (min-max when more than one).
+the 64-image row), Cellpose 300 epochs x 16 images per arm. Mean over the seeds listed
+(min-max when more than one).
 phantom / vanished: the real-label model segments the synthetic training images, matched
 to their own masks at IoU 0.5. Minutes of compute: the synthetic arm, DDPM included.
 
