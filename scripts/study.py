@@ -28,31 +28,31 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 STUDY = Path(os.environ.get("STUDY_OUT", REPO / "experiment_study"))
-# row -> the experiment's environment; "ddpm" names the row whose model it reuses
+# The paper's method with every knob spelled out, so a row stays what it was when the
+# experiment's own defaults change; a row is this plus its changes. "ddpm" names the row
+# whose model it reuses.
+PAPER = {
+    "EXPERIMENT_CONDITION": "none",
+    "EXPERIMENT_T_RULE": "kld",
+    "EXPERIMENT_QC_FILTER": "1",
+    "EXPERIMENT_N_SYNTHETIC": "16",
+    "EXPERIMENT_GUIDANCE": "1",
+}
 ROWS: dict[str, dict[str, str]] = {
-    "paper": {"EXPERIMENT_CONDITION": "none", "EXPERIMENT_T_RULE": "kld"},
-    "qc-t": {"EXPERIMENT_CONDITION": "none", "EXPERIMENT_T_RULE": "qc", "ddpm": "paper"},
-    "qc-filter": {
-        "EXPERIMENT_CONDITION": "none",
-        "EXPERIMENT_T_RULE": "kld",
-        "EXPERIMENT_QC_FILTER": "0.2",
-        "ddpm": "paper",
-    },
-    "synthetic-64": {
-        "EXPERIMENT_CONDITION": "none",
-        "EXPERIMENT_T_RULE": "kld",
-        "EXPERIMENT_N_SYNTHETIC": "64",
-        "ddpm": "paper",
-    },
-    "conditional": {"EXPERIMENT_CONDITION": "pseudo-sketch", "EXPERIMENT_T_RULE": "kld"},
+    "paper": PAPER,
+    "qc-t": {**PAPER, "EXPERIMENT_T_RULE": "qc", "ddpm": "paper"},
+    "qc-filter": {**PAPER, "EXPERIMENT_QC_FILTER": "0.2", "ddpm": "paper"},
+    "synthetic-64": {**PAPER, "EXPERIMENT_N_SYNTHETIC": "64", "ddpm": "paper"},
+    "conditional": {**PAPER, "EXPERIMENT_CONDITION": "pseudo-sketch"},
     "conditional-t1000": {
+        **PAPER,
         "EXPERIMENT_CONDITION": "pseudo-sketch",
         "EXPERIMENT_T_START": "1000",
         "ddpm": "conditional",
     },
     "conditional+guidance": {
+        **PAPER,
         "EXPERIMENT_CONDITION": "pseudo-sketch",
-        "EXPERIMENT_T_RULE": "kld",
         "EXPERIMENT_GUIDANCE": "2",
         "ddpm": "conditional",
     },
