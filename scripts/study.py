@@ -43,6 +43,12 @@ ROWS: dict[str, dict[str, str]] = {
     "qc-t": {**PAPER, "EXPERIMENT_T_RULE": "qc", "ddpm": "paper"},
     "qc-filter": {**PAPER, "EXPERIMENT_QC_FILTER": "0.2", "ddpm": "paper"},
     "synthetic-64": {**PAPER, "EXPERIMENT_N_SYNTHETIC": "64", "ddpm": "paper"},
+    "qc-filter+64": {
+        **PAPER,
+        "EXPERIMENT_QC_FILTER": "0.2",
+        "EXPERIMENT_N_SYNTHETIC": "64",
+        "ddpm": "paper",
+    },
     "conditional": {**PAPER, "EXPERIMENT_CONDITION": "pseudo-sketch"},
     "conditional-t1000": {
         **PAPER,
@@ -62,6 +68,7 @@ LABELS = {
     "qc-t": "+ QC-aware t_start",
     "qc-filter": "+ QC filtering (classical judge, drop images > 20 %)",
     "synthetic-64": "+ 64 synthetic images (same Cellpose steps)",
+    "qc-filter+64": "+ QC filtering of 64 synthetic images",
     "conditional": "conditional model (pseudo-sketches)",
     "conditional-t1000": "conditional, from pure noise (t_start = T)",
     "conditional+guidance": "conditional + guidance w = 2",
