@@ -25,7 +25,8 @@ EXPERIMENT_CONDITION=pseudo-sketch (a sketch-conditioned DDPM), EXPERIMENT_GUIDA
 simulated sketches instead of the KLD rule), EXPERIMENT_QC_FILTER=x (drop synthetic images
 whose phantom or vanished share, judged by the classical segmenter, is above x, before
 Cellpose trains), EXPERIMENT_N_SYNTHETIC with EXPERIMENT_IMAGES_PER_EPOCH (more synthetic
-images at the same Cellpose step budget).
+images at the same Cellpose step budget), EXPERIMENT_SEG_SEED (the synthetic arm's Cellpose
+seed; the real arm keeps 0).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ VARIANT = {
     "guidance": float(os.environ.get("EXPERIMENT_GUIDANCE", 1.0)),
     "t_rule": os.environ.get("EXPERIMENT_T_RULE", "kld"),
     "qc_filter": float(os.environ.get("EXPERIMENT_QC_FILTER", 1.0)),
+    # the synthetic arm's Cellpose seed: how much of a difference is Cellpose's own noise
+    "seg_seed": int(os.environ.get("EXPERIMENT_SEG_SEED", 0)),
 }
 # Both Cellpose arms draw the same number of images per epoch (with replacement: the real
 # arm has one image), so they get the same number of optimizer steps and training crops.
@@ -268,6 +271,8 @@ def main() -> None:
             str(IMAGES_PER_EPOCH),
             "--bsize",
             "128",
+            "--seed",
+            str(VARIANT["seg_seed"] if arm == "synthetic" else 0),
             "--overwrite",
         )
     scores = {}

@@ -37,9 +37,12 @@ PAPER = {
     "EXPERIMENT_QC_FILTER": "1",
     "EXPERIMENT_N_SYNTHETIC": "16",
     "EXPERIMENT_GUIDANCE": "1",
+    "EXPERIMENT_SEG_SEED": "0",
 }
 ROWS: dict[str, dict[str, str]] = {
     "paper": PAPER,
+    # the same synthetic images, another Cellpose seed: the noise floor of a comparison
+    "paper-cellpose-s1": {**PAPER, "EXPERIMENT_SEG_SEED": "1", "ddpm": "paper"},
     "qc-t": {**PAPER, "EXPERIMENT_T_RULE": "qc", "ddpm": "paper"},
     "qc-filter": {**PAPER, "EXPERIMENT_QC_FILTER": "0.2", "ddpm": "paper"},
     "synthetic-64": {**PAPER, "EXPERIMENT_N_SYNTHETIC": "64", "ddpm": "paper"},
@@ -65,6 +68,7 @@ ROWS: dict[str, dict[str, str]] = {
 }
 LABELS = {
     "paper": "paper method (unconditional, KLD t_start)",
+    "paper-cellpose-s1": "paper method, Cellpose seed 1 (same images)",
     "qc-t": "+ QC-aware t_start",
     "qc-filter": "+ QC filtering (classical judge, drop images > 20 %)",
     "synthetic-64": "+ 64 synthetic images (same Cellpose steps)",
