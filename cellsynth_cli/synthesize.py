@@ -12,7 +12,7 @@ import math
 import secrets
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ class SynthesisOptions:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 where the device has native bf16, else fp32
-    guidance: float = 1.0  # conditional models: classifier-free guidance weight w
+    guidance: float | None = None  # classifier-free guidance weight w; None: see below
 
 
 def volume_seed(seed: int, name: str) -> int:
@@ -65,6 +65,20 @@ def check_options(options: SynthesisOptions, T: int) -> None:  # noqa: N803
         raise InputError(f"--batch must be >= 1, got {options.batch}")
     if not (math.isfinite(options.guidance) and options.guidance >= 0):
         raise InputError(f"--guidance must be a number >= 0, got {options.guidance}")
+
+
+# The guidance of a conditional model when none is given: the issue-12 study's best (on the
+# same conditional DDPM, w = 1 gave AP@0.5 0.52 on real nuclei, w = 2 gave 0.86).
+DEFAULT_GUIDANCE = 2.0
+
+
+def with_guidance(model: TrainedModel, options: SynthesisOptions) -> SynthesisOptions:
+    """options with guidance filled in: DEFAULT_GUIDANCE for a conditional model, 1 (none)
+    for an unconditional one, when it was not given."""
+    if options.guidance is not None:
+        return options
+    guidance = DEFAULT_GUIDANCE if is_conditional(model.config) else 1.0
+    return replace(options, guidance=guidance)
 
 
 def check_conditioning(model: TrainedModel, options: SynthesisOptions) -> None:
@@ -175,6 +189,7 @@ def synthesize_volume(
     at every step, with options.guidance; an unconditional model ignores it.
     """
     check_dims(sketch.shape, model)
+    options = with_guidance(model, options)
     check_conditioning(model, options)
     conditional = is_conditional(model.config)
     if conditional and condition is None:
@@ -366,6 +381,7 @@ def synthesize_dataset(
         _MODELS.clear()
         _MODELS[(model.checksum, str(device))] = model
     schedule_T = int(model.config.get("T", 1000))  # noqa: N806
+    options = with_guidance(model, options)
     check_options(options, schedule_T)
     check_conditioning(model, options)
     paths = io.list_volumes(sketches)

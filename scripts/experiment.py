@@ -55,7 +55,7 @@ BUDGET = {
 VARIANT = {
     "seed": int(os.environ.get("EXPERIMENT_SEED", 0)),
     "condition": os.environ.get("EXPERIMENT_CONDITION", "none"),
-    "guidance": float(os.environ.get("EXPERIMENT_GUIDANCE", 1.0)),
+    "guidance": float(os.environ.get("EXPERIMENT_GUIDANCE", 2.0)),  # conditional models only
     "t_rule": os.environ.get("EXPERIMENT_T_RULE", "kld"),
     "qc_filter": float(os.environ.get("EXPERIMENT_QC_FILTER", 1.0)),
     # the synthetic arm's Cellpose seed: how much of a difference is Cellpose's own noise

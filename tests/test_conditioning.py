@@ -23,7 +23,12 @@ from cellsynth_cli.matching import iou_matrix
 from cellsynth_cli.patches import PatchSampler
 from cellsynth_cli.pseudo_sketch import pseudo_sketch
 from cellsynth_cli.simulators import get_simulator
-from cellsynth_cli.synthesize import SynthesisOptions, synthesize_volume
+from cellsynth_cli.synthesize import (
+    DEFAULT_GUIDANCE,
+    SynthesisOptions,
+    synthesize_volume,
+    with_guidance,
+)
 
 TINY = ["--channels", "8,16", "--batch", "2", "--lr", "2e-3", "--patch", "32,32"]
 
@@ -164,14 +169,17 @@ def test_a_conditional_model_synthesizes_from_sketches_through_the_cli(condition
     assert sim.returncode == 0, sim.stderr
     out = tmp_path / "synth"
     args = ["--model", conditional_run, "--sketches", tmp_path / "sim", "--steps", 3]
-    made = run_cellsynth("synthesize", *args, "--t-start", 1000, "--guidance", 2, "-o", out)
+    made = run_cellsynth("synthesize", *args, "--t-start", 1000, "-o", out)
     assert made.returncode == 0, made.stderr
     volume = io.read_volume(io.list_volumes(out)[0])
     assert volume.image.shape == (40, 48) and np.isfinite(volume.image).all()
     made_by = io.read_provenance(io.list_volumes(out)[0])
-    assert made_by["conditional"] is True and made_by["guidance"] == 2.0
+    # no --guidance: a conditional model is guided with the default w = 2
+    assert made_by["conditional"] is True and made_by["guidance"] == DEFAULT_GUIDANCE == 2.0
     # resuming with another guidance would mix two sets
-    again = run_cellsynth("synthesize", *args, "--t-start", 1000, "-o", out, "--resume")
+    again = run_cellsynth(
+        "synthesize", *args, "--t-start", 1000, "-o", out, "--resume", "--guidance", 1
+    )
     assert again.returncode == 2 and "guidance" in again.stderr
 
 
@@ -210,6 +218,7 @@ def test_guidance_needs_a_conditional_model(tmp_path):
         )
     # an unconditional model ignores the condition: the same image with or without it
     options = SynthesisOptions(t_start=5)
+    assert with_guidance(model, options).guidance == 1.0  # unguided unless asked
     plain = synthesize_volume(model, sketch, options, 0, torch.device("cpu"))
     given = synthesize_volume(model, sketch, options, 0, torch.device("cpu"), condition=sketch)
     np.testing.assert_array_equal(plain, given)
