@@ -2,7 +2,10 @@
 
 On the bundled 2D image (data/dsb2018, 256 x 512): the left half is the training part, the
 right half is held back for scoring only.
- 1. train the DDPM on the training part's image (no labels);
+ 1. train the DDPM on the training part's image (no labels): by default conditioned on
+    pseudo-sketches (classical segmentation, no labels) and sampled with guidance 2, the
+    best row of the issue-12 study (scripts/study.py); `make experiment` starts from the
+    shipped DDPM this recipe made (EXPERIMENT_DDPM=bundled:dsb2018-nuclei-conditional);
  2. `cellsynth simulate fit` on the unlabelled training image (no real labels in the
     synthetic arm) writes a nuclei preset: radius, aspect ratio, count, brightness;
     simulate sketches from it;
@@ -54,7 +57,8 @@ BUDGET = {
 }
 VARIANT = {
     "seed": int(os.environ.get("EXPERIMENT_SEED", 0)),
-    "condition": os.environ.get("EXPERIMENT_CONDITION", "none"),
+    # the defaults are the issue-12 study's best row: a pseudo-sketch conditioned DDPM, w = 2
+    "condition": os.environ.get("EXPERIMENT_CONDITION", "pseudo-sketch"),
     "guidance": float(os.environ.get("EXPERIMENT_GUIDANCE", 2.0)),  # conditional models only
     "t_rule": os.environ.get("EXPERIMENT_T_RULE", "kld"),
     "qc_filter": float(os.environ.get("EXPERIMENT_QC_FILTER", 1.0)),

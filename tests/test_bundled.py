@@ -12,57 +12,69 @@ from cellsynth_cli.checkpoint import checkpoint_path, load_model
 from cellsynth_cli.errors import InputError
 
 NAME = "dsb2018-nuclei"
+# the demo's unconditional model, and the conditional one of `make experiment`
+NAMES = [NAME, f"{NAME}-conditional"]
 
 
-def test_the_demo_model_is_installed_with_the_package():
-    assert NAME in bundled.available()
-    folder = bundled.resolve(f"bundled:{NAME}")
+@pytest.mark.parametrize("name", NAMES)
+def test_the_demo_model_is_installed_with_the_package(name):
+    assert name in bundled.available()
+    folder = bundled.resolve(f"bundled:{name}")
     # found through the installed package, with what a user needs to judge and rebuild it
     assert folder.parent == bundled.models_root()
     for name in ("checkpoint.pt", "config.json", "loss.csv", "loss.png"):
         assert (folder / name).stat().st_size > 0, name
 
 
-def test_the_bundled_checkpoint_loads_weights_only_and_says_how_it_was_made():
-    path = checkpoint_path(f"bundled:{NAME}")
+@pytest.mark.parametrize("name", NAMES)
+def test_the_bundled_checkpoint_loads_weights_only_and_says_how_it_was_made(name):
+    path = checkpoint_path(f"bundled:{name}")
     state = torch.load(path, map_location="cpu", weights_only=True)  # no pickled code
     assert "optimizer" not in state  # weights only: a few MB
-    model = load_model(f"bundled:{NAME}")
+    model = load_model(f"bundled:{name}")
     made = model.provenance
-    assert made["name"] == f"bundled:{NAME}"
+    assert made["name"] == f"bundled:{name}"
     assert made["steps"] == model.step == state["config"]["steps"]
     assert "cellsynth train" in made["command"] and f"--steps {model.step}" in made["command"]
-    assert "left half" in made["data"] and made["rebuild"] == "make bundled-model"
+    assert "left half" in made["data"] and made["rebuild"].startswith("make bundled-model")
     # the intensity normalisation of its training data travels with it
     norm = model.normalization
     assert 0 <= norm["low"] < norm["high"]
-    assert model.dims == 2 and model.config.get("condition", "none") == "none"
+    conditional = name.endswith("-conditional")
+    assert model.dims == 2
+    assert model.config.get("condition", "none") == ("pseudo-sketch" if conditional else "none")
+    assert ("--condition pseudo-sketch" in made["command"]) == conditional
     # config.json beside it tells the same story
     config = json.loads((path.parent / "config.json").read_text())
     assert config["provenance"] == made
     assert config["normalization"]["low"] == norm["low"]
 
 
-def test_the_bundled_model_synthesizes_a_tiny_sketch_through_the_cli(tmp_path):
+@pytest.mark.parametrize("name", NAMES)
+def test_the_bundled_model_synthesizes_a_tiny_sketch_through_the_cli(name, tmp_path):
     sim = run_cellsynth(
         "simulate", "hela", "-n", 1, "-o", tmp_path / "sim", "--shape", "48,56", "--seed", 2
     )
     assert sim.returncode == 0, sim.stderr
     out = tmp_path / "synth"
     args = ["--sketches", tmp_path / "sim", "-o", out, "--t-start", 200, "--steps", 4]
-    made = run_cellsynth("synthesize", "--model", f"bundled:{NAME}", *args)
+    made = run_cellsynth("synthesize", "--model", f"bundled:{name}", *args)
     assert made.returncode == 0, made.stderr
     sketch = io.read_volume(io.list_volumes(tmp_path / "sim")[0])
     volume = io.read_volume(io.list_volumes(out)[0])
     assert volume.image.shape == (48, 56) and np.isfinite(volume.image).all()
     assert np.array_equal(volume.masks, sketch.masks)
     # the image is on the real data's intensity scale and not a copy of the sketch
-    norm = load_model(f"bundled:{NAME}").normalization
+    norm = load_model(f"bundled:{name}").normalization
     assert norm["low"] - 50 < volume.image.mean() < norm["high"]
     assert volume.image.std() > 1.0
     provenance = io.read_provenance(io.list_volumes(out)[0])
-    assert provenance["model_checksum"] == load_model(f"bundled:{NAME}").checksum
-    assert provenance["model"] == f"bundled:{NAME}"
+    assert provenance["model_checksum"] == load_model(f"bundled:{name}").checksum
+    assert provenance["model"] == f"bundled:{name}"
+    # a conditional model follows the sketch, guided with the default w = 2
+    conditional = name.endswith("-conditional")
+    assert provenance["conditional"] == conditional
+    assert provenance["guidance"] == (2.0 if conditional else 1.0)
 
 
 def test_an_unknown_bundled_name_lists_the_ones_there_are(tmp_path):
