@@ -58,7 +58,7 @@ lint: $(STAMP)
 
 # The best configuration of the issue-12 study (a pseudo-sketch conditioned DDPM, guidance 2).
 # It starts from the shipped DDPM that this recipe trained (about 45 min on 2 CPU cores);
-# EXPERIMENT_DDPM=train retrains it (+40 min).
+# EXPERIMENT_DDPM=train retrains it (+38 min).
 EXPERIMENT_DDPM ?= bundled:dsb2018-nuclei-conditional
 experiment: $(STAMP)
 	EXPERIMENT_DDPM=$(EXPERIMENT_DDPM) $(PY) scripts/experiment.py

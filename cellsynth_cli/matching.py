@@ -81,3 +81,16 @@ def segmentation_scores(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
                 fn=m.fn,
             )
     return scores
+
+
+def match_counts(predicted: np.ndarray, masks: np.ndarray) -> dict:
+    """Phantom (predicted, not in the masks) and vanished (in the masks, not predicted)
+    shares at IoU 0.5, with the two cell counts."""
+    m = match(predicted, masks, 0.5)
+    n_pred, n_ref = m.tp + m.fp, m.tp + m.fn
+    return {
+        "phantom": m.fp / n_pred if n_pred else 0.0,
+        "vanished": m.fn / n_ref if n_ref else 0.0,
+        "n_predicted": n_pred,
+        "n_simulated": n_ref,
+    }

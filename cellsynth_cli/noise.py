@@ -213,9 +213,9 @@ def phantom_vanished(
 ) -> dict:
     """Phantom and vanished shares of one synthetic image against its own masks, judged by
     the classical segmenter (no trained model, no real labels): cells it finds with no
-    mask partner at IoU 0.5, and masks it finds no cell for (segment.match_counts)."""
+    mask partner at IoU 0.5, and masks it finds no cell for (matching.match_counts)."""
     from cellsynth_cli.detect import segment_nuclei
-    from cellsynth_cli.segment import match_counts
+    from cellsynth_cli.matching import match_counts
 
     ids, counts = np.unique(masks[masks > 0], return_counts=True)
     if ids.size == 0:

@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from cellsynth_cli import io
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.matching import match, segmentation_scores
+from cellsynth_cli.matching import match_counts, segmentation_scores
 
 MODEL_FILE = "cellpose_model"
 CONFIG_FILE = "segmenter.json"
@@ -521,19 +521,6 @@ def qc_one(job: QCJob) -> dict:
         predicted = segment_image(model, config, volume.image, job.mode, anisotropy)
         counts = match_counts(predicted, volume.masks)
     return {"name": volume.name, "path": str(job.path), **counts}
-
-
-def match_counts(predicted: np.ndarray, masks: np.ndarray) -> dict:
-    """Phantom (predicted, not in the masks) and vanished (in the masks, not predicted)
-    shares at IoU 0.5, with the two cell counts."""
-    m = match(predicted, masks, 0.5)
-    n_pred, n_ref = m.tp + m.fp, m.tp + m.fn
-    return {
-        "phantom": m.fp / n_pred if n_pred else 0.0,
-        "vanished": m.fn / n_ref if n_ref else 0.0,
-        "n_predicted": n_pred,
-        "n_simulated": n_ref,
-    }
 
 
 def quality_control(

@@ -102,8 +102,8 @@ def export(run: Path, condition: str) -> Path:
     config["train"]["data"] = provenance["data"]  # not this machine's path
     config["provenance"] = provenance
     (target / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    for name in ("loss.csv", "loss.png"):
-        shutil.copyfile(run / name, target / name)
+    for file in ("loss.csv", "loss.png"):
+        shutil.copyfile(run / file, target / file)
     print(f"exported {run} -> {target} ({(target / 'checkpoint.pt').stat().st_size / 1e6:.1f} MB)")
     return target
 

@@ -34,6 +34,7 @@ seed; the real arm keeps 0).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -121,6 +122,7 @@ QC_ARGS = ["--qc", str(OUT / "sim"), "--max-volumes", "4"]
 DDPM_SOURCE = os.environ.get("EXPERIMENT_DDPM", "train")
 
 
+@functools.cache  # resolved and checked once; main and the report ask again
 def bundled_ddpm() -> Path | None:
     """The folder of the EXPERIMENT_DDPM bundled model, checked to be this recipe's DDPM (same
     data, condition, seed and steps), or None when the experiment trains its own."""
@@ -162,7 +164,8 @@ def main() -> None:
     train, test = split_data()
     unlabelled = OUT / "real_train_unlabelled"
 
-    if bundled_ddpm() is not None:
+    shipped = bundled_ddpm()
+    if shipped is not None:
         print(
             f"== 1 train DDPM: starting from {DDPM_SOURCE}, this recipe's model (EXPERIMENT_DDPM)"
         )
@@ -170,7 +173,7 @@ def main() -> None:
         print("== 1 train DDPM: reusing the existing model (EXPERIMENT_REUSE_DDPM=1)")
     else:
         train_ddpm(unlabelled)
-    model = DDPM_SOURCE if bundled_ddpm() is not None else str(OUT / "ddpm")
+    model = DDPM_SOURCE if shipped is not None else str(OUT / "ddpm")
 
     fitted = json.loads(
         stage(

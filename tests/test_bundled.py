@@ -22,8 +22,8 @@ def test_the_demo_model_is_installed_with_the_package(name):
     folder = bundled.resolve(f"bundled:{name}")
     # found through the installed package, with what a user needs to judge and rebuild it
     assert folder.parent == bundled.models_root()
-    for name in ("checkpoint.pt", "config.json", "loss.csv", "loss.png"):
-        assert (folder / name).stat().st_size > 0, name
+    for file in ("checkpoint.pt", "config.json", "loss.csv", "loss.png"):
+        assert (folder / file).stat().st_size > 0, file
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -301,9 +301,8 @@ def test_classical_qc_moves_aside_images_that_lost_their_cells(tmp_path):
     # the same masks, but half of the cells erased from the image
     erased = faithful.copy()
     ids = np.unique(made.masks[made.masks > 0])
-    erased[np.isin(made.masks, ids[::2])] = rng.normal(
-        0, 0.03, (np.isin(made.masks, ids[::2])).sum()
-    )
+    gone = np.isin(made.masks, ids[::2])
+    erased[gone] = rng.normal(0, 0.03, gone.sum())
     data = tmp_path / "synth"
     for name, image in (("faithful", faithful), ("erased", erased)):
         volume = io.Volume(name, image=(image * 900 + 100).astype(np.float32), masks=made.masks)
