@@ -45,6 +45,7 @@ class SimulationConfig:
     rotate_in_plane_only: bool = False
     overlap: bool = True  # False: reject cells that touch an existing one
     placement_tries: int = 20  # attempts per cell when overlap is False
+    touching_fraction: float = 0.0  # overlap False: share of cells placed against another one
     elongated_fraction: float = 0.0  # fraction of cells stretched along one axis (mitosis)
     elongation: Range = (1.6, 2.2)  # stretch factor of elongated cells
     deform_strength: float = 0.0  # B-spline displacement std, fraction of the radius
@@ -170,6 +171,8 @@ def validate(config: SimulationConfig, source: str = "config") -> None:
             raise InputError(f"{source}: '{name}' must be 0 <= lo <= hi, got {(lo, hi)}")
     if not 0.0 <= config.elongated_fraction <= 1.0:
         raise InputError(f"{source}: elongated_fraction must be in [0, 1]")
+    if not 0.0 <= config.touching_fraction <= 1.0:
+        raise InputError(f"{source}: touching_fraction must be in [0, 1]")
     if config.region not in ("full", "ellipsoid", "discs"):
         raise InputError(
             f"{source}: region must be full, ellipsoid or discs, got {config.region!r}"

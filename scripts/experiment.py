@@ -29,7 +29,8 @@ simulated sketches instead of the KLD rule), EXPERIMENT_QC_FILTER=x (drop synthe
 whose phantom or vanished share, judged by the classical segmenter, is above x, before
 Cellpose trains), EXPERIMENT_N_SYNTHETIC with EXPERIMENT_IMAGES_PER_EPOCH (more synthetic
 images at the same Cellpose step budget), EXPERIMENT_SEG_SEED (the synthetic arm's Cellpose
-seed; the real arm keeps 0).
+seed; the real arm keeps 0), EXPERIMENT_TOUCHING=p (simulate with touching_fraction p:
+that share of the nuclei is placed against another one).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ VARIANT = {
     "qc_filter": float(os.environ.get("EXPERIMENT_QC_FILTER", 1.0)),
     # the synthetic arm's Cellpose seed: how much of a difference is Cellpose's own noise
     "seg_seed": int(os.environ.get("EXPERIMENT_SEG_SEED", 0)),
+    # share of simulated nuclei placed against another (0: the fitted preset's placement)
+    "touching": float(os.environ.get("EXPERIMENT_TOUCHING", 0.0)),
 }
 # Both Cellpose arms draw the same number of images per epoch (with replacement: the real
 # arm has one image), so they get the same number of optimizer steps and training crops.
@@ -197,6 +200,7 @@ def main() -> None:
         "-o",
         str(OUT / "sim"),
         "--overwrite",
+        *(["--set", f"touching_fraction={VARIANT['touching']}"] if VARIANT["touching"] else []),
     )
 
     stage(

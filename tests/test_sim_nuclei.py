@@ -5,6 +5,7 @@ import pytest
 from scipy import ndimage
 
 from cellsynth_cli.config import load_preset, replace
+from cellsynth_cli.errors import InputError
 from cellsynth_cli.simulators.nuclei import simulate_nuclei
 
 
@@ -157,7 +158,6 @@ def test_same_seed_same_volume(name):
 def test_in_plane_rotation_keeps_flat_nuclei_flat():
     """Nuclei with z semi-axis half the in-plane ones, rotated about z only: every nucleus
     keeps its z extent (a 3D rotation would stand some on their edge)."""
-    from cellsynth_cli.config import load_preset, replace
     from cellsynth_cli.simulators import get_simulator
 
     config = replace(
@@ -178,3 +178,37 @@ def test_in_plane_rotation_keeps_flat_nuclei_flat():
     for label in range(1, made.masks.max() + 1):
         z = np.nonzero(made.masks == label)[0]
         assert z.max() - z.min() + 1 <= 11  # 2 * 0.5 * 10 + 1 voxel
+
+
+def _share_touching(masks: np.ndarray) -> float:
+    """Share of cells with another cell within 2 voxels."""
+    near = 0
+    labels = np.unique(masks)[1:]
+    for label in labels:
+        cell = masks == label
+        ring = ndimage.binary_dilation(cell, iterations=2) & ~cell
+        near += bool(np.any((masks[ring] > 0) & (masks[ring] != label)))
+    return near / len(labels)
+
+
+def test_touching_fraction_puts_cells_against_each_other_without_overlap():
+    def sims(touching: float) -> list:
+        cfg = small("nuclei", shape=(256, 256), n_cells=(25, 30), touching_fraction=touching)
+        return [simulate_nuclei(cfg, np.random.default_rng(seed)) for seed in range(3)]
+
+    apart = np.mean([_share_touching(s.masks) for s in sims(0.0)])
+    together = sims(0.6)
+    assert np.mean([_share_touching(s.masks) for s in together]) > apart + 0.2
+    for sim in together:
+        # still one region per cell, none lost to overlap: touching cells stay separate
+        n = sim.info["n_cells"]
+        assert n >= 20
+        _, pieces = ndimage.label(sim.masks > 0)
+        assert pieces < n  # some cells merge into one foreground blob: they touch
+        for label in range(1, n + 1):
+            assert ndimage.label(sim.masks == label)[1] == 1
+
+
+def test_touching_fraction_outside_zero_one_is_refused():
+    with pytest.raises(InputError, match="touching_fraction"):
+        small("nuclei", touching_fraction=1.5)

@@ -3,7 +3,9 @@
 Paper rules (DESIGN.md §3): ((x-xc)/(sx r))^2 + ((y-yc)/(sy r))^2 + ((z-zc)/(sz r))^2 <= 1, random
 rotation, optional B-spline deformation, a random brightness per nucleus, optional dark
 nucleoli; cells either overlap (a new cell only fills free voxels) or are rejected when they
-would touch an existing one.
+would touch an existing one. Without overlap, a share of the cells (touching_fraction) is put
+right against an existing one: real nuclei cluster, and a segmenter that never saw touching
+pairs in training merges them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from cellsynth_cli.simulators import Simulated
 # a cell that keeps less than this fraction of its voxels (hidden by others) is dropped,
 # so every instance in the masks is clearly visible in the sketch
 MIN_VISIBLE_FRACTION = 0.3
+# voxels between the support planes of two touching cells: rasterised, they end up adjacent
+TOUCH_MARGIN = 0.5
 
 
 def foreground_region(config: SimulationConfig, rng: np.random.Generator) -> np.ndarray:
@@ -74,6 +78,28 @@ def _cell_geometry(
     return Ellipsoid.build(centre, semi, rotation, scale)
 
 
+def _against(new: Ellipsoid, neighbour: Ellipsoid, rng: np.random.Generator) -> Ellipsoid:
+    """`new` moved to touch `neighbour` from a random direction u (in-plane for 3D volumes).
+
+    The centres are put h_n(u) + h_new(u) apart along u, h(u) = |T^T u| being an ellipsoid's
+    support function (its extent along u): the plane between them then separates the two, so
+    they meet without overlapping, up to the deformation (a clash is rejected as usual).
+    """
+    ndim = len(new.centre)
+    u = np.zeros(ndim)
+    u[-2:] = rng.normal(size=2)  # in-plane: stacks are coarse in z, pairs lie side by side
+    u /= max(float(np.linalg.norm(u)), 1e-12)
+    gap = np.linalg.norm(neighbour.transform.T @ u) + np.linalg.norm(new.transform.T @ u)
+    return Ellipsoid(neighbour.centre + (gap + TOUCH_MARGIN) * u, new.transform)
+
+
+def _in_region(centre: np.ndarray, region: np.ndarray) -> bool:
+    index = np.round(centre).astype(int)
+    if np.any(index < 0) or np.any(index >= region.shape):
+        return False
+    return bool(region[tuple(index)])
+
+
 def _paint_nucleoli(
     config: SimulationConfig,
     rng: np.random.Generator,
@@ -117,6 +143,7 @@ def simulate_nuclei(config: SimulationConfig, rng: np.random.Generator) -> Simul
     masks = np.zeros(shape, dtype=np.uint32)
     sketch = np.zeros(shape, dtype=np.float32)
     radii, elongated_flags, nucleoli = [], [], 0
+    placed: list[Ellipsoid] = []
     label = 0
     tries = 0
     max_tries = n_target * (config.placement_tries if not config.overlap else 2)
@@ -127,6 +154,11 @@ def simulate_nuclei(config: SimulationConfig, rng: np.random.Generator) -> Simul
         radius = rng.uniform(*config.radius) * radius_factor
         elongated = bool(rng.random() < config.elongated_fraction)
         ell = _cell_geometry(config, rng, centre, radius, elongated)
+        # drawn only when asked for, so presets without it keep their random sequence
+        if placed and config.touching_fraction > 0 and rng.random() < config.touching_fraction:
+            ell = _against(ell, placed[int(rng.integers(len(placed)))], rng)
+            if not _in_region(ell.centre, region):
+                continue
         hit = rasterise(ell, shape, rng, config.deform_strength * radius, config.deform_grid)
         if hit is None:
             continue
@@ -145,6 +177,7 @@ def simulate_nuclei(config: SimulationConfig, rng: np.random.Generator) -> Simul
         masks[box][cell] = label
         sketch[box][cell] = brightness
         radii.append(radius)
+        placed.append(ell)
         elongated_flags.append(elongated)
         if config.nucleoli[1] > 0:
             nucleoli += _paint_nucleoli(config, rng, sketch, masks, label, ell, radius, brightness)
