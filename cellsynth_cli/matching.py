@@ -94,3 +94,28 @@ def match_counts(predicted: np.ndarray, masks: np.ndarray) -> dict:
         "n_predicted": n_pred,
         "n_simulated": n_ref,
     }
+
+
+def strict_iou_losses(pred: np.ndarray, ref: np.ndarray) -> dict:
+    """Where instances found at IoU 0.5 fail a stricter threshold (AP@0.75): `loose` reference
+    cells matched at 0.5 but below 0.75, `merges` predictions covering most (> half) of two or
+    more reference cells, and `area_ratios` (prediction / reference area of each match at 0.5;
+    above 1: drawn too large)."""
+    iou, ref_ids, pred_ids = iou_matrix(pred, ref)
+    if iou.size == 0:
+        return {"matched": 0, "loose": 0, "merges": 0, "area_ratios": np.zeros(0)}
+    ref_area = np.bincount(ref.ravel())[ref_ids]
+    pred_area = np.bincount(pred.ravel())[pred_ids]
+    # IoU = I / (a + b - I), so I = IoU (a + b) / (1 + IoU)
+    overlap = iou * (ref_area[:, None] + pred_area[None, :]) / (1.0 + iou)
+    m = match(pred, ref, 0.5)
+    ref_row = {int(r): i for i, r in enumerate(ref_ids)}
+    pred_col = {int(p): j for j, p in enumerate(pred_ids)}
+    rows = np.array([ref_row[int(r)] for r in m.matched_ref], dtype=int)
+    cols = np.array([pred_col[int(p)] for p in m.matched_pred], dtype=int)
+    return {
+        "matched": m.tp,
+        "loose": int((iou[rows, cols] < 0.75).sum()),
+        "merges": int(((overlap / ref_area[:, None]) > 0.5).sum(axis=0).__ge__(2).sum()),
+        "area_ratios": pred_area[cols] / ref_area[rows],
+    }

@@ -195,3 +195,23 @@ def test_tiny_cellpose_trains_from_scratch_and_predicts(tmp_path):
     )  # fmt: skip
     assert qc_dask.exit_code == 0, qc_dask.output
     assert json.loads(qc_dask.stdout)["passed"] == report["passed"]
+
+
+def test_strict_iou_losses_name_loose_merged_and_oversized_cells():
+    from cellsynth_cli.matching import strict_iou_losses
+
+    ref = np.zeros((40, 60), np.uint16)
+    ref[5:15, 5:15] = 1  # found exactly
+    ref[20:30, 5:15] = 2  # found 1.5x too large: IoU 0.67, loose
+    ref[5:15, 30:40] = 3  # 3 and 4 touch and are found as one cell: a merge
+    ref[5:15, 40:50] = 4
+    pred = np.zeros_like(ref)
+    pred[5:15, 5:15] = 7
+    pred[20:30, 5:20] = 8
+    pred[5:15, 30:50] = 9
+    losses = strict_iou_losses(pred, ref)
+    # the merged cell still matches one of the pair at IoU 0.5 exactly, loosely
+    assert losses["matched"] == 3 and losses["loose"] == 2 and losses["merges"] == 1
+    np.testing.assert_allclose(sorted(losses["area_ratios"]), [1.0, 1.5, 2.0])
+    empty = strict_iou_losses(np.zeros_like(ref), ref)
+    assert empty["matched"] == 0 and empty["merges"] == 0
