@@ -6,6 +6,9 @@ for the whole set, see detect.py), and from them:
 
 - radius: the detections' equal-area (equal-volume) radius of whole nuclei, 20th-80th
   percentile, widened for the squeezed axes the simulator applies (scale_x, scale_z);
+  spread "wide" takes the 2nd-98th percentile of this and of every other range below, so the
+  rare small, large, dim or bright nuclei are simulated too (the simulator draws uniformly
+  within a range, so the central ranges never make them);
 - aspect ratio (scale_x): minor/major axis of each nucleus's in-plane half-maximum region
   (in 3D measured in the centre slice; the simulator rotates its ellipsoids in 3D, so its
   slices come out a little rounder than scale_x: sx 0.6 gives a median slice ratio ~0.66);
@@ -39,6 +42,8 @@ MIN_DETECTIONS = 5
 FULL_REGION_COVER = 0.7  # a fitted ellipsoid covering this much of the image means "full"
 MOMENT_WINDOW = 1.5  # radii around a centre used for its in-plane intensity moments
 FLAT_Z = 0.9  # z / in-plane extent below which fitted 3D nuclei are rotated about z only
+# percentiles of the detections each range spans: (sizes, other ranges), by spread
+SPREADS = {"central": ((20, 80), (10, 90)), "wide": ((2, 98), (2, 98))}
 
 
 @dataclass
@@ -81,9 +86,9 @@ def _aspect_ratios(image: np.ndarray, found: Detections) -> np.ndarray:
     return np.asarray(ratios)
 
 
-def _z_extent(found: list[Detections]) -> tuple[float, float]:
-    """20-80 % of the z / in-plane extent of whole nuclei, in micrometres (the watershed
-    measures each region's spread per axis; LoG blobs are round by construction: 1, 1)."""
+def _z_extent(found: list[Detections], percentiles: tuple[float, float]) -> tuple[float, float]:
+    """The given percentiles of the z / in-plane extent of whole nuclei, in micrometres (the
+    watershed measures each region's spread per axis; LoG blobs are round by construction)."""
     if found[0].method != "watershed":
         return 1.0, 1.0
     ratios = []
@@ -93,7 +98,7 @@ def _z_extent(found: list[Detections]) -> tuple[float, float]:
     ratios = np.concatenate(ratios)
     if len(ratios) == 0:
         return 1.0, 1.0
-    lo, hi = (float(v) for v in np.percentile(ratios, [20, 80]))
+    lo, hi = (float(v) for v in np.percentile(ratios, percentiles))
     return round(lo, 3), round(max(hi, lo), 3)
 
 
@@ -116,8 +121,14 @@ def fit_nuclei(
     data: Path,
     radius_range: tuple[float, float] | None = None,
     on_volume: Callable[[str], None] | None = None,
+    spread: str = "central",
 ) -> Fit:
-    """Estimate a nuclei preset from the images in DATA (masks, if any, are not read)."""
+    """Estimate a nuclei preset from the images in DATA (masks, if any, are not read).
+
+    spread: "central" ranges (the usual nucleus) or "wide" ones (rare ones too): SPREADS."""
+    if spread not in SPREADS:
+        raise InputError(f"spread must be one of {', '.join(SPREADS)}, got {spread!r}")
+    size_pct, other_pct = SPREADS[spread]
     volumes = [v for v in io.read_volumes(data)]
     images = [v.image for v in volumes if v.image is not None]
     if not images:
@@ -152,23 +163,22 @@ def fit_nuclei(
         ]
     )
     aspect_lo, aspect_hi = (
-        (float(np.percentile(aspects, 10)), float(np.percentile(aspects, 90)))
-        if len(aspects)
-        else (1.0, 1.0)
+        tuple(float(v) for v in np.percentile(aspects, other_pct)) if len(aspects) else (1.0, 1.0)
     )
     aspect_lo, aspect_hi = min(aspect_lo, 1.0), min(max(aspect_hi, aspect_lo), 1.0)
     counts = [d.count for d in found]
     shape = tuple(int(s) for s in np.median([im.shape for im in images], axis=0))
     voxel = next((v.voxel_size for v in volumes if v.voxel_size), None) or (1.0,) * len(shape)
     ndim = len(shape)
-    z_lo, z_hi = _z_extent(found) if ndim == 3 else (1.0, 1.0)
+    z_lo, z_hi = _z_extent(found, size_pct) if ndim == 3 else (1.0, 1.0)
     # the simulator draws semi-axes (sz r, r, sx r) (2D: (r, sx r)) with sx, sz uniform: its
     # equal-volume radius is r (sx sz)^(1/ndim), so r is widened to match the detector's
     # equal-volume radii on average
     sx = np.linspace(aspect_lo, aspect_hi, 21)[:, None]
     sz = np.linspace(z_lo, z_hi, 21)[None, :] if ndim == 3 else np.ones((1, 1))
     widen = 1.0 / float(np.mean((sx * sz) ** (1.0 / ndim)))
-    r_lo, r_hi = (float(v) * widen for v in np.percentile(radii, [20, 80]))
+    r_lo, r_hi = (float(v) * widen for v in np.percentile(radii, size_pct))
+    bright_lo, bright_hi = (float(v) for v in np.percentile(brightness, other_pct))
     region, region_size = _region(found, shape)
     count_lo = max(1, int(np.floor(min(counts) * 0.9)))
     count_hi = max(count_lo, int(np.ceil(max(counts) * 1.1)))
@@ -179,10 +189,7 @@ def fit_nuclei(
         "n_cells": [count_lo, count_hi],
         "radius": [round(r_lo, 2), round(max(r_hi, r_lo), 2)],
         "scale_x": [round(aspect_lo, 3), round(aspect_hi, 3)],
-        "intensity": [
-            round(float(np.percentile(brightness, 10)), 3),
-            round(float(max(np.percentile(brightness, 90), np.percentile(brightness, 10))), 3),
-        ],
+        "intensity": [round(bright_lo, 3), round(max(bright_hi, bright_lo), 3)],
         "region": region,
         "region_size": list(region_size),
     }
@@ -196,18 +203,23 @@ def fit_nuclei(
     estimates = {
         "images": len(found),
         "detector": method,
+        "spread": spread,
         "nuclei found": n_found,
         "nuclei per image": f"{min(counts):.0f}-{max(counts):.0f}",
         "radius (px, median)": round(float(np.median(radii)), 2),
-        "radius (px, 20-80 %)": f"{np.percentile(radii, 20):.1f}-{np.percentile(radii, 80):.1f}",
-        "aspect ratio (10-90 %)": f"{aspect_lo:.2f}-{aspect_hi:.2f}",
-        "brightness (10-90 %)": f"{changes['intensity'][0]:.2f}-{changes['intensity'][1]:.2f}",
+        f"radius (px, {size_pct[0]}-{size_pct[1]} %)": "{:.1f}-{:.1f}".format(
+            *np.percentile(radii, size_pct)
+        ),
+        f"aspect ratio ({other_pct[0]}-{other_pct[1]} %)": f"{aspect_lo:.2f}-{aspect_hi:.2f}",
+        f"brightness ({other_pct[0]}-{other_pct[1]} %)": (
+            f"{changes['intensity'][0]:.2f}-{changes['intensity'][1]:.2f}"
+        ),
         "foreground": region if region == "full" else f"ellipsoid {region_size}",
         "intensity scale (1-99.8 %)": f"{lo:.4g}-{hi:.4g}",
     }
     if ndim == 3:
         estimates["z squeeze (in-plane / z voxel)"] = changes["anisotropy"]
-        estimates["z / in-plane extent (20-80 %)"] = (
+        estimates[f"z / in-plane extent ({size_pct[0]}-{size_pct[1]} %)"] = (
             f"{z_lo:.2f}-{z_hi:.2f}" if method == "watershed" else "1 (not measured by LoG)"
         )
     return Fit(config=config, estimates=estimates, detections=found, names=names)

@@ -30,7 +30,8 @@ whose phantom or vanished share, judged by the classical segmenter, is above x, 
 Cellpose trains), EXPERIMENT_N_SYNTHETIC with EXPERIMENT_IMAGES_PER_EPOCH (more synthetic
 images at the same Cellpose step budget), EXPERIMENT_SEG_SEED (the synthetic arm's Cellpose
 seed; the real arm keeps 0), EXPERIMENT_TOUCHING=p (simulate with touching_fraction p:
-that share of the nuclei is placed against another one).
+that share of the nuclei is placed against another one), EXPERIMENT_FIT_SPREAD=wide
+(`simulate fit --spread wide`: 2-98 % ranges, rare small, large, dim and bright nuclei too).
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ VARIANT = {
     "seg_seed": int(os.environ.get("EXPERIMENT_SEG_SEED", 0)),
     # share of simulated nuclei placed against another (0: the fitted preset's placement)
     "touching": float(os.environ.get("EXPERIMENT_TOUCHING", 0.0)),
+    # the fitted preset's ranges: the usual nucleus (central) or the rare ones too (wide)
+    "fit_spread": os.environ.get("EXPERIMENT_FIT_SPREAD", "central"),
 }
 # Both Cellpose arms draw the same number of images per epoch (with replacement: the real
 # arm has one image), so they get the same number of optimizer steps and training crops.
@@ -187,6 +190,8 @@ def main() -> None:
             str(unlabelled),
             "-o",
             str(OUT / "fit.toml"),
+            "--spread",
+            VARIANT["fit_spread"],
             "--overwrite",
             "--json",
         )

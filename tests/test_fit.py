@@ -238,3 +238,22 @@ def test_fit_refuses_simulation_options(tmp_path):
     result = run("simulate", "fit", "--data", DSB_DIR, "-o", tmp_path / "p.toml", "-n", 5)
     assert result.exit_code == 2 and "-n" in result.output
     assert not (tmp_path / "p.toml").exists()
+
+
+def test_wide_spread_spans_the_rare_nuclei_the_central_one_leaves_out(tmp_path):
+    data, _ = simulated_images(
+        tmp_path, {"shape": [192, 192], "radius": [5, 14], "n_cells": [25, 25]}, n=1
+    )
+    central = fit_nuclei(data).config
+    wide = fit_nuclei(data, spread="wide").config
+    for name in ("radius", "intensity", "scale_x"):
+        (c_lo, c_hi), (w_lo, w_hi) = getattr(central, name), getattr(wide, name)
+        assert w_lo <= c_lo and w_hi >= c_hi, name
+    assert wide.radius[0] < central.radius[0] and wide.radius[1] > central.radius[1]
+    result = run("simulate", "fit", "--data", data, "-o", tmp_path / "w.toml", "--spread", "wide")
+    assert result.exit_code == 0, result.output
+    assert "2-98 %" in result.output
+    bad = run("simulate", "fit", "--data", data, "-o", tmp_path / "x.toml", "--spread", "huge")
+    assert bad.exit_code == 2 and "spread must be one of central, wide" in bad.output
+    misplaced = run("simulate", "nuclei", "-n", 1, "--spread", "wide", "-o", tmp_path / "s")
+    assert misplaced.exit_code == 2 and "--spread is for `simulate fit`" in misplaced.output

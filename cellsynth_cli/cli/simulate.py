@@ -68,6 +68,13 @@ def simulate(
     show_config: bool = typer.Option(
         False, "--show-config", help="Print the resolved configuration and exit."
     ),
+    spread: str = typer.Option(
+        "central",
+        "--spread",
+        help="fit: 'central' ranges span the usual nucleus (20-80 % of the detected sizes, "
+        "10-90 % of brightness and aspect); 'wide' ones 2-98 % of each, so rare small, large, "
+        "dim and bright nuclei are simulated too.",
+    ),
     json_out: JsonOut = False,
 ) -> None:
     """Simulate instance masks and sketches (the intensity layout the DDPM turns into images).
@@ -81,6 +88,7 @@ def simulate(
         cellsynth simulate celegans -n 50 --cluster local:4   # 4 worker processes
         cellsynth simulate hela -n 8 --shape 256,256 --set n_cells=20,40
         cellsynth simulate fit --data real/ -o mine.toml  # a preset from your images
+        cellsynth simulate fit --data real/ -o mine.toml --spread wide  # rare nuclei too
         cellsynth simulate mine.toml -n 50
         cellsynth simulate from-labels --data real/ -o sketches/
 
@@ -110,8 +118,10 @@ def simulate(
                 f"simulate fit writes a preset and takes --data, -o, --overwrite and --json; "
                 f"not {', '.join(ignored)} (use them when simulating from the preset)"
             )
-        _fit(data, out, overwrite, json_out)
+        _fit(data, out, overwrite, json_out, spread)
         return
+    if spread != "central":
+        raise InputError("--spread is for `simulate fit` (it sets the ranges of the fitted preset)")
     if preset == FROM_LABELS:
         data = default_path(data, workdir.REAL, "--data", must_exist=True)
         out = default_path(out, workdir.SKETCHES, "-o", must_exist=False)
@@ -168,7 +178,7 @@ def simulate(
     _report(results, out, json_out)
 
 
-def _fit(data: Path | None, out: Path | None, overwrite: bool, json_out: bool) -> None:
+def _fit(data: Path | None, out: Path | None, overwrite: bool, json_out: bool, spread: str) -> None:
     from rich.table import Table
 
     from cellsynth_cli import io
@@ -183,7 +193,9 @@ def _fit(data: Path | None, out: Path | None, overwrite: bool, json_out: bool) -
         if path.exists() and not overwrite:
             raise InputError(f"{path} already exists (pass --overwrite to replace it)")
     with console.status("finding nuclei", spinner="dots") as status:
-        fit = fit_nuclei(data, on_volume=lambda name: status.update(f"found nuclei in {name}"))
+        fit = fit_nuclei(
+            data, on_volume=lambda name: status.update(f"found nuclei in {name}"), spread=spread
+        )
     io.write_text(out, to_toml(fit, data), overwrite=overwrite)
     save_fit_picture(picture, fit, data)
     if json_out:
