@@ -76,6 +76,16 @@ ROWS: dict[str, dict[str, str]] = {
         "EXPERIMENT_TOUCHING": "0.25",
         "ddpm": "conditional+guidance",
     },
+    # the same synthetic images, another Cellpose seed: are the background fragments of
+    # touching-s0 Cellpose's own noise?
+    "conditional+guidance+touching-cellpose-s1": {
+        **PAPER,
+        "EXPERIMENT_CONDITION": "pseudo-sketch",
+        "EXPERIMENT_GUIDANCE": "2",
+        "EXPERIMENT_TOUCHING": "0.25",
+        "EXPERIMENT_SEG_SEED": "1",
+        "ddpm": "conditional+guidance",
+    },
     # the held-back half's AP@0.75 losses are mostly small bright nuclei drawn too large: the
     # central ranges of the fitted preset (20-80 % sizes) never simulate any
     "conditional+guidance+wide": {
@@ -97,6 +107,7 @@ LABELS = {
     "conditional-t1000": "conditional, from pure noise (t_start = T)",
     "conditional+guidance": "conditional + guidance w = 2",
     "conditional+guidance+touching": "conditional + guidance + 25 % touching nuclei",
+    "conditional+guidance+touching-cellpose-s1": "the same, Cellpose seed 1 (same images)",
     "conditional+guidance+wide": "conditional + guidance + wide fitted ranges (2-98 %)",
 }
 METRICS = ("dice", "ap@0.5", "ap@0.75", "f1")
