@@ -41,16 +41,21 @@ class Matches:
     matched_ref: np.ndarray
 
 
+def _pairs(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(reference rows, prediction columns) of IoU's one-to-one matches at >= threshold."""
+    cost = np.where(iou >= threshold, iou, 0.0)
+    rows, cols = linear_sum_assignment(cost, maximize=True)
+    good = cost[rows, cols] >= threshold
+    return rows[good], cols[good]
+
+
 def match(pred: np.ndarray, ref: np.ndarray, threshold: float = 0.5) -> Matches:
     iou, ref_ids, pred_ids = iou_matrix(pred, ref)
     if iou.size == 0:
         return Matches(
             0, int(pred_ids.size), int(ref_ids.size), np.array([], int), np.array([], int)
         )
-    cost = np.where(iou >= threshold, iou, 0.0)
-    rows, cols = linear_sum_assignment(cost, maximize=True)
-    good = cost[rows, cols] >= threshold
-    rows, cols = rows[good], cols[good]
+    rows, cols = _pairs(iou, threshold)
     tp = int(rows.size)
     return Matches(
         tp, int(pred_ids.size) - tp, int(ref_ids.size) - tp, pred_ids[cols], ref_ids[rows]
@@ -108,14 +113,11 @@ def strict_iou_losses(pred: np.ndarray, ref: np.ndarray) -> dict:
     pred_area = np.bincount(pred.ravel())[pred_ids]
     # IoU = I / (a + b - I), so I = IoU (a + b) / (1 + IoU)
     overlap = iou * (ref_area[:, None] + pred_area[None, :]) / (1.0 + iou)
-    m = match(pred, ref, 0.5)
-    ref_row = {int(r): i for i, r in enumerate(ref_ids)}
-    pred_col = {int(p): j for j, p in enumerate(pred_ids)}
-    rows = np.array([ref_row[int(r)] for r in m.matched_ref], dtype=int)
-    cols = np.array([pred_col[int(p)] for p in m.matched_pred], dtype=int)
+    mostly_covered = (overlap / ref_area[:, None]) > 0.5  # [ref, pred]
+    rows, cols = _pairs(iou, 0.5)
     return {
-        "matched": m.tp,
+        "matched": int(rows.size),
         "loose": int((iou[rows, cols] < 0.75).sum()),
-        "merges": int(((overlap / ref_area[:, None]) > 0.5).sum(axis=0).__ge__(2).sum()),
+        "merges": int((mostly_covered.sum(axis=0) >= 2).sum()),
         "area_ratios": pred_area[cols] / ref_area[rows],
     }
