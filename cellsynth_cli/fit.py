@@ -177,7 +177,8 @@ def fit_nuclei(
     sx = np.linspace(aspect_lo, aspect_hi, 21)[:, None]
     sz = np.linspace(z_lo, z_hi, 21)[None, :] if ndim == 3 else np.ones((1, 1))
     widen = 1.0 / float(np.mean((sx * sz) ** (1.0 / ndim)))
-    r_lo, r_hi = (float(v) * widen for v in np.percentile(radii, size_pct))
+    radius_pct = np.percentile(radii, size_pct)
+    r_lo, r_hi = (float(v) * widen for v in radius_pct)
     bright_lo, bright_hi = (float(v) for v in np.percentile(brightness, other_pct))
     region, region_size = _region(found, shape)
     count_lo = max(1, int(np.floor(min(counts) * 0.9)))
@@ -207,9 +208,7 @@ def fit_nuclei(
         "nuclei found": n_found,
         "nuclei per image": f"{min(counts):.0f}-{max(counts):.0f}",
         "radius (px, median)": round(float(np.median(radii)), 2),
-        f"radius (px, {size_pct[0]}-{size_pct[1]} %)": "{:.1f}-{:.1f}".format(
-            *np.percentile(radii, size_pct)
-        ),
+        f"radius (px, {size_pct[0]}-{size_pct[1]} %)": "{:.1f}-{:.1f}".format(*radius_pct),
         f"aspect ratio ({other_pct[0]}-{other_pct[1]} %)": f"{aspect_lo:.2f}-{aspect_hi:.2f}",
         f"brightness ({other_pct[0]}-{other_pct[1]} %)": (
             f"{changes['intensity'][0]:.2f}-{changes['intensity'][1]:.2f}"

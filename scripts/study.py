@@ -41,6 +41,9 @@ PAPER = {
     "EXPERIMENT_TOUCHING": "0",
     "EXPERIMENT_FIT_SPREAD": "central",
 }
+# the best row (pseudo-sketch conditioned, w = 2), which the last rows change one knob of
+GUIDED = {**PAPER, "EXPERIMENT_CONDITION": "pseudo-sketch", "EXPERIMENT_GUIDANCE": "2"}
+TOUCHING = {**GUIDED, "EXPERIMENT_TOUCHING": "0.25", "ddpm": "conditional+guidance"}
 ROWS: dict[str, dict[str, str]] = {
     "paper": PAPER,
     # the same synthetic images, another Cellpose seed: the noise floor of a comparison
@@ -61,37 +64,17 @@ ROWS: dict[str, dict[str, str]] = {
         "EXPERIMENT_T_START": "1000",
         "ddpm": "conditional",
     },
-    "conditional+guidance": {
-        **PAPER,
-        "EXPERIMENT_CONDITION": "pseudo-sketch",
-        "EXPERIMENT_GUIDANCE": "2",
-        "ddpm": "conditional",
-    },
+    "conditional+guidance": {**GUIDED, "ddpm": "conditional"},
     # real nuclei touch (a quarter of them lie within 2 px of another); the fitted preset's
     # random placement gives fewer pairs, and the synthetic-trained Cellpose merges pairs
-    "conditional+guidance+touching": {
-        **PAPER,
-        "EXPERIMENT_CONDITION": "pseudo-sketch",
-        "EXPERIMENT_GUIDANCE": "2",
-        "EXPERIMENT_TOUCHING": "0.25",
-        "ddpm": "conditional+guidance",
-    },
+    "conditional+guidance+touching": TOUCHING,
     # the same synthetic images, another Cellpose seed: are the background fragments of
     # touching-s0 Cellpose's own noise?
-    "conditional+guidance+touching-cellpose-s1": {
-        **PAPER,
-        "EXPERIMENT_CONDITION": "pseudo-sketch",
-        "EXPERIMENT_GUIDANCE": "2",
-        "EXPERIMENT_TOUCHING": "0.25",
-        "EXPERIMENT_SEG_SEED": "1",
-        "ddpm": "conditional+guidance",
-    },
+    "conditional+guidance+touching-cellpose-s1": {**TOUCHING, "EXPERIMENT_SEG_SEED": "1"},
     # the held-back half's AP@0.75 losses are mostly small bright nuclei drawn too large: the
     # central ranges of the fitted preset (20-80 % sizes) never simulate any
     "conditional+guidance+wide": {
-        **PAPER,
-        "EXPERIMENT_CONDITION": "pseudo-sketch",
-        "EXPERIMENT_GUIDANCE": "2",
+        **GUIDED,
         "EXPERIMENT_FIT_SPREAD": "wide",
         "ddpm": "conditional+guidance",
     },
