@@ -10,6 +10,7 @@ cellpose is imported lazily: it takes seconds.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -19,7 +20,7 @@ import secrets
 import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,11 +232,15 @@ def train_segmenter(
     seed: int = 0,
     device: str = "auto",
     on_epoch: Callable[[int, float], None] | None = None,
+    background: Path | None = None,
+    n_background_crops: int = 4,
 ) -> dict:
     """Train Cellpose from scratch on DATA's images + masks; the model goes to OUT.
 
     slices: for 3D volumes, "all" trains on xy slices and on xz / yz slices resampled to
     isotropic voxels (see volume_slices), "xy" on xy slices only.
+    background: unlabelled real images; up to N_BACKGROUND_CROPS nucleus-free squares of them
+    join the training set as images with empty masks (see background.py).
     on_epoch(epoch, loss) is called whenever cellpose reports (epoch 0, 5, then every 10).
     """
     if epochs < 1 or bsize < 16 or batch < 1 or learning_rate <= 0:
@@ -254,8 +259,18 @@ def train_segmenter(
     # at least one full batch per epoch: a single training image would otherwise give
     # batch-1 steps (images are drawn with replacement when this differs from their number)
     images_per_epoch = images_per_epoch or max(len(images), batch)
-    out.mkdir(parents=True, exist_ok=True)
     models, train = _cellpose(out)
+    # cellpose's own normalisation (per image, 1-99 %) unless background crops need theirs
+    normalize: bool | dict = True
+    crops = []
+    if background is not None:
+        from cellsynth_cli.background import background_crops, normalize_like_cellpose
+
+        crops = background_crops(background, diameter, n_background_crops, seed)
+        images = [normalize_like_cellpose(im) for im in images] + [c.image for c in crops]
+        masks = masks + [np.zeros(c.image.shape, np.int32) for c in crops]
+        normalize = {"normalize": False}  # a dict: a bool would change cellpose's defaults
+    out.mkdir(parents=True, exist_ok=True)  # after the checks: a refused run leaves nothing
     import torch
 
     torch.manual_seed(seed)
@@ -272,13 +287,13 @@ def train_segmenter(
     work = out / ".training"
     shutil.rmtree(work, ignore_errors=True)
     (work / "models").mkdir(parents=True)
-    with _EpochLog(on_epoch) as epoch_log:
+    with _EpochLog(on_epoch) as epoch_log, _empty_masks_measure(diameter):
         path, train_losses, _ = train.train_seg(
             net.net,
             train_data=images,
             train_labels=masks,
             channels=[0, 0],
-            normalize=True,
+            normalize=normalize,
             n_epochs=epochs,
             SGD=True,  # cellpose's own CLI default (momentum 0.9); AdamW wants ~50x lower rates
             learning_rate=learning_rate,
@@ -288,7 +303,7 @@ def train_segmenter(
             bsize=bsize,
             save_path=str(work),
             model_name=MODEL_FILE,
-            min_train_masks=1,
+            min_train_masks=0 if crops else 1,
         )
     os.replace(path, out / MODEL_FILE)
     shutil.rmtree(work, ignore_errors=True)
@@ -306,8 +321,13 @@ def train_segmenter(
         "optimizer": "SGD momentum 0.9",
         "seed": seed,
         "data": str(data),
-        "n_training_images": len(images),
+        "n_training_images": len(found.images),
         "n_slices": found.counts(),
+        "background": None if background is None else str(background),
+        "background_crops": [
+            {"source": c.source, "plane": c.plane, "corner": list(c.corner), "side": len(c.image)}
+            for c in crops
+        ],
         "final_loss": float(train_losses[-1]),
         "loss_log": epoch_log.losses,
         "seconds": round(time.perf_counter() - start, 1),
@@ -315,6 +335,30 @@ def train_segmenter(
     }
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     return config
+
+
+@contextlib.contextmanager
+def _empty_masks_measure(diameter: float) -> Iterator[None]:
+    """While training: an image with no cells counts as having cells of DIAMETER.
+
+    cellpose rescales each training image by its cells' diameter, clipped below at 5 px: an
+    empty background crop would be zoomed 6x (diam_mean 30 / 5) and no longer look like the
+    real background at the scale the network sees it.
+    """
+    from cellpose import utils
+
+    measure = utils.diameters
+
+    def diameters(masks: np.ndarray) -> tuple[float, np.ndarray]:
+        if not np.any(masks):
+            return diameter, np.zeros(0)
+        return measure(masks)
+
+    utils.diameters = diameters
+    try:
+        yield
+    finally:
+        utils.diameters = measure
 
 
 def segmenter_config(model_dir: Path) -> dict:

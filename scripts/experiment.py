@@ -31,7 +31,9 @@ Cellpose trains), EXPERIMENT_N_SYNTHETIC with EXPERIMENT_IMAGES_PER_EPOCH (more 
 images at the same Cellpose step budget), EXPERIMENT_SEG_SEED (the synthetic arm's Cellpose
 seed; the real arm keeps 0), EXPERIMENT_TOUCHING=p (simulate with touching_fraction p:
 that share of the nuclei is placed against another one), EXPERIMENT_FIT_SPREAD=wide
-(`simulate fit --spread wide`: 2-98 % ranges, rare small, large, dim and bright nuclei too).
+(`simulate fit --spread wide`: 2-98 % ranges, rare small, large, dim and bright nuclei too),
+EXPERIMENT_BACKGROUND=n (the synthetic arm's Cellpose also trains on up to n nucleus-free
+squares of the unlabelled training image, as images with no cells: `segment train --background`).
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ VARIANT = {
     "touching": float(os.environ.get("EXPERIMENT_TOUCHING", 0.0)),
     # the fitted preset's ranges: the usual nucleus (central) or the rare ones too (wide)
     "fit_spread": os.environ.get("EXPERIMENT_FIT_SPREAD", "central"),
+    # nucleus-free squares of the unlabelled training image as empty Cellpose images (0: none)
+    "background": int(os.environ.get("EXPERIMENT_BACKGROUND", 0)),
 }
 # Both Cellpose arms draw the same number of images per epoch (with replacement: the real
 # arm has one image), so they get the same number of optimizer steps and training crops.
@@ -289,6 +293,11 @@ def main() -> None:
             "128",
             "--seed",
             str(VARIANT["seg_seed"] if arm == "synthetic" else 0),
+            *(
+                ["--background", str(unlabelled), "--background-crops", str(VARIANT["background"])]
+                if arm == "synthetic" and VARIANT["background"]
+                else []
+            ),
             "--overwrite",
         )
     scores = {}

@@ -25,6 +25,7 @@ from cellsynth_cli.cli.common import (
     print_json,
     progress_bar,
 )
+from cellsynth_cli.errors import InputError
 
 Mode = Annotated[
     str,
@@ -76,6 +77,18 @@ def train(
         "voxels (Cellpose's recipe for its 3D mode; at most as many as xy slices per volume); "
         "xy = xy slices only. 2D images are used as they are.",
     ),
+    background: path_option(
+        ("--background",),
+        "Unlabelled real images (e.g. the DDPM's training images): nucleus-free squares of "
+        "them, found by the classical segmenter, join training as images with no cells, so "
+        "the model sees real background and outlines less of it. No labels are used.",
+    ) = None,
+    background_crops: int = typer.Option(
+        4,
+        "--background-crops",
+        help="With --background: at most this many squares (2.5 cell diameters a side, "
+        "clear of any detected nucleus by a quarter diameter), farthest from nuclei first.",
+    ),
     seed: Seed = 0,
     device: Device = "auto",
     overwrite: Overwrite = False,
@@ -90,11 +103,14 @@ def train(
         cellsynth segment train                       # synth/ -> seg/
         cellsynth segment train --data synth/ -o seg/ --epochs 100
         cellsynth segment train --slices xy           # 3D: xy slices only
+        cellsynth segment train --background real/    # + real background, no labels
     """
     from cellsynth_cli.segment import train_segmenter
 
     data = default_path(data, workdir.SYNTH, "--data", must_exist=True)
     out = default_path(out, workdir.SEG, "-o", must_exist=False)
+    if background is None and background_crops != 4:
+        raise InputError("--background-crops needs --background (the real images to crop)")
 
     with progress_bar(quiet=json_out) as bar:
         task = bar.add_task("train cellpose", total=epochs, status="")
@@ -116,6 +132,8 @@ def train(
             seed=seed,
             device=device,
             on_epoch=on_epoch,
+            background=background,
+            n_background_crops=background_crops,
         )
         bar.update(task, completed=epochs)
     if json_out:
@@ -130,6 +148,12 @@ def train(
             f"{config['seconds']} s, final loss {config['final_loss']:.4f}, cell "
             f"diameter {config['diameter']:.1f} px; model in {out}"
         )
+        if config["background_crops"]:
+            side = config["background_crops"][0]["side"]
+            console.print(
+                f"with {len(config['background_crops'])} nucleus-free {side} px square(s) of "
+                f"{background} as empty images"
+            )
 
 
 @segment_app.command("predict", cls=CellsynthCommand)
@@ -256,7 +280,6 @@ def qc(
         cellsynth segment qc --judge classical --max-vanished 0.3 --move-failed rejected/
     """
     from cellsynth_cli import io
-    from cellsynth_cli.errors import InputError
     from cellsynth_cli.segment import quality_control
 
     if judge == "model":  # other judges need no model (a wrong name is reported below)
