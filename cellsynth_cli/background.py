@@ -87,20 +87,17 @@ def background_crops(
                 else np.full(plane_nuclei.shape, np.inf)  # (the transform needs a zero)
             )
             planes.append((volume.name, z, normalised[z] if stack else normalised, clearance))
+    free = [_free_squares(clearance, side) for *_, clearance in planes]
     crops: list[BackgroundCrop] = []
-    while len(crops) < n_crops:
-        best = None  # (clearance, plane index, corner)
-        for index, (_, _, _, clearance) in enumerate(planes):
-            free = _free_squares(clearance, side)
-            corner = np.unravel_index(int(np.argmax(free)), free.shape)
-            if best is None or free[corner] > best[0]:
-                best = (float(free[corner]), index, (int(corner[0]), int(corner[1])))
-        if best is None or best[0] <= margin:
+    while len(crops) < n_crops and planes:
+        index = int(np.argmax([f.max() for f in free]))
+        y, x = (int(i) for i in np.unravel_index(int(np.argmax(free[index])), free[index].shape))
+        if free[index][y, x] <= margin:
             break
-        _, index, (y, x) = best
         name, z, normalised, clearance = planes[index]
         crops.append(BackgroundCrop(normalised[y : y + side, x : x + side].copy(), name, z, (y, x)))
         clearance[y : y + side, x : x + side] = 0.0  # taken: no overlapping square
+        free[index] = _free_squares(clearance, side)
     if not crops:
         raise InputError(
             f"{data}: no square of {side} px clear of nuclei by {margin:.0f} px in its images "
