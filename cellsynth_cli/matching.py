@@ -121,3 +121,15 @@ def strict_iou_losses(pred: np.ndarray, ref: np.ndarray) -> dict:
         "merges": int((mostly_covered.sum(axis=0) >= 2).sum()),
         "area_ratios": pred_area[cols] / ref_area[rows],
     }
+
+
+def background_detections(pred: np.ndarray, ref: np.ndarray) -> int:
+    """Predicted instances lying mostly (more than half their area) outside every reference
+    cell: false positives made of background, not split or shifted cells."""
+    if pred.shape != ref.shape:
+        raise InputError(f"mask shapes differ: {pred.shape} vs {ref.shape}")
+    labels = pred.ravel().astype(np.int64)
+    area = np.bincount(labels)
+    on_cells = np.bincount(labels, weights=(ref.ravel() > 0))
+    present = area[1:] > 0
+    return int((present & (on_cells[1:] < 0.5 * area[1:])).sum())

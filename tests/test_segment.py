@@ -215,3 +215,19 @@ def test_strict_iou_losses_name_loose_merged_and_oversized_cells():
     np.testing.assert_allclose(sorted(losses["area_ratios"]), [1.0, 1.5, 2.0])
     empty = strict_iou_losses(np.zeros_like(ref), ref)
     assert empty["matched"] == 0 and empty["merges"] == 0
+
+
+def test_background_detections_count_predictions_mostly_off_every_cell():
+    from cellsynth_cli.matching import background_detections
+
+    ref = np.zeros((40, 60), np.uint16)
+    ref[5:15, 5:15] = 1
+    pred = np.zeros_like(ref)
+    pred[5:15, 5:15] = 3  # the cell itself
+    pred[5:15, 13:20] = 4  # 2 of 7 columns on the cell: mostly background
+    pred[30:35, 30:35] = 9  # all background
+    assert background_detections(pred, ref) == 2
+    pred[5:15, 13:20] = 0
+    pred[5:15, 10:14] = 4  # a split cell: on the cell, not background
+    assert background_detections(pred, ref) == 1
+    assert background_detections(np.zeros_like(ref), ref) == 0
