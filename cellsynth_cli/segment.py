@@ -287,7 +287,7 @@ def train_segmenter(
     work = out / ".training"
     shutil.rmtree(work, ignore_errors=True)
     (work / "models").mkdir(parents=True)
-    with _EpochLog(on_epoch) as epoch_log, _empty_masks_measure(diameter):
+    with _EpochLog(on_epoch) as epoch_log, _empty_masks_allowed(diameter):
         path, train_losses, _ = train.train_seg(
             net.net,
             train_data=images,
@@ -338,8 +338,9 @@ def train_segmenter(
 
 
 @contextlib.contextmanager
-def _empty_masks_measure(diameter: float) -> Iterator[None]:
-    """While training: an image with no cells counts as having cells of DIAMETER.
+def _empty_masks_allowed(diameter: float) -> Iterator[None]:
+    """While training: an image with no cells counts as having cells of DIAMETER, and
+    cellpose's "empty masks!" warning (expected for background crops) is not shown.
 
     cellpose rescales each training image by its cells' diameter, clipped below at 5 px: an
     empty background crop would be zoomed 6x (diam_mean 30 / 5) and no longer look like the
@@ -348,6 +349,9 @@ def _empty_masks_measure(diameter: float) -> Iterator[None]:
     from cellpose import utils
 
     measure = utils.diameters
+    flows_log = logging.getLogger("cellpose.dynamics")
+    expected = _DropMessage("empty masks!")
+    flows_log.addFilter(expected)
 
     def diameters(masks: np.ndarray) -> tuple[float, np.ndarray]:
         if not np.any(masks):
@@ -359,6 +363,16 @@ def _empty_masks_measure(diameter: float) -> Iterator[None]:
         yield
     finally:
         utils.diameters = measure
+        flows_log.removeFilter(expected)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != self.message
 
 
 def segmenter_config(model_dir: Path) -> dict:

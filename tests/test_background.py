@@ -1,6 +1,7 @@
 """Real background squares as empty Cellpose training images (segment train --background)."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from cellsynth_cli import io
 from cellsynth_cli.background import background_crops, normalize_like_cellpose
 from cellsynth_cli.cli import app
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.segment import _empty_masks_measure
+from cellsynth_cli.segment import _empty_masks_allowed
 
 runner = CliRunner()
 
@@ -65,17 +66,23 @@ def test_a_crowded_image_has_no_background_square(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value encountered")
-def test_empty_masks_count_as_cells_of_the_training_diameter_only_while_training():
-    from cellpose import utils
+def test_empty_masks_count_as_cells_of_the_training_diameter_only_while_training(caplog):
+    from cellpose import dynamics, utils
 
     empty = np.zeros((32, 32), np.int32)
     one = np.zeros((32, 32), np.int32)
     one[4:14, 4:14] = 1
     before = utils.diameters(one)[0]
-    with _empty_masks_measure(17.0):
+    with _empty_masks_allowed(17.0):
         assert utils.diameters(empty)[0] == 17.0
+        with caplog.at_level(logging.WARNING, logger="cellpose.dynamics"):
+            dynamics.labels_to_flows([empty])
+        assert "empty masks!" not in caplog.text
         assert utils.diameters(one)[0] == before  # cells are measured as cellpose measures
     assert utils.diameters(empty)[0] == 0  # cellpose's own function again
+    with caplog.at_level(logging.WARNING, logger="cellpose.dynamics"):
+        dynamics.labels_to_flows([empty])
+    assert "empty masks!" in caplog.text  # and its own warning
 
 
 def test_segment_train_with_background_through_the_entry_point(tmp_path):
