@@ -8,10 +8,13 @@ right half is held back for scoring only.
     shipped DDPM this recipe made (EXPERIMENT_DDPM=bundled:dsb2018-nuclei-conditional);
  2. `cellsynth simulate fit` on the unlabelled training image (no real labels in the
     synthetic arm) writes a nuclei preset: radius, aspect ratio, count, brightness;
-    simulate sketches from it;
+    simulate sketches from it, a quarter of the nuclei touching another (the study's best
+    row; EXPERIMENT_TOUCHING);
  3. noise-analysis (from-labels sketches of the training part) picks t_start (or, with
     EXPERIMENT_T_RULE=qc, the simulated sketches' phantom/vanished count does);
- 4. synthesize them and train Cellpose on the synthetic images + simulated masks only;
+ 4. synthesize them and train Cellpose on the synthetic images + simulated masks only, plus
+    nucleus-free squares of the unlabelled training image as images with no cells
+    (`segment train --background`; EXPERIMENT_BACKGROUND, 4);
  5. baseline: Cellpose on the real labelled training part;
  6. score both on the held-back part; write experiment_out/report.md and a PNG;
  7. QC: the real-label model segments the synthetic images, matched to their own masks
@@ -62,7 +65,8 @@ BUDGET = {
 }
 VARIANT = {
     "seed": int(os.environ.get("EXPERIMENT_SEED", 0)),
-    # the defaults are the issue-12 study's best row: a pseudo-sketch conditioned DDPM, w = 2
+    # the defaults are the issue-12 study's best row: a pseudo-sketch conditioned DDPM, w = 2,
+    # a quarter of the nuclei touching, Cellpose shown 4 real background squares
     "condition": os.environ.get("EXPERIMENT_CONDITION", "pseudo-sketch"),
     "guidance": float(os.environ.get("EXPERIMENT_GUIDANCE", 2.0)),  # conditional models only
     "t_rule": os.environ.get("EXPERIMENT_T_RULE", "kld"),
@@ -70,11 +74,11 @@ VARIANT = {
     # the synthetic arm's Cellpose seed: how much of a difference is Cellpose's own noise
     "seg_seed": int(os.environ.get("EXPERIMENT_SEG_SEED", 0)),
     # share of simulated nuclei placed against another (0: the fitted preset's placement)
-    "touching": float(os.environ.get("EXPERIMENT_TOUCHING", 0.0)),
+    "touching": float(os.environ.get("EXPERIMENT_TOUCHING", 0.25)),
     # the fitted preset's ranges: the usual nucleus (central) or the rare ones too (wide)
     "fit_spread": os.environ.get("EXPERIMENT_FIT_SPREAD", "central"),
     # nucleus-free squares of the unlabelled training image as empty Cellpose images (0: none)
-    "background": int(os.environ.get("EXPERIMENT_BACKGROUND", 0)),
+    "background": int(os.environ.get("EXPERIMENT_BACKGROUND", 4)),
 }
 # Both Cellpose arms draw the same number of images per epoch (with replacement: the real
 # arm has one image), so they get the same number of optimizer steps and training crops.
