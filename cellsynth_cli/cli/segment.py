@@ -84,10 +84,12 @@ def train(
         "the model sees real background and outlines less of it. No labels are used.",
     ) = None,
     background_crops: int = typer.Option(
-        4,
+        None,
         "--background-crops",
         help="With --background: at most this many squares (2.5 cell diameters a side, "
-        "clear of any detected nucleus by a quarter diameter), farthest from nuclei first.",
+        "clear of any detected nucleus by a quarter diameter), farthest from nuclei first. "
+        "Default 4.",
+        show_default=False,
     ),
     seed: Seed = 0,
     device: Device = "auto",
@@ -109,7 +111,7 @@ def train(
 
     data = default_path(data, workdir.SYNTH, "--data", must_exist=True)
     out = default_path(out, workdir.SEG, "-o", must_exist=False)
-    if background is None and background_crops != 4:
+    if background is None and background_crops is not None:
         raise InputError("--background-crops needs --background (the real images to crop)")
 
     with progress_bar(quiet=json_out) as bar:
@@ -133,7 +135,7 @@ def train(
             device=device,
             on_epoch=on_epoch,
             background=background,
-            n_background_crops=background_crops,
+            **({} if background_crops is None else {"n_background_crops": background_crops}),
         )
         bar.update(task, completed=epochs)
     if json_out:
