@@ -90,6 +90,13 @@ ROWS: dict[str, dict[str, str]] = {
     # background fragments decided AP@0.5 of touching-s0 (21 of them): the synthetic-trained
     # Cellpose has never seen real background; give it nucleus-free real squares, no labels
     "conditional+guidance+touching+background": {**TOUCHING, "EXPERIMENT_BACKGROUND": "4"},
+    # a conditional model needs no noisy sketch to start from: is pure noise (t_start = T)
+    # better than the KLD rule's t_start for the best row?
+    "conditional+guidance+touching+background-t1000": {
+        **TOUCHING,
+        "EXPERIMENT_BACKGROUND": "4",
+        "EXPERIMENT_T_START": "1000",
+    },
 }
 LABELS = {
     "paper": "paper method (unconditional, KLD t_start)",
@@ -106,6 +113,7 @@ LABELS = {
     "conditional+guidance+wide": "conditional + guidance + wide fitted ranges (2-98 %)",
     "conditional+guidance+background": "conditional + guidance + real background squares",
     "conditional+guidance+touching+background": "+ touching + real background squares",
+    "conditional+guidance+touching+background-t1000": "the same, from pure noise (t_start = T)",
 }
 METRICS = ("dice", "ap@0.5", "ap@0.75", "f1")
 
