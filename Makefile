@@ -56,7 +56,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check cellsynth_cli tests bench
 	$(VENV)/bin/ruff format --check cellsynth_cli tests bench
 
-# The best configuration of the issue-12 study (a pseudo-sketch conditioned DDPM, guidance 2).
+# The best configuration of the issue-12 study (a pseudo-sketch conditioned DDPM, guidance 2,
+# touching nuclei, real background squares for Cellpose).
 # It starts from the shipped DDPM that this recipe trained (41 min on 2 CPU cores);
 # EXPERIMENT_DDPM=train retrains it (+38 min).
 EXPERIMENT_DDPM ?= bundled:dsb2018-nuclei-conditional

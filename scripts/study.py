@@ -45,6 +45,8 @@ PAPER = {
 # the best row (pseudo-sketch conditioned, w = 2), which the last rows change one knob of
 GUIDED = {**PAPER, "EXPERIMENT_CONDITION": "pseudo-sketch", "EXPERIMENT_GUIDANCE": "2"}
 TOUCHING = {**GUIDED, "EXPERIMENT_TOUCHING": "0.25", "ddpm": "conditional+guidance"}
+# the best row (and the experiment's defaults): touching nuclei + real background squares
+BEST = {**TOUCHING, "EXPERIMENT_BACKGROUND": "4"}
 ROWS: dict[str, dict[str, str]] = {
     "paper": PAPER,
     # the same synthetic images, another Cellpose seed: the noise floor of a comparison
@@ -89,14 +91,10 @@ ROWS: dict[str, dict[str, str]] = {
     },
     # background fragments decided AP@0.5 of touching-s0 (21 of them): the synthetic-trained
     # Cellpose has never seen real background; give it nucleus-free real squares, no labels
-    "conditional+guidance+touching+background": {**TOUCHING, "EXPERIMENT_BACKGROUND": "4"},
+    "conditional+guidance+touching+background": BEST,
     # a conditional model needs no noisy sketch to start from: is pure noise (t_start = T)
     # better than the KLD rule's t_start for the best row?
-    "conditional+guidance+touching+background-t1000": {
-        **TOUCHING,
-        "EXPERIMENT_BACKGROUND": "4",
-        "EXPERIMENT_T_START": "1000",
-    },
+    "conditional+guidance+touching+background-t1000": {**BEST, "EXPERIMENT_T_START": "1000"},
 }
 LABELS = {
     "paper": "paper method (unconditional, KLD t_start)",
