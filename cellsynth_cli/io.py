@@ -8,6 +8,7 @@ Writes are atomic: a hidden temporary sibling is renamed into place.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import math
@@ -15,7 +16,8 @@ import os
 import secrets
 import shutil
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -253,8 +255,32 @@ def _mask_dtype(masks: np.ndarray) -> np.dtype:
 
 
 def _write_group(root: Path, volume: Volume) -> None:
-    """Write the whole volume into a fresh group at `root` (the temporary)."""
-    import zarr
+    """Write the whole volume into a fresh group at `root` (the temporary).
+
+    zarr 3 writes chunks as asyncio tasks. Its sync API runs them on zarr's shared background
+    loop, where a failed write leaves the other chunk writes of the array running: they wrote
+    into the temporary after write_volume had deleted it (so it came back) and were destroyed
+    pending at exit ("Task was destroyed but it is pending!"). A private loop under asyncio.run
+    returns, or raises, only once every task has ended and its writer threads are joined.
+    """
+    _run_to_the_end(_write_group_async(root, volume))
+
+
+def _run_to_the_end(coro: Coroutine[Any, Any, None]) -> None:
+    """Run `coro` on a private event loop; return only when nothing it started still runs."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(coro)  # the usual case: no loop in this thread
+        return
+    # this thread already runs a loop (a notebook): run ours in a helper thread, and wait for
+    # it to end even when interrupted, so nothing writes after the caller has cleaned up
+    with ThreadPoolExecutor(1, thread_name_prefix="cellsynth-write") as pool:
+        pool.submit(asyncio.run, coro).result()
+
+
+async def _write_group_async(root: Path, volume: Volume) -> None:
+    from zarr.api.asynchronous import open_group
 
     ndim = volume.ndim
     shape = volume.shape
@@ -262,18 +288,18 @@ def _write_group(root: Path, volume: Volume) -> None:
     dims = tuple("zyx"[-ndim:])
     multiscales = _multiscales(volume.name, ndim, voxel_size)
 
-    def put(group: zarr.Group, name: str, data: np.ndarray) -> None:
-        array = group.create_array(
+    async def put(group: Any, name: str, data: np.ndarray) -> None:
+        array = await group.create_array(
             name,
             shape=shape,
             dtype=data.dtype,
             chunks=_chunks(shape),
             dimension_names=dims,
         )
-        array[...] = data
+        await array.setitem(Ellipsis, data)
 
-    group = zarr.open_group(store=str(root), mode="w-", zarr_format=3)
-    group.attrs.update(
+    group = await open_group(store=str(root), mode="w-", zarr_format=3)
+    await group.update_attributes(
         {
             "ome": {"version": NGFF_VERSION, "multiscales": multiscales},
             "cellsynth": to_jsonable(volume.provenance),
@@ -283,19 +309,24 @@ def _write_group(root: Path, volume: Volume) -> None:
     intensity = volume.image if volume.image is not None else sketch
     if intensity is None:
         raise InputError(f"{root}: volume {volume.name!r} has masks but no image or sketch")
-    put(group, "0", np.asarray(intensity))
+    await put(group, "0", np.asarray(intensity))
     if sketch is not None:
-        put(group, "sketch", sketch)
+        await put(group, "sketch", sketch)
     if volume.masks is not None:
-        labels = group.create_group("labels")
-        labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": [LABEL_NAME]}
-        cells = labels.create_group(LABEL_NAME)
-        cells.attrs["ome"] = {
-            "version": NGFF_VERSION,
-            "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}},
-            "multiscales": multiscales,
-        }
-        put(cells, "0", volume.masks.astype(_mask_dtype(volume.masks), copy=False))
+        labels = await group.create_group(
+            "labels", attributes={"ome": {"version": NGFF_VERSION, "labels": [LABEL_NAME]}}
+        )
+        cells = await labels.create_group(
+            LABEL_NAME,
+            attributes={
+                "ome": {
+                    "version": NGFF_VERSION,
+                    "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}},
+                    "multiscales": multiscales,
+                }
+            },
+        )
+        await put(cells, "0", volume.masks.astype(_mask_dtype(volume.masks), copy=False))
 
 
 def is_enospc(exc: BaseException) -> bool:

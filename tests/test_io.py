@@ -5,12 +5,16 @@ from __future__ import annotations
 import errno
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import zarr
+from conftest import run_cellsynth
+from full_disk import failing_set, sitecustomize_source
+from zarr.storage import LocalStore
 
 from cellsynth_cli import __version__, io
 from cellsynth_cli.errors import InputError
@@ -174,16 +178,16 @@ def test_failure_mid_write_keeps_old_volume(tmp_path, monkeypatch):
     path = io.write_volume(tmp_path, old)
     before = tree_state(path)
 
-    real_create = zarr.Group.create_array
+    real_create = zarr.AsyncGroup.create_array
     calls = []
 
-    def failing_create(self, name, **kwargs):
+    async def failing_create(self, name, **kwargs):
         calls.append(name)
         if name == "sketch":  # after array 0 is already on disk in the temporary
             raise RuntimeError("boom")
-        return real_create(self, name, **kwargs)
+        return await real_create(self, name, **kwargs)
 
-    monkeypatch.setattr(zarr.Group, "create_array", failing_create)
+    monkeypatch.setattr(zarr.AsyncGroup, "create_array", failing_create)
     with pytest.raises(RuntimeError, match="boom"):
         io.write_volume(tmp_path, make_volume(seed=1), overwrite=True)
     assert calls == ["0", "sketch"]
@@ -210,14 +214,47 @@ def test_failed_rename_restores_old_volume(tmp_path, monkeypatch):
 
 
 def test_no_space_left_becomes_input_error(tmp_path, monkeypatch):
-    def full(self, name, **kwargs):
+    async def full(self, name, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(zarr.Group, "create_array", full)
+    monkeypatch.setattr(zarr.AsyncGroup, "create_array", full)
     out = tmp_path / "new" / "deeper"
     with pytest.raises(InputError, match="no space left on device while writing .*vol_0001.zarr"):
         io.write_volume(out, make_volume())
     assert out.is_dir()  # created on demand
+    assert list(out.iterdir()) == []
+
+
+SLOW_WRITE = 0.3  # seconds each injected chunk write takes: the others are in flight
+
+
+def test_full_disk_mid_array_leaves_no_temporary(tmp_path, monkeypatch):
+    """The 3rd chunk write fails while the others still write: they must not bring the
+    deleted temporary back, and the old volume stays."""
+    old = io.write_volume(tmp_path, make_volume((40, 600), seed=0))  # 3 chunks per array
+    before = tree_state(old)
+    monkeypatch.setattr(LocalStore, "set", failing_set(fail_at=3, delay=SLOW_WRITE))
+    with pytest.raises(InputError, match="no space left on device while writing .*vol_0001"):
+        io.write_volume(tmp_path, make_volume((40, 600), seed=1), overwrite=True)
+    time.sleep(2 * SLOW_WRITE)  # a writer still running would recreate the temporary by now
+    assert hidden_entries(tmp_path) == []
+    assert tree_state(old) == before
+
+
+def test_cli_full_disk_is_one_line_without_asyncio_noise(tmp_path):
+    """The real `cellsynth` on a (simulated) full disk: one error line, exit 2, no temporary,
+    no "Task was destroyed but it is pending!" from tasks zarr left running."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(sitecustomize_source(3, SLOW_WRITE))
+    out = tmp_path / "sim"
+    shape = ["--shape", "64,3072", "--set", "radius=6,9", "--set", "n_cells=5,10"]
+    result = run_cellsynth(
+        "simulate", "hela", "-n", 1, "-o", out, *shape, env={"PYTHONPATH": str(hook)}
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert lines == [f"error: no space left on device while writing {out}/hela_0000.zarr"]
     assert list(out.iterdir()) == []
 
 
