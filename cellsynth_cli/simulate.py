@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,13 +11,22 @@ from pathlib import Path
 import numpy as np
 
 from cellsynth_cli import cluster as dask_cluster
-from cellsynth_cli import io
+from cellsynth_cli import io, memory
 from cellsynth_cli.config import SimulationConfig
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.simulators import get_simulator
 from cellsynth_cli.sketch_from_labels import sketch_from_labels
 
 Progress = Callable[[str], None]  # called with a volume name when it is written
+
+# Peak bytes per voxel of simulating and writing one volume, from the arrays each simulator
+# allocates (checked with tracemalloc on 2D and 3D presets at two sizes each):
+# - nuclei: masks uint32 4 + sketch float32 4 + foreground bool 1 + the int64 index of every
+#   foreground voxel 8 (the candidate centres) = 17 when the foreground is the whole image;
+#   an ellipsoid foreground's float64 temporaries (8 + 8 + 1) come earlier and peak no higher.
+# - arabidopsis, tribolium: masks 4 + sketch 4 (their temporaries are per slab or per cell),
+#   then writing adds a uint32 copy of the masks 4 and a bool finiteness map 1 = 13.
+BYTES_PER_VOXEL = {"nuclei": 17, "arabidopsis": 13, "tribolium": 13}
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,41 @@ def _simulate_one(job: VolumeJob) -> dict:
     return {"name": job.name, "path": str(path), **simulated.info}
 
 
+def volume_bytes(config: SimulationConfig) -> int:
+    """About how much memory simulating and writing one volume of `config` takes."""
+    per_voxel = BYTES_PER_VOXEL.get(config.simulator, max(BYTES_PER_VOXEL.values()))
+    return per_voxel * math.prod(config.shape)
+
+
+def check_memory(config: SimulationConfig, at_once: int) -> None:
+    """Refuse, before any work, volumes that this machine cannot hold `at_once` of (the
+    volumes simulated at the same time here; unknown free memory is not refused)."""
+    available = memory.available_bytes()
+    one = volume_bytes(config)
+    if available is None or one * at_once <= available:
+        return
+    shape = ",".join(str(s) for s in config.shape)
+    need = f"needs about {memory.format_bytes(one)} of memory for one volume"
+    fix = "use a smaller --shape"
+    if at_once > 1:
+        need += f", {memory.format_bytes(one * at_once)} for the {at_once} simulated at once"
+        fix += " or fewer local workers"
+    raise InputError(
+        f"--shape {shape} {need}; this machine has {memory.format_bytes(available)} "
+        f"available: {fix}"
+    )
+
+
+def _volumes_at_once(cluster: str | None, n_jobs: int) -> int:
+    """How many volumes are in memory on this machine together (0: the cluster's own)."""
+    spec = dask_cluster.parse_cluster(cluster)
+    if spec is None:
+        return 1
+    if spec.kind == "local":
+        return min(spec.workers, n_jobs)
+    return 0  # workers of a remote scheduler: their memory is not this machine's
+
+
 def _check_resumable(path: Path, config: SimulationConfig, seed: int) -> None:
     """A kept volume must come from the same preset settings and seed, or the set is mixed."""
     made = io.read_provenance(path)
@@ -111,6 +156,7 @@ def simulate_dataset(
         for i, (name, child) in enumerate(zip(names, children, strict=True))
         if name not in kept
     ]
+    check_memory(config, _volumes_at_once(cluster, len(jobs)))
     results = _kept_results(sorted(kept), on_volume)
     results += dask_cluster.run_per_volume(
         _simulate_one,

@@ -1,14 +1,19 @@
 """`cellsynth simulate` end to end, in-process: outputs, JSON, errors and exit codes."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 import tifffile
+from conftest import run_cellsynth
 from typer.testing import CliRunner
 
-from cellsynth_cli import io
+from cellsynth_cli import io, memory
+from cellsynth_cli import simulate as lib
 from cellsynth_cli.cli import app
+from cellsynth_cli.config import load_preset, replace
+from cellsynth_cli.errors import InputError
 
 runner = CliRunner()
 HELA_SMALL = ["--shape", "128,160", "--set", "radius=6,9", "--set", "n_cells=10,20"]
@@ -173,3 +178,41 @@ def test_from_labels_resume(tmp_path, dsb_dir):
     assert run("simulate", "from-labels", "--data", dsb_dir, "-o", out).exit_code == 0
     result = run("simulate", "from-labels", "--data", dsb_dir, "-o", out, "--resume", "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["volumes"][0]["skipped"]
+
+
+def test_a_volume_larger_than_memory_is_one_line_before_any_work(tmp_path):
+    """The real `cellsynth`: a clear refusal with the figures, not "unexpected MemoryError"."""
+    out = tmp_path / "sim"
+    result = run_cellsynth("simulate", "hela", "-n", 1, "--shape", "200000,200000", "-o", out)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    # 200000^2 voxels x 17 bytes (masks, sketch, foreground and its index)
+    assert re.fullmatch(
+        r"error: --shape 200000,200000 needs about 633 GiB of memory for one volume; "
+        r"this machine has [\d.]+ [KMGT]iB available: use a smaller --shape",
+        lines[0],
+    ), lines[0]
+    assert not out.exists()
+
+
+def test_memory_check_counts_the_volumes_simulated_at_once(tmp_path, monkeypatch):
+    config = replace(load_preset("hela"), {"shape": [3000, 3000]}, source="test")
+    assert lib.volume_bytes(config) == 17 * 3000 * 3000  # 146 MiB
+    monkeypatch.setattr(memory, "available_bytes", lambda: 200 * 2**20)
+    lib.check_memory(config, at_once=1)  # fits
+    with pytest.raises(InputError, match=r"146 MiB .* one volume, 292 MiB for the 2 simulated"):
+        lib.check_memory(config, at_once=2)
+    with pytest.raises(InputError, match="fewer local workers"):
+        lib.simulate_dataset(config, 3, tmp_path / "sim", cluster="local:2")
+    assert not (tmp_path / "sim").exists()  # refused before a Dask cluster or a volume
+    monkeypatch.setattr(memory, "available_bytes", lambda: None)
+    lib.check_memory(config, at_once=8)  # free memory unknown: not refused
+
+
+def test_available_memory_and_its_wording():
+    available = memory.available_bytes()
+    assert available is not None and available > 2**20  # Linux: MemAvailable
+    assert memory.format_bytes(1536) == "1.5 KiB"
+    assert memory.format_bytes(17 * 200_000**2) == "633 GiB"
+    assert memory.format_bytes(2.5 * 2**40) == "2.5 TiB"
