@@ -10,6 +10,7 @@ result against the real image (PSNR / SSIM / MAE), as the paper's Fig. 2 (bottom
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,8 @@ class NoiseAnalysis:
     qc: list[dict] = field(default_factory=list)  # phantom / vanished per t (with --qc)
     qc_t_start: int | None = None
     qc_max_kld: float | None = None
+    # False: real images and sketches of other volumes (simulated), compared as sets
+    paired: bool = True
 
     def to_dict(self) -> dict:
         return {
@@ -75,6 +78,7 @@ class NoiseAnalysis:
             "qc": self.qc,
             "qc_t_start": self.qc_t_start,
             "qc_max_kld": self.qc_max_kld,
+            "paired": self.paired,
         }
 
 
@@ -107,6 +111,82 @@ def paired_volumes(images: Path, sketches: Path | None) -> list[tuple[io.Volume,
             raise InputError(f"{name}: image {r.image.shape} and sketch {s.sketch.shape} differ")
         pairs.append((r, s))
     return pairs
+
+
+# label-free: sketches simulated from a preset fitted to the images, when none are given
+DEFAULT_SIMULATED_SKETCHES = 4
+
+
+def _pairs_or_none(images: Path, sketches: Path | None) -> list[tuple[io.Volume, io.Volume]] | None:
+    """Real volumes paired with their sketches by name, or None for the unpaired analysis:
+    images without masks and no sketches given, or sketches of other volumes (simulated)."""
+    if sketches is None:
+        if not any(v.masks is not None for v in _images_of(images)):
+            return None
+        return paired_volumes(images, None)
+    real = {io.volume_name(p) for p in io.list_volumes(images)}
+    if not real & {io.volume_name(p) for p in io.list_volumes(sketches)}:
+        return None
+    return paired_volumes(images, sketches)
+
+
+def _images_of(images: Path) -> list[io.Volume]:
+    volumes = [v for v in io.read_volumes(images)]
+    missing = [v.name for v in volumes if v.image is None]
+    if missing:
+        raise InputError(f"{images}/{missing[0]}: no intensity image")
+    return volumes
+
+
+def _unpaired_sketches(
+    images: Path, sketches: Path | None, max_volumes: int | None, seed: int
+) -> list[np.ndarray]:
+    """The sketches of SKETCHES (simulated ones), or, without labels or sketches, sketches
+    simulated in memory from a nuclei preset fitted to IMAGES (as `simulate fit` does)."""
+    if sketches is not None:
+        found = [v.sketch for v in io.read_volumes(sketches) if v.sketch is not None]
+        if not found:
+            raise InputError(f"{sketches}: no sketches (`cellsynth simulate` output)")
+        return found[: max_volumes or None]
+    from cellsynth_cli.fit import fit_nuclei
+    from cellsynth_cli.simulators import get_simulator
+
+    config = fit_nuclei(images).config
+    simulator = get_simulator(config.simulator)
+    children = np.random.SeedSequence(seed).spawn(max_volumes or DEFAULT_SIMULATED_SKETCHES)
+    return [simulator(config, np.random.default_rng(child)).sketch for child in children]
+
+
+def forward_analysis(
+    real: list[np.ndarray],
+    sketch: list[np.ndarray],
+    timesteps: list[int],
+    bins: int,
+    seed: int,
+    on_progress: Callable[[str], None] | None = None,
+) -> tuple[list[float], list[float]]:
+    """KLD and Bhattacharyya distance of the noised real and sketch histograms at each t
+    (model scale). The sets need not pair: each is histogrammed as a whole."""
+    schedule = cosine_schedule(1000)
+    kld, bd = [], []
+    for t in timesteps:
+        gen = torch.Generator().manual_seed(seed + t)
+        counts = (np.zeros(bins), np.zeros(bins))
+        # one real image, then one sketch, ...: the noise of a pair does not depend on the
+        # other pairs
+        for arrays in itertools.zip_longest(real, sketch):
+            for x0, acc in zip(arrays, counts, strict=True):
+                if x0 is None:
+                    continue
+                x = torch.from_numpy(x0)
+                noise = torch.randn(x.shape, generator=gen)
+                xt = q_sample(x[None], torch.tensor([t]), noise[None], schedule)[0]
+                acc += histogram(xt.numpy(), bins, HIST_RANGE)
+        kld.append(kl_divergence(*counts))
+        bd.append(bhattacharyya_distance(*counts))
+        if on_progress:
+            on_progress(f"forward t={t}")
+    return kld, bd
 
 
 def _sketch_of(volume: io.Volume, images: Path) -> io.Volume:
@@ -155,48 +235,40 @@ def noise_analysis(
         raise InputError(f"--bins must be >= 2, got {bins}")
     if not timesteps or any(not 0 <= t <= 1000 for t in timesteps):
         raise InputError(f"--t values must be in 0..1000, got {timesteps}")
-    pairs = paired_volumes(images, sketches)
-    if max_volumes:
-        pairs = pairs[:max_volumes]
+    pairs = _pairs_or_none(images, sketches)
     model = None
     if model_run is not None:
         from cellsynth_cli.checkpoint import load_model
         from cellsynth_cli.train import pick_device
 
         model = load_model(model_run, pick_device(device))
+    if pairs is None:  # unpaired: the two sets' histograms are compared as they are
+        real_images = [v.image for v in _images_of(images)][: max_volumes or None]
+        sketches_in = _unpaired_sketches(images, sketches, max_volumes, seed)
+    else:
+        pairs = pairs[: max_volumes or None]
+        real_images = [r.image for r, _ in pairs]
+        sketches_in = [s.sketch for _, s in pairs]
+    if model is not None:
         norm = dict(model.normalization)
     else:
-        lo, hi = robust_range([r.image for r, _ in pairs])
+        lo, hi = robust_range(real_images)
         norm = {"low": lo, "high": hi}
-    real = [unit_to_model(to_unit(r.image, norm["low"], norm["high"])) for r, _ in pairs]
-    sketch = [unit_to_model(np.clip(s.sketch, 0, 1)) for _, s in pairs]
-    schedule = cosine_schedule(1000)
+    real = [unit_to_model(to_unit(image, norm["low"], norm["high"])) for image in real_images]
+    sketch = [unit_to_model(np.clip(s, 0, 1)) for s in sketches_in]
     timesteps = sorted(set(timesteps))
-    kld, bd = [], []
-    for t in timesteps:
-        gen = torch.Generator().manual_seed(seed + t)
-        h_real = np.zeros(bins)
-        h_sketch = np.zeros(bins)
-        for r, s in zip(real, sketch, strict=True):
-            for x0, acc in ((r, h_real), (s, h_sketch)):
-                x = torch.from_numpy(x0)
-                noise = torch.randn(x.shape, generator=gen)
-                xt = q_sample(x[None], torch.tensor([t]), noise[None], schedule)[0]
-                acc += histogram(xt.numpy(), bins, HIST_RANGE)
-        kld.append(kl_divergence(h_real, h_sketch))
-        bd.append(bhattacharyya_distance(h_real, h_sketch))
-        if on_progress:
-            on_progress(f"forward t={t}")
+    kld, bd = forward_analysis(real, sketch, timesteps, bins, seed, on_progress)
     result = NoiseAnalysis(
         timesteps=timesteps,
         kld=kld,
         bhattacharyya=bd,
         recommended_t_start=recommend_t_start(timesteps, kld, kld_threshold),
         kld_threshold=kld_threshold,
-        n_volumes=len(pairs),
+        n_volumes=len(real),
         normalization=norm,
+        paired=pairs is not None,
     )
-    if model is not None:
+    if model is not None and pairs is not None:  # the backward scores need pairs
         result.backward = backward_analysis(
             model, real, sketch, timesteps, backward_steps, crop, seed, on_progress
         )

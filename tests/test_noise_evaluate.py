@@ -84,7 +84,8 @@ def test_noise_analysis_identical_sets_have_zero_distance(tmp_path):
     assert data["kld"][1] < 0.05  # independent noise draws of the same set
 
 
-def test_noise_analysis_no_pairs(tmp_path, dsb_dir):
+def test_noise_analysis_unpaired_sets(tmp_path, dsb_dir):
+    # simulated sketches share no names with the real images: compared as two sets
     other = tmp_path / "other"
     assert (
         run(
@@ -92,8 +93,11 @@ def test_noise_analysis_no_pairs(tmp_path, dsb_dir):
         ).exit_code
         == 0
     )
-    result = run("noise-analysis", "--images", dsb_dir, "--sketches", other)
-    assert result.exit_code == 2 and "no volume names in common" in result.output
+    result = run("noise-analysis", "--images", dsb_dir, "--sketches", other, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["paired"] is False and data["backward"] == []
+    assert data["kld"][0] > 1 and data["kld"][-1] < data["kld"][0] / 100
 
 
 def test_evaluate_against_real(tmp_path, dsb_dir):

@@ -29,7 +29,10 @@ def noise_analysis(
     sketches: path_option(
         ("--sketches",),
         "Sketches of the same volumes, e.g. `cellsynth simulate from-labels --data IMAGES` "
-        "output (paired by name). Default: made in memory from the masks of --images.",
+        "output (paired by name), or simulated sketches (`cellsynth simulate` output; no names "
+        "in common: the two sets' histograms are compared as they are, no labels needed). "
+        "Default: made in memory from the masks of --images, or, when it has none, "
+        "simulated in memory from a nuclei preset fitted to it (as `simulate fit` does).",
     ) = None,
     t: str = typer.Option(
         "0,100,200,300,400,500,600,700,800,900,1000", "--t", help="Timesteps to analyse."
@@ -82,9 +85,12 @@ def noise_analysis(
     Tables go to stderr; stdout gets only the recommended t_start (or the JSON with --json),
     so `T=$(cellsynth noise-analysis ...)` works in scripts.
 
+    Without labels: the real images are compared with simulated sketches as two sets
+    (histograms need no pairing); the backward analysis needs pairs and is left out.
+
     Examples:
 
-        cellsynth noise-analysis          # real/, sketches from its masks
+        cellsynth noise-analysis          # real/, sketches from its masks (or simulated)
         cellsynth noise-analysis --images real/ --sketches sk/ -o analysis/
         cellsynth noise-analysis --model runs/latest --qc sim/ --max-volumes 4 --crop 128,128
 
@@ -95,8 +101,6 @@ def noise_analysis(
     from cellsynth_cli.noise import noise_analysis as analyse
 
     images = default_path(images, workdir.REAL, "--images", must_exist=True)
-    if sketches is None:
-        console.print(f"[dim]--sketches made from the masks of {images} (default)[/]")
     files = []
     if out is not None:
         if out.exists() and not out.is_dir():
@@ -127,6 +131,15 @@ def noise_analysis(
             qc_sketches=qc,
             qc_max_kld=qc_max_kld,
         )
+    if sketches is None:
+        made = (
+            f"made from the masks of {images}"
+            if result.paired
+            else f"simulated from a nuclei preset fitted to {images} (it has no masks)"
+        )
+        console.print(f"[dim]--sketches {made} (default)[/]", highlight=False)
+    elif not result.paired:
+        console.print(f"[dim]{sketches} and {images} share no names: compared as sets[/]")
     data = result.to_dict()
     if files:
         io.write_text(files[0], json.dumps(data, indent=2), overwrite=True)
