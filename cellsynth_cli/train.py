@@ -93,12 +93,14 @@ class TrainingImages:
     images: list[np.ndarray]
     dims: int  # of the model
     voxel_size: tuple[float, ...] | None  # of the first volume that has one
+    names: list[str] = field(default_factory=list)  # one volume name per image
 
 
 def load_training_images(data: Path, dims: int | None) -> TrainingImages:
     """All real images of a directory (zarr or TIFF), the model dims and the voxel size."""
     volumes = [v for v in io.read_volumes(data)]
     images = [v.image for v in volumes if v.image is not None]
+    names = [v.name for v in volumes if v.image is not None]
     if not images:
         raise InputError(f"{data}: no real intensity images found (simulated sketches only?)")
     ndims = {im.ndim for im in images}
@@ -111,7 +113,35 @@ def load_training_images(data: Path, dims: int | None) -> TrainingImages:
     if dims == 3 and data_dims == 2:
         raise InputError(f"{data}: a 3D model needs 3D images; these are 2D")
     voxel_size = next((tuple(v.voxel_size) for v in volumes if v.voxel_size), None)
-    return TrainingImages(images=images, dims=dims, voxel_size=voxel_size)
+    return TrainingImages(images=images, dims=dims, voxel_size=voxel_size, names=names)
+
+
+def _sizes(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def check_patch_fits(
+    found: TrainingImages, patch: tuple[int, ...], multiples: tuple[int, ...], data: str
+) -> None:
+    """Refuse images smaller than the training patch: padded by reflection, a 4x4 image
+    would train the network on mirrored copies of its 16 pixels, silently."""
+    spatial = [tuple(im.shape[-found.dims :]) for im in found.images]
+    names = found.names or [f"#{i + 1}" for i in range(len(spatial))]
+    for name, shape in zip(names, spatial, strict=True):
+        if all(s >= p for s, p in zip(shape, patch, strict=True)):
+            continue
+        smallest = [min(sizes) for sizes in zip(*spatial, strict=True)]
+        fits = [min(p, s // m * m) for p, s, m in zip(patch, smallest, multiples, strict=True)]
+        where = f"--data {data}: image {name} is {_sizes(shape)}, smaller than the patch"
+        if min(fits) > 0:
+            raise InputError(
+                f"{where} {_sizes(patch)}; pass --patch {','.join(map(str, fits))} or smaller "
+                f"(multiples of {_sizes(multiples)}, the network's down-sampling)"
+            )
+        raise InputError(
+            f"{where} {_sizes(patch)} and than the network's down-sampling {_sizes(multiples)} "
+            "(a patch is a multiple of it); train on larger images"
+        )
 
 
 def _rank_generator_state(
@@ -285,6 +315,7 @@ def train(
         p % m for p, m in zip(config.patch, multiples, strict=True)
     ):
         raise InputError(f"--patch {config.patch} must have {dims} sizes, multiples of {multiples}")
+    check_patch_fits(found, config.patch, multiples, config.data)
     ema = copy.deepcopy(model).eval()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay

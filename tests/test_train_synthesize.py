@@ -1,16 +1,19 @@
 """Tiny DDPMs train, checkpoint, resume exactly and synthesize through the CLI."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import run_cellsynth
 from typer.testing import CliRunner
 
 from cellsynth_cli import io
 from cellsynth_cli.cli import app
+from cellsynth_cli.errors import InputError
 from cellsynth_cli.train import TrainConfig, train
 
 runner = CliRunner()
@@ -286,6 +289,47 @@ def test_train_bad_input(tmp_path, dsb_dir):
     assert result.exit_code == 2 and "NaN" in result.output
     result = run("train", "--data", dsb_dir, "-o", tmp_path / "r3", "--dims", 3, "--steps", 1)
     assert result.exit_code == 2 and "3D model" in result.output
+
+
+def test_train_on_an_image_smaller_than_the_patch_is_refused(tmp_path):
+    """The real `cellsynth`: a 4x4 image used to be reflection-padded to 256x256 and trained
+    on silently. Now one line naming the image, the patch and the down-sampling; no run."""
+    data = tmp_path / "data"
+    data.mkdir()
+    tifffile.imwrite(data / "tiny.tif", np.arange(16, dtype=np.float32).reshape(4, 4))
+    result = run_cellsynth("train", "--data", data, "-o", tmp_path / "run", "--steps", 2)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert lines == [
+        f"error: --data {data}: image tiny is 4x4, smaller than the patch 256x256 and than "
+        "the network's down-sampling 8x8 (a patch is a multiple of it); train on larger images"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
+def test_refusal_names_a_patch_that_fits_and_it_trains(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(data / "wide.tif", rng.normal(100, 10, (50, 90)).astype(np.float32))
+    tifffile.imwrite(data / "low.tif", rng.normal(100, 10, (70, 37)).astype(np.float32))
+    config = dict(data=str(data), dims=2, steps=1, batch=1, channels=(8, 16))  # down-samples 2
+    with pytest.raises(InputError, match="image low is 70x37, smaller than the patch 64x64") as e:
+        train(TrainConfig(**config, patch=(64, 64)), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    fits = re.search(r"--patch (\d+),(\d+) or smaller \(multiples of 2x2", str(e.value))
+    assert fits is not None, str(e.value)
+    patch = (int(fits[1]), int(fits[2]))
+    assert patch == (50, 36)  # the smallest height and width, rounded down to multiples of 2
+    assert train(TrainConfig(**config, patch=patch), tmp_path / "run").step == 1
+
+
+def test_a_2d_model_on_3d_data_compares_the_patch_with_the_slices(tmp_path):
+    data = tmp_path / "data"
+    stack = np.random.default_rng(0).normal(100, 10, (3, 40, 40)).astype(np.float32)
+    io.write_volume(data, io.Volume("stack", image=stack))  # 3 slices: fewer than 32 rows
+    config = TrainConfig(data=str(data), dims=2, patch=(32, 32), steps=1, channels=(8, 16))
+    assert train(config, tmp_path / "run").step == 1
 
 
 def test_tiny_3d_model_trains_and_synthesizes(tmp_path):

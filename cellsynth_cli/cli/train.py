@@ -23,6 +23,7 @@ from cellsynth_cli.cli.common import (
     Seed,
     console,
     default_path,
+    erase_on_error,
     path_option,
     print_json,
 )
@@ -186,7 +187,7 @@ def train(
         disable=json_out or not ranks.main,
     )
     started = time.perf_counter()
-    with progress:
+    with progress, erase_on_error(progress):
         task = progress.add_task("train", total=steps, loss="-", rate="-")
 
         def on_step(step: int, loss: float) -> None:
