@@ -8,7 +8,16 @@ from __future__ import annotations
 import typer
 
 from cellsynth_cli import __version__
-from cellsynth_cli.cli import evaluate, export, noise, segment, simulate, synthesize, train
+from cellsynth_cli.cli import (
+    evaluate,
+    export,
+    noise,
+    pipeline,
+    segment,
+    simulate,
+    synthesize,
+    train,
+)
 from cellsynth_cli.cli.common import CellsynthGroup
 
 app = typer.Typer(
@@ -52,6 +61,7 @@ noise.register(app)
 evaluate.register(app)
 segment.register(app)
 export.register(app)
+pipeline.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,176 @@
+"""`cellsynth pipeline`: your own unlabelled images -> a segmentation model and masks."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cellsynth_cli import workdir
+from cellsynth_cli.cli.common import (
+    CellsynthCommand,
+    Cluster,
+    Device,
+    JsonOut,
+    Overwrite,
+    console,
+    erase_on_error,
+    print_json,
+)
+from cellsynth_cli.pipeline import recipe as recipes
+from cellsynth_cli.pipeline.run import RECIPE_FILE, STAGE_NAMES
+
+
+def pipeline(
+    project: Path = typer.Argument(
+        Path("."), help="Project directory (outputs land here). Default: the working directory."
+    ),
+    data: Path = typer.Option(
+        None,
+        "--data",
+        help="Your real images, unlabelled (zarr or TIFF; masks beside them are not read). "
+        "Default: PROJECT/real/.",
+        show_default=False,
+    ),
+    budget: str = typer.Option(
+        None,
+        "--budget",
+        help="How much work: smoke (a plumbing check of every stage, ~1-2 min; segments "
+        "nothing well), quick (~10 min: a first look), standard (~45 min: the study's recipe "
+        "with 2/3 of its DDPM steps), full (the study's recipe as measured, ~75 min). Times for a "
+        "256 x 256 image on 2 CPU cores; larger images take longer. Default: full, or the "
+        f"budget in PROJECT/{RECIPE_FILE}.",
+        show_default=False,
+    ),
+    settings: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Change one setting, SECTION.KEY=VALUE (repeatable), e.g. --set train.steps=2000 "
+        "--set simulate.n=32; kept in the project's recipe. --show-recipe lists them all.",
+    ),
+    recipe_file: Path = typer.Option(
+        None,
+        "--recipe",
+        help=f"A recipe TOML to use instead of PROJECT/{RECIPE_FILE} (copied there).",
+        show_default=False,
+    ),
+    from_stage: str = typer.Option(
+        None,
+        "--from",
+        help=f"Rerun this stage and every one after it: {', '.join(STAGE_NAMES)}.",
+        show_default=False,
+    ),
+    score: Path = typer.Option(
+        None,
+        "--score",
+        help="Labelled images (image + masks) to score the segmenter on in the report; they "
+        "are never used for training.",
+        show_default=False,
+    ),
+    show_recipe: bool = typer.Option(
+        False, "--show-recipe", help="Print every setting of the recipe as TOML and exit."
+    ),
+    cluster: Cluster = None,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Segment your own images without labels: fit -> train -> t_start -> simulate ->
+    synthesize -> clean -> segment -> predict -> report, in one command.
+
+    Nothing reads a mask a person drew: a nuclei preset is fitted to your images, a DDPM
+    learns them (conditioned on pseudo-sketches), simulated nuclei become realistic images
+    with known masks, and Cellpose learns from those (plus nucleus-free squares of your
+    images). Outputs: fit.toml, runs/ddpm/, sim/, synth/, seg/ (the Cellpose model), pred/
+    (your images segmented), report.md / report.png.
+
+    A rerun skips every stage whose settings and inputs are unchanged, continues a stage cut
+    short (Ctrl-C, a crash, a kill) where it stopped, and after a changed setting reruns that
+    stage and the ones that depend on it. The recipe (PROJECT/pipeline.toml) holds the budget
+    and your changes; the defaults are the best row of the study in the README.
+
+    Examples:
+
+        cellsynth pipeline --budget quick          # ./real/ -> ./sim, ./synth, ./seg, ./pred
+        cellsynth pipeline myproject --data /data/nuclei --budget standard
+        cellsynth pipeline --set simulate.n=32     # more synthetic images; reruns from there
+        cellsynth pipeline --from segment          # retrain Cellpose and predict again
+        cellsynth pipeline --budget smoke --show-recipe
+    """
+    from cellsynth_cli.pipeline.run import (
+        check_project,
+        project_recipe,
+        run_pipeline,
+        save_recipe,
+    )
+
+    overrides = project_recipe(project, recipe_file, recipes.parse_settings(settings), budget)
+    recipe = recipes.resolve(overrides, "recipe")
+    if show_recipe:
+        typer.echo(recipes.full_toml(recipe), nl=False)
+        return
+    data = data if data is not None else project / workdir.REAL
+    check_project(project, data, from_stage, overwrite)
+    project.mkdir(parents=True, exist_ok=True)
+    save_recipe(project, overrides)
+    started = time.perf_counter()
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=json_out,
+    )
+    with progress, erase_on_error(progress):
+        task = progress.add_task("pipeline", total=None, status="")
+
+        def on_stage(name: str, status: str) -> None:
+            if not json_out:
+                progress.console.print(f"{name}: {status}", highlight=False)
+            progress.reset(task, total=None, description=name, status="")
+
+        def on_progress(name: str, message: str, done: float | None, total: float | None):
+            progress.update(task, completed=done or 0, total=total, status=message)
+
+        summary = run_pipeline(
+            project,
+            data,
+            recipe,
+            from_stage=from_stage,
+            score_against=score,
+            cluster=cluster,
+            device=device,
+            overwrite=overwrite,
+            on_stage=on_stage,
+            on_progress=on_progress,
+        )
+    result = {
+        "project": str(project),
+        "budget": recipe.budget,
+        "seconds": round(time.perf_counter() - started, 1),
+        "stages": {
+            name: {k: row.get(k) for k in ("status", "seconds", "result")}
+            for name, row in summary.items()
+        },
+        "report": str(project / "report.md"),
+    }
+    if json_out:
+        print_json(result)
+        return
+    scores = summary["report"]["result"]["scores"]
+    console.print(
+        f"done in {result['seconds']:.0f} s: the segmenter is {project / workdir.SEG}, your "
+        f"images segmented in {project / workdir.PRED}, the report {project / 'report.md'}"
+    )
+    if scores:
+        console.print(
+            f"scored on {score}: "
+            + ", ".join(f"{k} {scores[k]['mean']:.3f}" for k in ("dice", "ap@0.5", "ap@0.75", "f1"))
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("pipeline", cls=CellsynthCommand)(pipeline)

@@ -1,0 +1,260 @@
+"""The pipeline's recipe: every setting of every stage, in one TOML file of overrides.
+
+A recipe is a section per stage (nanoGPT's config files are the model): the dataclasses below
+hold the defaults, which are the issue-12 study's best row (a pseudo-sketch conditioned DDPM
+sampled with guidance 2, a quarter of the nuclei touching, real background squares for
+Cellpose); a budget by name scales the step counts; PROJECT/pipeline.toml and `--set
+stage.key=value` override single keys. Torch-free, so the CLI can read it at start-up.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from cellsynth_cli.errors import InputError
+
+
+@dataclass(frozen=True)
+class FitSection:
+    spread: str = "central"  # fitted ranges: central (20-80 %) or wide (2-98 %)
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    steps: int = 6000  # the study's DDPM (41 min on 2 CPU cores at 256 x 256)
+    batch: int = 8
+    patch: int = 128  # in-plane patch side (z: up to 16 slices), shrunk to fit the images
+    lr: float = 5e-4
+    condition: str = "pseudo-sketch"  # none: the paper's unconditional DDPM
+    condition_dropout: float = 0.1
+    channels: list[int] = field(default_factory=list)  # empty: the UNet's defaults
+    checkpoint_every: int = 500
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SimulateSection:
+    n: int = 16
+    touching_fraction: float = 0.25  # share of nuclei placed against another one
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TStartSection:
+    # auto: T for a conditional model (the study: t_start = T scored as well as the
+    # label-based KLD rule's 600), else kld; kld: noise analysis of the real images against
+    # the *simulated* sketches (histograms need no pairing, so no labels); T; fixed: `value`
+    rule: str = "auto"
+    value: int = 600
+    kld_threshold: float = 0.01
+    sketches: int = 4  # simulated sketches compared with the real images
+
+
+@dataclass(frozen=True)
+class SynthesizeSection:
+    steps: int = 50
+    sampler: str = "ddpm"
+    guidance: float = 2.0  # conditional models only
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CleanSection:
+    # the classical segmenter judges each synthetic image against its own masks; images
+    # losing more than these shares are left out (1.0: keep all, the study's best row)
+    max_phantom: float = 1.0
+    max_vanished: float = 1.0
+
+
+@dataclass(frozen=True)
+class SegmentSection:
+    epochs: int = 300
+    images_per_epoch: int = 16
+    bsize: int = 128
+    learning_rate: float = 0.2
+    background_crops: int = 4  # nucleus-free squares of the real images, as empty images
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PredictSection:
+    mode: str = "3d"  # 3D volumes: Cellpose's 3D mode, or stitch
+
+
+@dataclass(frozen=True)
+class Recipe:
+    budget: str = "full"
+    fit: FitSection = FitSection()
+    train: TrainSection = TrainSection()
+    simulate: SimulateSection = SimulateSection()
+    t_start: TStartSection = TStartSection()
+    synthesize: SynthesizeSection = SynthesizeSection()
+    clean: CleanSection = CleanSection()
+    segment: SegmentSection = SegmentSection()
+    predict: PredictSection = PredictSection()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+SECTIONS = tuple(f.name for f in fields(Recipe) if f.name != "budget")
+
+# Budgets scale the work, nothing else. Times are for the 256 x 256 bundled image on 2 CPU
+# cores (the note of issue 22 has the measured stage times).
+BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
+    # a plumbing check for tests and CI: every stage runs, nothing is segmented well
+    "smoke": {
+        "train": {"steps": 4, "batch": 2, "patch": 32, "channels": [8, 16], "checkpoint_every": 2},
+        "simulate": {"n": 2},
+        "t_start": {"sketches": 1},
+        "synthesize": {"steps": 3},
+        "segment": {"epochs": 1, "images_per_epoch": 2, "bsize": 64, "background_crops": 1},
+        # Cellpose's 3D mode runs three orientations and 3D flows: minutes even for a tiny
+        # stack with an untrained network (the 3D mode is tested with the segmenter)
+        "predict": {"mode": "stitch"},
+    },
+    "quick": {
+        "train": {"steps": 800},
+        "simulate": {"n": 8},
+        "synthesize": {"steps": 25},
+        "segment": {"epochs": 60, "images_per_epoch": 8},
+    },
+    "standard": {
+        "train": {"steps": 4000},
+        "segment": {"epochs": 250},
+    },
+    "full": {},  # the study's best row as it was measured
+}
+
+
+def resolve(overrides: dict[str, Any], source: str) -> Recipe:
+    """The defaults, then the budget's scaling, then OVERRIDES ({section: {key: value}} and
+    an optional top-level budget). Unknown sections, keys or budgets raise."""
+    budget = overrides.get("budget", Recipe.budget)
+    if budget not in BUDGETS:
+        raise InputError(f"{source}: budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    unknown = set(overrides) - set(SECTIONS) - {"budget"}
+    if unknown:
+        raise InputError(
+            f"{source}: unknown recipe section(s) {', '.join(sorted(unknown))}; "
+            f"valid: {', '.join(SECTIONS)}"
+        )
+    recipe = Recipe(budget=budget)
+    for layer, where in ((BUDGETS[budget], f"budget {budget}"), (overrides, source)):
+        for name in SECTIONS:
+            changes = layer.get(name, {})
+            if not isinstance(changes, dict):
+                raise InputError(f"{where}: [{name}] must be a table of settings")
+            section = _apply(getattr(recipe, name), changes, f"{where} [{name}]")
+            recipe = replace(recipe, **{name: section})
+    return recipe
+
+
+def _apply(section: Any, changes: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(section)}
+    coerced = {}
+    for key, value in changes.items():
+        if key not in known:
+            raise InputError(f"{where}: unknown key {key!r}; valid: {', '.join(known)}")
+        coerced[key] = _coerce(getattr(section, key), value, f"{where} {key}")
+    return replace(section, **coerced)
+
+
+def _coerce(default: Any, value: Any, where: str) -> Any:
+    """VALUE as the type of DEFAULT (TOML and --set give strings, ints for floats, ...)."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false"):
+                    raise ValueError(value)
+                return value.lower() == "true"
+            return bool(value)
+        if isinstance(default, list):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return [int(v) for v in items if str(v).strip()]
+        if isinstance(default, int | float | str):
+            return type(default)(value)
+    except (TypeError, ValueError):
+        pass
+    raise InputError(f"{where}: expected {type(default).__name__}, got {value!r}")
+
+
+def typed(overrides: dict[str, Any], source: str) -> dict[str, Any]:
+    """OVERRIDES with every value of the type its setting has (--set gives strings), so the
+    recipe file keeps numbers as numbers; unknown sections or keys raise."""
+    recipe = resolve(overrides, source)
+    return {
+        key: {k: getattr(getattr(recipe, key), k) for k in value}
+        if isinstance(value, dict)
+        else value
+        for key, value in overrides.items()
+    }
+
+
+def parse_settings(items: list[str]) -> dict[str, Any]:
+    """['train.steps=100', 'budget=quick'] -> {'train': {'steps': '100'}, 'budget': 'quick'}."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        section, dot, name = key.strip().partition(".")
+        if not dot:
+            overrides[section] = value.strip()
+            continue
+        overrides.setdefault(section, {})[name] = value.strip()
+    return overrides
+
+
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Overrides TOP over overrides BASE, key by key within each section."""
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in top.items():
+        if isinstance(value, dict):
+            merged.setdefault(key, {}).update(value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_overrides(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not a valid TOML recipe ({exc})") from None
+
+
+def to_toml(overrides: dict[str, Any]) -> str:
+    """The project's recipe file: the budget and the keys that differ from it."""
+    lines = [
+        "# cellsynth pipeline recipe: the budget, and each setting that differs from it.",
+        "# `cellsynth pipeline --show-recipe` prints every setting; edit here or use --set.",
+        f'budget = "{overrides.get("budget", Recipe.budget)}"',
+    ]
+    for name in SECTIONS:
+        values = overrides.get(name) or {}
+        if values:
+            lines += ["", f"[{name}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items())]
+    return "\n".join(lines) + "\n"
+
+
+def full_toml(recipe: Recipe) -> str:
+    """Every setting of RECIPE as TOML (what --show-recipe prints)."""
+    data = recipe.to_dict()
+    lines = [f'budget = "{recipe.budget}"']
+    for name in SECTIONS:
+        lines += ["", f"[{name}]", *(f"{k} = {_toml_value(v)}" for k, v in data[name].items())]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)

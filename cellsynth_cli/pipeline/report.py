@@ -1,0 +1,105 @@
+"""The pipeline's last stage: report.md / report.png / report.json in the project.
+
+real | synthetic | prediction on real; the set-level realism of the synthetic images against
+the real ones (`evaluate --unpaired`); the cleaning judge's shares; stage times. With a
+labelled set to score against (--score DIR, never used for training), its Dice / AP too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cellsynth_cli import io, workdir
+from cellsynth_cli.pipeline import stamps
+from cellsynth_cli.pipeline.stages import CLEAN, Context
+
+SCORED = "pred-score"
+METRICS = ("dice", "ap@0.5", "ap@0.75", "f1")
+
+
+def report(ctx: Context, score_against: Path | None = None) -> dict:
+    from cellsynth_cli.preview import save_panels
+    from cellsynth_cli.realism import compare_sets
+
+    real = io.read_volume(io.list_volumes(ctx.data)[0])
+    synth = io.read_volume(io.list_volumes(ctx.path(CLEAN))[0])
+    pred = io.read_volume(io.volume_path(ctx.path(workdir.PRED), real.name))
+    save_panels(
+        ctx.path("report.png"),
+        [
+            (f"real ({real.name})", real.image, False),
+            ("synthetic", synth.image, False),
+            ("sketch", synth.sketch, False),
+            ("prediction on real", pred.masks, True),
+        ],
+    )
+    realism = compare_sets(ctx.path(workdir.SYNTH), ctx.data).to_dict()
+    scores = _score(ctx, score_against) if score_against is not None else None
+    summary = {
+        "recipe": ctx.recipe.to_dict(),
+        "results": ctx.results,
+        "realism": realism["scores"],
+        "scores": scores,
+        "seconds": {
+            name: stamps.finished(ctx.project, name)["seconds"]
+            for name in ctx.results
+            if stamps.finished(ctx.project, name)
+        },
+    }
+    io.write_text(ctx.path("report.json"), json.dumps(summary, indent=2) + "\n", overwrite=True)
+    io.write_text(ctx.path("report.md"), _markdown(ctx, summary), overwrite=True)
+    return {"scores": scores and scores["summary"]}
+
+
+def _score(ctx: Context, reference: Path) -> dict:
+    """Segment the labelled set with the pipeline's model and score it (reporting only)."""
+    from cellsynth_cli.segment import predict, score
+
+    out = ctx.path(SCORED)
+    predict(
+        ctx.path(workdir.SEG),
+        reference,
+        out,
+        overwrite=True,
+        mode=ctx.recipe.predict.mode,
+        device=ctx.device,
+        cluster=ctx.cluster,
+    )
+    return score(out, reference)
+
+
+def _markdown(ctx: Context, summary: dict) -> str:
+    results = ctx.results
+    lines = [
+        f"# cellsynth pipeline: {ctx.data}",
+        "",
+        f"Budget {ctx.recipe.budget}; every setting is in .cellsynth/*.json and "
+        "`cellsynth pipeline --show-recipe`. No mask drawn by a person was read.",
+        "",
+        "![real | synthetic | sketch | prediction on real](report.png)",
+        "",
+        f"- t_start {results['t_start']['t_start']} (rule {results['t_start']['rule']})",
+        f"- cleaning (classical judge): kept {results['clean']['kept']} of "
+        f"{results['clean']['of']} synthetic images; phantom {results['clean']['phantom']:.1%}, "
+        f"vanished {results['clean']['vanished']:.1%} of cells",
+    ]
+    if results["segment"].get("note"):
+        lines.append(f"- segment: {results['segment']['note']}")
+    lines += ["", "## Realism of the synthetic set (unpaired, ratio 1 = as close as real halves)"]
+    lines += ["", "| distance | value | floor | ratio |", "|---|---|---|---|"]
+    for row in summary["realism"]:
+        cells = [_fmt(row.get(k)) for k in ("value", "floor", "ratio")]
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    if summary["scores"]:
+        mean = summary["scores"]["summary"]
+        lines += ["", "## Scored against labelled images (not used for training)", ""]
+        lines += ["| " + " | ".join(METRICS) + " |", "|" + "---|" * len(METRICS)]
+        lines.append("| " + " | ".join(f"{mean[m]['mean']:.3f}" for m in METRICS) + " |")
+    lines += ["", "## Stage times", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in summary["seconds"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"

@@ -1,0 +1,204 @@
+"""`cellsynth pipeline`: from unlabelled real images to a segmentation model and masks.
+
+The stages run in order; each is skipped when its stamp (stamps.py) matches, so a rerun
+continues at the first unfinished stage, and a changed setting reruns that stage and the
+stages that read its outputs, nothing else (make's rule, not a workflow engine).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cellsynth_cli import io, workdir
+from cellsynth_cli.errors import InputError
+from cellsynth_cli.pipeline import recipe as recipes
+from cellsynth_cli.pipeline import report as reporting
+from cellsynth_cli.pipeline import stages, stamps
+from cellsynth_cli.pipeline.recipe import Recipe
+
+RECIPE_FILE = "pipeline.toml"
+DATA = "data"  # the real images, an input of the stages that read them
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[stages.Context], dict]
+    needs: tuple[str, ...]  # earlier stages (and DATA) whose outputs it reads
+    sections: tuple[str, ...]  # the recipe sections its settings come from
+    outputs: tuple[str, ...]  # project paths it writes
+    resumable: bool = False  # continues inside after a kill (else starts again)
+
+
+STAGES = (
+    Stage("fit", stages.fit, (DATA,), ("fit",), (stages.FIT_PRESET, "fit.png")),
+    Stage("train", stages.train, (DATA,), ("train",), (stages.DDPM_RUN,), resumable=True),
+    Stage("simulate", stages.simulate, ("fit",), ("simulate",), (workdir.SIM,), resumable=True),
+    Stage(
+        "t_start",
+        stages.t_start,
+        (DATA, "train", "simulate"),
+        ("t_start", "train"),  # the rule depends on whether the DDPM is conditional
+        (stages.T_START,),
+    ),
+    Stage(
+        "synthesize",
+        stages.synthesize,
+        ("train", "simulate", "t_start"),
+        ("synthesize",),
+        (workdir.SYNTH,),
+        resumable=True,
+    ),
+    Stage("clean", stages.clean, ("synthesize",), ("clean",), (stages.CLEAN, stages.CLEAN_REPORT)),
+    Stage("segment", stages.segment, (DATA, "clean"), ("segment",), (workdir.SEG,)),
+    Stage(
+        "predict",
+        stages.predict,
+        (DATA, "segment"),
+        ("predict",),
+        (workdir.PRED,),
+        resumable=True,
+    ),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES) + ("report",)
+
+# what a stage reports while it runs: (stage, message, done, total)
+Progress = Callable[[str, str, float | None, float | None], None]
+
+
+def project_recipe(project: Path, given: Path | None, settings: dict, budget: str | None) -> dict:
+    """The project's recipe overrides: PROJECT/pipeline.toml (or --recipe FILE instead), with
+    --budget and --set on top. What the command line changes is kept in PROJECT/pipeline.toml,
+    so a bare rerun repeats it."""
+    path = Path(project) / RECIPE_FILE
+    source = given if given is not None else path
+    overrides = recipes.read_overrides(source) if source.exists() else {}
+    if given is not None and not given.exists():
+        raise InputError(f"--recipe {given}: no such file")
+    if budget is not None:
+        overrides["budget"] = budget
+    # bad keys are reported before anything is written
+    return recipes.typed(recipes.merge(overrides, settings), f"{source} and --set")
+
+
+def save_recipe(project: Path, overrides: dict) -> Path:
+    path = Path(project) / RECIPE_FILE
+    return io.write_text(path, recipes.to_toml(overrides), overwrite=True)
+
+
+def run_pipeline(
+    project: Path,
+    data: Path,
+    recipe: Recipe,
+    from_stage: str | None = None,
+    score_against: Path | None = None,
+    cluster: str | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    on_stage: Callable[[str, str], None] | None = None,
+    on_progress: Progress | None = None,
+) -> dict:
+    """Run every stage not already done; returns each stage's result, status and seconds."""
+    project, data = Path(project), Path(data)
+    check_project(project, data, from_stage, overwrite)
+    forced = set(STAGE_NAMES[STAGE_NAMES.index(from_stage) :]) if from_stage else set()
+    ctx = stages.Context(project=project, data=data, recipe=recipe, cluster=cluster, device=device)
+    stamp_of = {DATA: stamps.data_fingerprint(data)}
+    summary: dict[str, dict] = {}
+    for stage in STAGES:
+        stamp = stamps.digest(
+            {
+                "stage": stage.name,
+                "settings": _settings(recipe, stage),
+                "inputs": {n: stamp_of[n] for n in stage.needs},
+            }
+        )
+        stamp_of[stage.name] = stamp
+        done = stamps.finished(project, stage.name)
+        outputs_there = all((project / o).exists() for o in stage.outputs)
+        if done and done["stamp"] == stamp and outputs_there and stage.name not in forced:
+            ctx.results[stage.name] = done["result"]
+            summary[stage.name] = {"status": "up to date", **done}
+            if on_stage:
+                on_stage(stage.name, "up to date")
+            continue
+        summary[stage.name] = _run_stage(
+            ctx, stage, stamp, stage.name in forced, on_stage, on_progress
+        )
+    if on_stage:
+        on_stage("report", "running")
+    start = time.perf_counter()
+    result = reporting.report(ctx, score_against)
+    summary["report"] = {"status": "ran", "seconds": time.perf_counter() - start, "result": result}
+    return summary
+
+
+def _run_stage(
+    ctx: stages.Context,
+    stage: Stage,
+    stamp: str,
+    forced: bool,
+    on_stage: Callable[[str, str], None] | None,
+    on_progress: Progress | None,
+) -> dict:
+    """One stage: resume inside when the last attempt had this stamp, else start clean."""
+    ctx.resume = stage.resumable and not forced and stamps.started(ctx.project, stage.name) == stamp
+    if not ctx.resume:
+        for output in stage.outputs:
+            _remove(ctx.project / output)
+    stamps.mark_started(ctx.project, stage.name, stamp)
+    if on_stage:
+        on_stage(stage.name, "resuming" if ctx.resume else "running")
+    ctx.on_progress = lambda msg, done, total: (
+        on_progress and on_progress(stage.name, msg, done, total)
+    )
+    start = time.perf_counter()
+    result = stage.run(ctx)
+    ctx.midpoint(stage.name)  # (a kill after the outputs, before the stamp)
+    record = {
+        "stamp": stamp,
+        "settings": _settings(ctx.recipe, stage),
+        "seconds": round(time.perf_counter() - start, 1),
+        "resumed": ctx.resume,
+        "result": result,
+    }
+    stamps.mark_finished(ctx.project, stage.name, io.to_jsonable(record))
+    ctx.results[stage.name] = result
+    return {"status": "resumed" if ctx.resume else "ran", **record}
+
+
+def _settings(recipe: Recipe, stage: Stage) -> dict:
+    return {name: asdict(getattr(recipe, name)) for name in stage.sections}
+
+
+def check_project(project: Path, data: Path, from_stage: str | None, overwrite: bool) -> None:
+    """Bad input is one clear line before anything runs or is written. Outputs the pipeline
+    did not make here (a user's own sim/, say) are never replaced without --overwrite."""
+    if not Path(data).exists():
+        raise InputError(
+            f"{data}: no such directory; put your images in {Path(project) / workdir.REAL}/ "
+            "or pass --data DIR"
+        )
+    io.list_volumes(data)
+    if from_stage is not None and from_stage not in STAGE_NAMES:
+        raise InputError(f"--from must be one of {', '.join(STAGE_NAMES)}, got {from_stage!r}")
+    for stage in STAGES:
+        if stamps.known(project, stage.name):
+            continue
+        for output in stage.outputs:
+            if (project / output).exists() and not overwrite:
+                raise InputError(
+                    f"{project / output} exists and was not made by `cellsynth pipeline` here; "
+                    "move it away or pass --overwrite"
+                )
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)

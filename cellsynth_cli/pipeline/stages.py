@@ -1,0 +1,323 @@
+"""The pipeline's stages: each a plain function of the run context that writes its outputs.
+
+Every stage calls the library function its CLI command calls; none reads a mask a person drew
+(fit, pseudo-sketches, t_start, cleaning and background squares work from images alone).
+Per-volume stages and DDPM training resume inside when the runner says so (`ctx.resume`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cellsynth_cli import io, workdir
+from cellsynth_cli.errors import InputError
+from cellsynth_cli.pipeline.recipe import Recipe
+
+# Tests kill the pipeline inside a stage (kill -9) to check that a rerun ends where an
+# uninterrupted run does: CELLSYNTH_PIPELINE_KILL=STAGE kills at that stage's midpoint.
+KILL_ENV = "CELLSYNTH_PIPELINE_KILL"
+
+FIT_PRESET = "fit.toml"
+DDPM_RUN = f"{workdir.RUNS}/ddpm"
+T_START = "t_start.json"
+CLEAN = "clean"
+CLEAN_REPORT = "clean.json"
+
+
+@dataclass
+class Context:
+    """What a stage needs: where things are, its recipe, how to report progress."""
+
+    project: Path
+    data: Path
+    recipe: Recipe
+    cluster: str | None = None
+    device: str = "auto"
+    resume: bool = False  # an earlier attempt of this stage with the same stamp was cut short
+    on_progress: Callable[[str, float | None, float | None], None] = lambda *a: None
+    results: dict[str, dict] = field(default_factory=dict)  # what earlier stages returned
+
+    def path(self, name: str) -> Path:
+        return self.project / name
+
+    def midpoint(self, stage: str) -> None:
+        """A fault-injection point (see KILL_ENV): nothing happens unless a test asks."""
+        if os.environ.get(KILL_ENV) == stage:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fit(ctx: Context) -> dict:
+    from cellsynth_cli.fit import fit_nuclei, save_fit_picture, to_toml
+
+    found = fit_nuclei(
+        ctx.data,
+        spread=ctx.recipe.fit.spread,
+        on_volume=lambda name: ctx.on_progress(f"found nuclei in {name}", None, None),
+    )
+    io.write_text(ctx.path(FIT_PRESET), to_toml(found, ctx.data), overwrite=True)
+    ctx.midpoint("fit")
+    save_fit_picture(ctx.path("fit.png"), found, ctx.data)
+    return {"estimates": found.estimates}
+
+
+def train(ctx: Context) -> dict:
+    from cellsynth_cli.train import TrainConfig, load_training_images
+    from cellsynth_cli.train import train as train_ddpm
+
+    section = ctx.recipe.train
+    run = ctx.path(DDPM_RUN)
+    found = load_training_images(ctx.data, None)
+    config = TrainConfig(
+        data=str(ctx.data),
+        dims=found.dims,
+        patch=training_patch(found, section.patch, section.channels),
+        steps=section.steps,
+        batch=section.batch,
+        lr=section.lr,
+        seed=section.seed,
+        device=ctx.device,
+        checkpoint_every=section.checkpoint_every,
+        condition=section.condition,
+        condition_dropout=section.condition_dropout,
+        channels=tuple(section.channels) or None,
+    )
+    resume = ctx.resume and (run / "checkpoint.pt").exists()
+
+    def on_checkpoint(step: int) -> None:
+        if step < section.steps:
+            ctx.midpoint("train")
+
+    result = train_ddpm(
+        config,
+        run,
+        resume=resume,
+        overwrite=True,
+        on_step=lambda step, loss: ctx.on_progress(f"loss {loss:.4f}", step, section.steps),
+        on_checkpoint=on_checkpoint,
+    )
+    workdir.point_latest(run)  # `cellsynth synthesize` with no --model finds it
+    return {"step": result.step, "final_loss": result.final_loss, "resumed": resume}
+
+
+def training_patch(found: Any, side: int, channels: list[int]) -> tuple[int, ...]:
+    """The recipe's patch (side in-plane, up to 16 z slices) shrunk to fit the smallest
+    image, each size a multiple of the UNet's down-sampling."""
+    from cellsynth_cli.diffusion.unet import UNetConfig, anisotropic_factors, default_config
+
+    voxel = found.voxel_size if found.dims == 3 else None
+    config = default_config(found.dims, voxel)
+    if channels:
+        factors = anisotropic_factors(len(channels), voxel)
+        config = UNetConfig.from_dict(
+            {**config.to_dict(), "channels": list(channels), "down_factors": factors}
+        )
+    wanted = (16, side, side) if found.dims == 3 else (side, side)
+    smallest = [min(im.shape[a] for im in found.images) for a in range(found.dims)]
+    patch = []
+    for want, size, multiple in zip(wanted, smallest, config.multiples, strict=True):
+        fitted = min(want, size) // multiple * multiple
+        if fitted < multiple:
+            raise InputError(
+                f"{found.dims}D images of size {tuple(smallest)} are smaller than the DDPM's "
+                f"smallest patch ({multiple} along an axis of size {size})"
+            )
+        patch.append(fitted)
+    return tuple(patch)
+
+
+def simulate(ctx: Context) -> dict:
+    from cellsynth_cli.config import load_preset, replace
+    from cellsynth_cli.simulate import simulate_dataset
+
+    section = ctx.recipe.simulate
+    config = load_preset(str(ctx.path(FIT_PRESET)))
+    config = replace(
+        config, {"touching_fraction": section.touching_fraction}, source="recipe [simulate]"
+    )
+    done: list[str] = []
+
+    def on_volume(name: str) -> None:
+        done.append(name)
+        ctx.on_progress(name, len(done), section.n)
+        if len(done) == 1 and section.n > 1:
+            ctx.midpoint("simulate")
+
+    results = simulate_dataset(
+        config,
+        section.n,
+        ctx.path(workdir.SIM),
+        seed=section.seed,
+        overwrite=not ctx.resume,
+        resume=ctx.resume,
+        cluster=ctx.cluster,
+        on_volume=on_volume,
+    )
+    return {"volumes": len(results), "cells": sum(r.get("n_cells", 0) for r in results)}
+
+
+def t_start(ctx: Context) -> dict:
+    """t_start without labels: see TStartSection."""
+    from cellsynth_cli.noise import noise_analysis
+
+    section = ctx.recipe.t_start
+    conditional = ctx.recipe.train.condition != "none"
+    rule = section.rule
+    if rule == "auto":
+        rule = "T" if conditional else "kld"
+    if rule == "fixed":
+        chosen, analysis = section.value, None
+    elif rule == "T":
+        chosen, analysis = 1000, None
+    elif rule == "kld":
+        result = noise_analysis(
+            ctx.data,
+            ctx.path(workdir.SIM),
+            kld_threshold=section.kld_threshold,
+            model_run=ctx.path(DDPM_RUN),
+            max_volumes=section.sketches,
+            device=ctx.device,
+            on_progress=lambda msg: ctx.on_progress(msg, None, None),
+        )
+        analysis = result.to_dict()
+        chosen = result.recommended_t_start or section.value
+    else:
+        raise InputError(f"recipe [t_start] rule must be auto, kld, T or fixed, got {rule!r}")
+    summary = {"t_start": int(chosen), "rule": rule, "analysis": analysis}
+    io.write_text(ctx.path(T_START), json.dumps(summary, indent=2) + "\n", overwrite=True)
+    return {"t_start": int(chosen), "rule": rule}
+
+
+def synthesize(ctx: Context) -> dict:
+    from cellsynth_cli.synthesize import SynthesisOptions, synthesize_dataset
+
+    section = ctx.recipe.synthesize
+    chosen = json.loads(ctx.path(T_START).read_text())["t_start"]
+    conditional = ctx.recipe.train.condition != "none"
+    options = SynthesisOptions(
+        t_start=chosen,
+        steps=section.steps,
+        sampler=section.sampler,
+        seed=section.seed,
+        device=ctx.device,
+        guidance=section.guidance if conditional else None,
+    )
+    done: list[str] = []
+
+    def on_volume(name: str, n_steps: int, plan: dict) -> None:
+        if done:
+            ctx.midpoint("synthesize")  # one volume is written
+        done.append(name)
+        ctx.on_progress(f"{name} ({n_steps} steps)", len(done) - 1, ctx.recipe.simulate.n)
+
+    results = synthesize_dataset(
+        ctx.path(DDPM_RUN),
+        ctx.path(workdir.SIM),
+        ctx.path(workdir.SYNTH),
+        options,
+        resume=ctx.resume,
+        overwrite=not ctx.resume,
+        on_volume=on_volume,
+        cluster=ctx.cluster,
+    )
+    return {"volumes": len(results), "t_start": chosen}
+
+
+def clean(ctx: Context) -> dict:
+    """The classical judge (no model, no labels) checks each synthetic image against its own
+    masks; CLEAN/ links the images that pass, and Cellpose trains on those."""
+    from cellsynth_cli.segment import quality_control
+
+    section = ctx.recipe.clean
+    report = quality_control(
+        None,
+        ctx.path(workdir.SYNTH),
+        max_phantom=section.max_phantom,
+        max_vanished=section.max_vanished,
+        judge="classical",
+        cluster=ctx.cluster,
+        on_volume=lambda name: ctx.on_progress(name, None, None),
+    )
+    if not report["passed"]:
+        raise InputError(
+            f"clean: every synthetic image loses more cells than the recipe allows "
+            f"(max_phantom {section.max_phantom}, max_vanished {section.max_vanished})"
+        )
+    folder = ctx.path(CLEAN)
+    folder.mkdir(parents=True, exist_ok=True)
+    for row in report["volumes"]:
+        if row["passed"]:
+            link = folder / Path(row["path"]).name
+            link.symlink_to(os.path.relpath(row["path"], folder), target_is_directory=True)
+    io.write_text(ctx.path(CLEAN_REPORT), json.dumps(report, indent=2) + "\n", overwrite=True)
+    shares = {k: _mean(r[k] for r in report["volumes"]) for k in ("phantom", "vanished")}
+    return {"kept": len(report["passed"]), "of": len(report["volumes"]), **shares}
+
+
+def segment(ctx: Context) -> dict:
+    from cellsynth_cli.segment import train_segmenter
+
+    section = ctx.recipe.segment
+
+    def run(background: Path | None) -> dict:
+        return train_segmenter(
+            ctx.path(CLEAN),
+            ctx.path(workdir.SEG),
+            epochs=section.epochs,
+            learning_rate=section.learning_rate,
+            bsize=section.bsize,
+            images_per_epoch=section.images_per_epoch,
+            overwrite=True,
+            seed=section.seed,
+            device=ctx.device,
+            on_epoch=lambda epoch, loss: ctx.on_progress(f"loss {loss:.4f}", epoch, section.epochs),
+            background=background,
+            n_background_crops=max(section.background_crops, 1),
+        )
+
+    note = None
+    if section.background_crops > 0:
+        try:
+            result = run(ctx.data)
+        except InputError as exc:  # images too dense for a nucleus-free square
+            note = f"trained without background squares: {exc}"
+            result = run(None)
+    else:
+        result = run(None)
+    ctx.midpoint("segment")
+    return {"diameter": result.get("diameter"), "note": note}
+
+
+def predict(ctx: Context) -> dict:
+    from cellsynth_cli.segment import predict as predict_masks
+
+    done: list[str] = []
+
+    def on_volume(name: str) -> None:
+        done.append(name)
+        ctx.on_progress(name, len(done), None)
+        if len(done) == 1:
+            ctx.midpoint("predict")
+
+    results = predict_masks(
+        ctx.path(workdir.SEG),
+        ctx.data,
+        ctx.path(workdir.PRED),
+        overwrite=not ctx.resume,
+        resume=ctx.resume,
+        mode=ctx.recipe.predict.mode,
+        on_volume=on_volume,
+        device=ctx.device,
+        cluster=ctx.cluster,
+    )
+    return {"volumes": len(results)}
+
+
+def _mean(values: Any) -> float:
+    values = list(values)
+    return float(sum(values) / len(values)) if values else 0.0

@@ -1,0 +1,141 @@
+"""`cellsynth pipeline` through the installed executable: the smoke budget end to end in 2D
+and 3D, make's rule (skip, rerun downstream only), resume after kill -9 in every stage, and
+bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import REPO, run_cellsynth
+
+from cellsynth_cli import io
+from cellsynth_cli.export import write_tiff_volume
+from cellsynth_cli.pipeline.run import STAGES
+from cellsynth_cli.pipeline.stages import KILL_ENV
+
+STAGE_NAMES = [s.name for s in STAGES]
+
+
+def _real_2d(project: Path) -> Path:
+    """A corner of the bundled image, no masks: what a user without labels has."""
+    real = project / "real"
+    real.mkdir(parents=True)
+    image = tifffile.imread(REPO / "data" / "dsb2018" / "dsb2018.tif")[:128, :160]
+    tifffile.imwrite(real / "dsb.tif", image)
+    return real
+
+
+def _pipeline(project: Path, *args, env: dict | None = None):
+    return run_cellsynth("pipeline", project, "--budget", "smoke", "--json", *args, env=env)
+
+
+def _statuses(result) -> dict[str, str]:
+    assert result.returncode == 0, result.stderr
+    return {name: row["status"] for name, row in json.loads(result.stdout)["stages"].items()}
+
+
+@pytest.fixture(scope="module")
+def smoke_2d(tmp_path_factory) -> Path:
+    project = tmp_path_factory.mktemp("pipeline") / "project"
+    _real_2d(project)
+    statuses = _statuses(_pipeline(project))
+    assert set(statuses) == {*STAGE_NAMES, "report"}
+    assert all(status == "ran" for status in statuses.values())
+    return project
+
+
+def _final_outputs(project: Path) -> dict[str, np.ndarray]:
+    """The synthetic images and the predicted masks: what a user keeps."""
+    arrays = {}
+    for folder, attr in (("synth", "image"), ("pred", "masks")):
+        for path in io.list_volumes(project / folder):
+            arrays[f"{folder}/{path.name}"] = getattr(io.read_volume(path), attr)
+    return arrays
+
+
+def test_smoke_pipeline_writes_every_output(smoke_2d):
+    for output in ("fit.toml", "runs/ddpm/checkpoint.pt", "seg", "report.md", "report.png"):
+        assert (smoke_2d / output).exists(), output
+    assert len(io.list_volumes(smoke_2d / "sim")) == 2
+    predicted = io.read_volume(smoke_2d / "pred" / "dsb.zarr")
+    assert predicted.masks.shape == (128, 160)
+    assert 'budget = "smoke"' in (smoke_2d / "pipeline.toml").read_text()
+    assert (smoke_2d / "runs" / "latest").resolve() == (smoke_2d / "runs" / "ddpm").resolve()
+    report = (smoke_2d / "report.md").read_text()
+    assert "No mask drawn by a person was read" in report and "| train |" in report
+    assert not list(smoke_2d.rglob(".*tmp*"))
+
+
+def test_rerun_skips_and_a_change_reruns_only_downstream(smoke_2d, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(smoke_2d, project, symlinks=True)
+    again = _statuses(_pipeline(project))
+    assert all(again[name] == "up to date" for name in STAGE_NAMES)
+
+    changed = _statuses(_pipeline(project, "--set", "simulate.n=3"))
+    rerun = {name for name in STAGE_NAMES if changed[name] == "ran"}
+    # t_start reads the simulated sketches; fit and the DDPM do not depend on them
+    assert rerun == {"simulate", "t_start", "synthesize", "clean", "segment", "predict"}
+    assert len(io.list_volumes(project / "synth")) == 3
+    assert "n = 3" in (project / "pipeline.toml").read_text()  # kept for the next run
+
+    forced = _statuses(_pipeline(project, "--from", "segment"))
+    assert {n for n in STAGE_NAMES if forced[n] == "ran"} == {"segment", "predict"}
+
+
+def test_killed_in_every_stage_then_rerun_ends_like_one_run(smoke_2d, tmp_path):
+    project = tmp_path / "project"
+    _real_2d(project)
+    for stage in STAGE_NAMES:
+        killed = _pipeline(project, env={KILL_ENV: stage})
+        assert killed.returncode == -9, (stage, killed.stderr)
+    statuses = _statuses(_pipeline(project))
+    assert "resumed" in statuses.values() or "ran" in statuses.values()
+    expected, got = _final_outputs(smoke_2d), _final_outputs(project)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    assert not [p for p in project.rglob("*") if ".tmp" in p.name]
+
+
+def test_smoke_pipeline_3d(tmp_path):
+    project = tmp_path / "project"
+    (project / "real").mkdir(parents=True)
+    stack = io.read_volume(REPO / "data" / "cells3d" / "cells3d.tif")
+    # 24 planes of a corner at half the in-plane resolution: 14 nuclei, anisotropic voxels
+    corner = stack.image[14:38, :192:2, :192:2]
+    small = io.Volume("cells", image=corner, voxel_size=(0.29, 0.52, 0.52))
+    write_tiff_volume(project / "real", small)
+    statuses = _statuses(_pipeline(project))
+    assert all(status == "ran" for status in statuses.values())
+    predicted = io.read_volume(project / "pred" / "cells.zarr")
+    assert predicted.masks.shape == (24, 96, 96)
+    assert len(io.read_volume(io.list_volumes(project / "synth")[0]).image.shape) == 3
+
+
+def test_bad_input_is_one_line_and_nothing_is_lost(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = run_cellsynth("pipeline", empty, "--budget", "smoke")
+    assert missing.returncode == 2 and "real" in missing.stderr
+    assert "Traceback" not in missing.stderr and not (empty / "pipeline.toml").exists()
+
+    project = tmp_path / "project"
+    _real_2d(project)
+    unknown = run_cellsynth("pipeline", project, "--set", "train.stepz=3")
+    assert unknown.returncode == 2 and "stepz" in unknown.stderr
+    budget = run_cellsynth("pipeline", project, "--budget", "huge")
+    assert budget.returncode == 2 and "smoke" in budget.stderr
+
+    mine = project / "sim" / "mine.txt"  # a user's own sim/: never replaced silently
+    mine.parent.mkdir()
+    mine.write_text("keep me")
+    foreign = run_cellsynth("pipeline", project, "--budget", "smoke")
+    assert foreign.returncode == 2 and "--overwrite" in foreign.stderr
+    assert mine.read_text() == "keep me"
+    assert len(foreign.stderr.strip().splitlines()) == 1
