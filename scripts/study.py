@@ -2,13 +2,14 @@
 
 Every row is scripts/experiment.py with the same held-back half, Cellpose recipe and step
 budget; only the synthetic side changes. Rows that differ only after the DDPM share it
-(paper, +QC t_start, +QC filtering and 64 images share the unconditional model of each
+(paper, +QC filtering and 64 images share the unconditional model of each
 seed; conditional and conditional + guidance share the conditional one), and every run
 shares the real-label Cellpose of the first run (it does not depend on the synthetic side).
 
     python scripts/study.py                    # all rows x seeds 0,1,2 (hours on a CPU)
     python scripts/study.py --rows paper,conditional --seeds 0
     python scripts/study.py --table-only       # just (re)write the table from finished runs
+    python scripts/study.py --budget smoke --rows paper --seeds 0   # a plumbing check
 
 Runs go to experiment_study/<row>-s<seed>/ (report.md, results.json each); the table to
 experiment_study/report.md. A run whose results.json exists is not run again.
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,43 +28,55 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 STUDY = Path(os.environ.get("STUDY_OUT", REPO / "experiment_study"))
-# The paper's method with every knob spelled out, so a row stays what it was when the
-# experiment's own defaults change; a row is this plus its changes. "ddpm" names the row
+# The paper's method with every knob spelled out as recipe keys (`cellsynth pipeline
+# --show-recipe`), so a row stays what it was when the recipe's defaults change; a row is this
+# plus its changes. t_start is fixed at 600, what the label-based KLD rule chose for every row
+# of the study on this image (the pipeline's own rule needs no labels). "ddpm" names the row
 # whose model it reuses.
 PAPER = {
-    "EXPERIMENT_CONDITION": "none",
-    "EXPERIMENT_T_RULE": "kld",
-    "EXPERIMENT_QC_FILTER": "1",
-    "EXPERIMENT_N_SYNTHETIC": "16",
-    "EXPERIMENT_GUIDANCE": "1",
-    "EXPERIMENT_SEG_SEED": "0",
-    "EXPERIMENT_TOUCHING": "0",
-    "EXPERIMENT_FIT_SPREAD": "central",
-    "EXPERIMENT_BACKGROUND": "0",
+    "train.condition": "none",
+    "t_start.rule": "fixed",
+    "t_start.value": "600",
+    "clean.max_phantom": "1",
+    "clean.max_vanished": "1",
+    "simulate.n": "16",
+    "segment.images_per_epoch": "16",
+    "synthesize.guidance": "1",
+    "segment.seed": "0",
+    "simulate.touching_fraction": "0",
+    "fit.spread": "central",
+    "segment.background_crops": "0",
 }
 # the best row (pseudo-sketch conditioned, w = 2), which the last rows change one knob of
-GUIDED = {**PAPER, "EXPERIMENT_CONDITION": "pseudo-sketch", "EXPERIMENT_GUIDANCE": "2"}
-TOUCHING = {**GUIDED, "EXPERIMENT_TOUCHING": "0.25", "ddpm": "conditional+guidance"}
-# the best row (and the experiment's defaults): touching nuclei + real background squares
-BEST = {**TOUCHING, "EXPERIMENT_BACKGROUND": "4"}
+GUIDED = {**PAPER, "train.condition": "pseudo-sketch", "synthesize.guidance": "2"}
+TOUCHING = {**GUIDED, "simulate.touching_fraction": "0.25", "ddpm": "conditional+guidance"}
+# the best row (and the recipe's defaults): touching nuclei + real background squares
+BEST = {**TOUCHING, "segment.background_crops": "4"}
 ROWS: dict[str, dict[str, str]] = {
     "paper": PAPER,
     # the same synthetic images, another Cellpose seed: the noise floor of a comparison
-    "paper-cellpose-s1": {**PAPER, "EXPERIMENT_SEG_SEED": "1", "ddpm": "paper"},
-    "qc-t": {**PAPER, "EXPERIMENT_T_RULE": "qc", "ddpm": "paper"},
-    "qc-filter": {**PAPER, "EXPERIMENT_QC_FILTER": "0.2", "ddpm": "paper"},
-    "synthetic-64": {**PAPER, "EXPERIMENT_N_SYNTHETIC": "64", "ddpm": "paper"},
-    "qc-filter+64": {
+    "paper-cellpose-s1": {**PAPER, "segment.seed": "1", "ddpm": "paper"},
+    # (the QC-aware t_start row, qc-t, used `noise-analysis --qc`; its figures stay in
+    # docs/study_2d.md, the pipeline has no such rule)
+    "qc-filter": {
         **PAPER,
-        "EXPERIMENT_QC_FILTER": "0.2",
-        "EXPERIMENT_N_SYNTHETIC": "64",
+        "clean.max_phantom": "0.2",
+        "clean.max_vanished": "0.2",
         "ddpm": "paper",
     },
-    "conditional": {**PAPER, "EXPERIMENT_CONDITION": "pseudo-sketch"},
+    "synthetic-64": {**PAPER, "simulate.n": "64", "ddpm": "paper"},
+    "qc-filter+64": {
+        **PAPER,
+        "clean.max_phantom": "0.2",
+        "clean.max_vanished": "0.2",
+        "simulate.n": "64",
+        "ddpm": "paper",
+    },
+    "conditional": {**PAPER, "train.condition": "pseudo-sketch"},
     "conditional-t1000": {
         **PAPER,
-        "EXPERIMENT_CONDITION": "pseudo-sketch",
-        "EXPERIMENT_T_START": "1000",
+        "train.condition": "pseudo-sketch",
+        "t_start.value": "1000",
         "ddpm": "conditional",
     },
     "conditional+guidance": {**GUIDED, "ddpm": "conditional"},
@@ -73,33 +85,26 @@ ROWS: dict[str, dict[str, str]] = {
     "conditional+guidance+touching": TOUCHING,
     # the same synthetic images, another Cellpose seed: are the background fragments of
     # touching-s0 Cellpose's own noise?
-    "conditional+guidance+touching-cellpose-s1": {**TOUCHING, "EXPERIMENT_SEG_SEED": "1"},
+    "conditional+guidance+touching-cellpose-s1": {**TOUCHING, "segment.seed": "1"},
     # the held-back half's AP@0.75 losses are mostly small bright nuclei drawn too large: the
     # central ranges of the fitted preset (20-80 % sizes) never simulate any
-    "conditional+guidance+wide": {
-        **GUIDED,
-        "EXPERIMENT_FIT_SPREAD": "wide",
-        "ddpm": "conditional+guidance",
-    },
+    "conditional+guidance+wide": {**GUIDED, "fit.spread": "wide", "ddpm": "conditional+guidance"},
     # background fragments decide AP@0.5 (touching-s0: 21, best row seed 2: 17): the
     # synthetic-trained Cellpose has never seen real background; give it nucleus-free real
     # squares of the unlabelled training image (no labels)
     "conditional+guidance+background": {
         **GUIDED,
-        "EXPERIMENT_BACKGROUND": "4",
+        "segment.background_crops": "4",
         "ddpm": "conditional+guidance",
     },
-    # background fragments decided AP@0.5 of touching-s0 (21 of them): the synthetic-trained
-    # Cellpose has never seen real background; give it nucleus-free real squares, no labels
     "conditional+guidance+touching+background": BEST,
-    # a conditional model needs no noisy sketch to start from: is pure noise (t_start = T)
-    # better than the KLD rule's t_start for the best row?
-    "conditional+guidance+touching+background-t1000": {**BEST, "EXPERIMENT_T_START": "1000"},
+    # a conditional model needs no noisy sketch to start from: pure noise (t_start = T) is
+    # also the pipeline's label-free rule for conditional models (`t_start.rule = "auto"`)
+    "conditional+guidance+touching+background-t1000": {**BEST, "t_start.value": "1000"},
 }
 LABELS = {
     "paper": "paper method (unconditional, KLD t_start)",
     "paper-cellpose-s1": "paper method, Cellpose seed 1 (same images)",
-    "qc-t": "+ QC-aware t_start",
     "qc-filter": "+ QC filtering (classical judge, drop images > 20 %)",
     "synthetic-64": "+ 64 synthetic images (same Cellpose steps)",
     "qc-filter+64": "+ QC filtering of 64 synthetic images",
@@ -111,7 +116,9 @@ LABELS = {
     "conditional+guidance+wide": "conditional + guidance + wide fitted ranges (2-98 %)",
     "conditional+guidance+background": "conditional + guidance + real background squares",
     "conditional+guidance+touching+background": "+ touching + real background squares",
-    "conditional+guidance+touching+background-t1000": "the same, from pure noise (t_start = T)",
+    "conditional+guidance+touching+background-t1000": (
+        "the same, from pure noise (t_start = T: the pipeline's defaults)"
+    ),
 }
 METRICS = ("dice", "ap@0.5", "ap@0.75", "f1")
 
@@ -133,26 +140,26 @@ def finished_real_arm() -> Path | None:
     return found[0].parent if found else None
 
 
-def run(row: str, seed: int, first_real: Path | None) -> None:
+def run(row: str, seed: int, first_real: Path | None, budget: str | None) -> None:
     out = run_dir(row, seed)
     if (out / "results.json").exists():
         print(f"== {out.name}: done earlier")
         return
     settings = dict(ROWS[row])
-    env = {**os.environ, "EXPERIMENT_OUT": str(out), "EXPERIMENT_SEED": str(seed)}
+    # the row's seed is the DDPM's and the synthesis's (the simulated sketches stay seed 0)
+    settings.update({"train.seed": str(seed), "synthesize.seed": str(seed)})
     shared_ddpm = settings.pop("ddpm", None)
     if shared_ddpm is not None:
-        share(run_dir(shared_ddpm, seed) / "ddpm", out / "ddpm")
-        env["EXPERIMENT_REUSE_DDPM"] = "1"
+        settings["train.model"] = str(run_dir(shared_ddpm, seed) / "pipeline" / "runs" / "ddpm")
+    args = [f"--set={key}={value}" for key, value in settings.items()]
+    args += [f"--budget={budget}"] if budget else []
     if first_real is not None:
         share(first_real, out / "seg_real")
-        env["EXPERIMENT_REUSE_REAL"] = "1"
-    env.update(settings)
+        args.append("--reuse-real")
     print(f"== {out.name}: {settings}", flush=True)
     with open(STUDY / f"{out.name}.log", "w") as log:
         done = subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "experiment.py")],
-            env=env,
+            [sys.executable, str(REPO / "scripts" / "experiment.py"), "--out", str(out), *args],
             stdout=log,
             stderr=log,
         )
@@ -172,9 +179,10 @@ def compute_minutes(results: dict) -> float:
     """Minutes of the synthetic arm: every stage but the real-label Cellpose; a reused DDPM
     counts with its own training time (from its loss log), as if the row had trained it."""
     seconds = {k: v for k, v in results["seconds"].items() if "real labels" not in k}
-    if "1 train DDPM" not in seconds:
-        found = re.search(r" in (\d+) s", results["ddpm"])
-        seconds["1 train DDPM"] = float(found.group(1)) if found else 0.0
+    model = results["recipe"]["train"]["model"]
+    if model:
+        rows = (Path(model) / "loss.csv").read_text().split()
+        seconds["train"] = float(rows[-1].split(",")[3]) if len(rows) > 1 else 0.0
     return sum(seconds.values()) / 60
 
 
@@ -195,7 +203,7 @@ def table() -> str:
             spread([r["qc"][k] * 100 for r in results], "{:.0f} %") for k in ("phantom", "vanished")
         ]
         minutes = [compute_minutes(r) for r in results]
-        seeds = ",".join(str(r["variant"]["seed"]) for r in results)
+        seeds = ",".join(str(r["recipe"]["train"]["seed"]) for r in results)
         t_starts = ",".join(str(r["t_start"]) for r in results)
         lines.append(
             f"| {LABELS[row]} | {seeds} | {t_starts} | {' | '.join(cells)} | "
@@ -236,7 +244,7 @@ def ratio_table(real: dict) -> str:
 
 
 def strict_losses(run: Path, arm: str) -> dict:
-    """matching.strict_iou_losses of one run's predictions (arm: pred_synthetic or
+    """matching.strict_iou_losses of one run's predictions (arm: pipeline/pred-score or
     pred_real) on the held-back half, summed over its volumes."""
     from cellsynth_cli import io
     from cellsynth_cli.matching import background_detections, strict_iou_losses
@@ -266,7 +274,7 @@ def error_table() -> str:
         runs = [p.parent for p in sorted(STUDY.glob(f"{row}-s*/results.json"))]
         if not runs:
             continue
-        found = [strict_losses(r, "pred_synthetic") for r in runs]
+        found = [strict_losses(r, "pipeline/pred-score") for r in runs]
         reference = reference or strict_losses(runs[0], "pred_real")
         lines.append(
             f"| {LABELS[row]} | {sum(f['matched'] for f in found)} | "
@@ -287,6 +295,7 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated: " + ",".join(ROWS))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--budget", default=None, help="the recipe's budget (default: full)")
     args = parser.parse_args()
     STUDY.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
@@ -297,7 +306,7 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",")]
         for seed in seeds:
             for row in rows:
-                run(row, seed, finished_real_arm())
+                run(row, seed, finished_real_arm(), args.budget)
     text = HEADER + table() + "\n\n" + ERRORS_HEADER + error_table() + "\n"
     (STUDY / "report.md").write_text(text)
     print(text)
@@ -305,7 +314,8 @@ def main() -> None:
 
 HEADER = """# Study: Cellpose trained on synthetic images only, scored on the held-back half
 
-Every row is `make experiment` (scripts/experiment.py) with one change on the synthetic side:
+Every row is `make experiment` (scripts/experiment.py, the pipeline's recipe with the row's
+`--set` keys) with one change on the synthetic side:
 the same data halves, a 6000-step DDPM per seed, 16 sketches from `simulate fit` (64 in
 the 64-image row), Cellpose 300 epochs x 16 images per arm. Mean over the seeds listed
 (min-max when more than one).
