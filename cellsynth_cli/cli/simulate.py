@@ -218,6 +218,14 @@ def _fit(data: Path | None, out: Path | None, overwrite: bool, json_out: bool, s
         f"wrote the preset {out} and the detections picture {picture}; simulate with "
         f"`cellsynth simulate {out} -n 50`"
     )
+    # nuclei were found: the study's best recipe applies (it needs nuclei-like data)
+    console.print(
+        f"for these nuclei the study's best recipe is `cellsynth pipeline --data {data}` (one "
+        "command), or by hand: `train --condition pseudo-sketch`, `simulate PRESET --set "
+        "touching_fraction=0.25`, `synthesize --t-start 1000` (guided), `segment train "
+        f"--background {data}`",
+        highlight=False,
+    )
 
 
 def _report(results: list[dict], out: Path, json_out: bool) -> None:
