@@ -24,6 +24,9 @@ class FitSection:
 
 @dataclass(frozen=True)
 class TrainSection:
+    # a DDPM to use as it is (a `cellsynth train` run or bundled:NAME) instead of training one;
+    # the other keys are then not used
+    model: str = ""
     steps: int = 6000  # the study's DDPM (41 min on 2 CPU cores at 256 x 256)
     batch: int = 8
     patch: int = 128  # in-plane patch side (z: up to 16 slices), shrunk to fit the images
@@ -221,10 +224,14 @@ def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_overrides(path: Path) -> dict[str, Any]:
+    return read_overrides_text(Path(path).read_text(), str(path))
+
+
+def read_overrides_text(text: str, source: str = "recipe") -> dict[str, Any]:
     try:
-        return tomllib.loads(Path(path).read_text())
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: not a valid TOML recipe ({exc})") from None
+        raise InputError(f"{source}: not a valid TOML recipe ({exc})") from None
 
 
 def to_toml(overrides: dict[str, Any]) -> str:
