@@ -228,3 +228,14 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if len(shape) not in (2, 3) or min(shape) < 1:
         raise InputError(f"--shape expects 2 or 3 positive integers, got {text!r}")
     return shape
+
+
+def toml_value(value: Any) -> str:
+    """A TOML literal of a plain value (bool, str, number or a list of them)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)

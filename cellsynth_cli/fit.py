@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from cellsynth_cli import io
-from cellsynth_cli.config import SimulationConfig, load_preset, replace
+from cellsynth_cli.config import SimulationConfig, load_preset, replace, toml_value
 from cellsynth_cli.detect import Detections, choose_method, detect_nuclei
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.intensity import robust_range, to_unit
@@ -236,18 +236,8 @@ def to_toml(fit: Fit, data: Path) -> str:
     for key, value in fit.config.to_dict().items():
         if key in ("preset", "simulator") or value == base[key]:
             continue
-        lines.append(f"{key} = {_toml_value(value)}")
+        lines.append(f"{key} = {toml_value(value)}")
     return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return repr(value)
 
 
 def save_fit_picture(path: Path, fit: Fit, data: Path) -> Path:

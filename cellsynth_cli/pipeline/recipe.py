@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from cellsynth_cli.config import toml_value
 from cellsynth_cli.errors import InputError
 
 
@@ -244,7 +245,7 @@ def to_toml(overrides: dict[str, Any]) -> str:
     for name in SECTIONS:
         values = overrides.get(name) or {}
         if values:
-            lines += ["", f"[{name}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items())]
+            lines += ["", f"[{name}]", *(f"{k} = {toml_value(v)}" for k, v in values.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -253,15 +254,5 @@ def full_toml(recipe: Recipe) -> str:
     data = recipe.to_dict()
     lines = [f'budget = "{recipe.budget}"']
     for name in SECTIONS:
-        lines += ["", f"[{name}]", *(f"{k} = {_toml_value(v)}" for k, v in data[name].items())]
+        lines += ["", f"[{name}]", *(f"{k} = {toml_value(v)}" for k, v in data[name].items())]
     return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return repr(value)
