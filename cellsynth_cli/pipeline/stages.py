@@ -72,6 +72,8 @@ def train(ctx: Context) -> dict:
 
     section = ctx.recipe.train
     run = ctx.path(DDPM_RUN)
+    if section.model:
+        return _use_model(section.model, run)
     found = load_training_images(ctx.data, None)
     config = TrainConfig(
         data=str(ctx.data),
@@ -103,6 +105,25 @@ def train(ctx: Context) -> dict:
     )
     workdir.point_latest(run)  # `cellsynth synthesize` with no --model finds it
     return {"step": result.step, "final_loss": result.final_loss, "resumed": resume}
+
+
+def _use_model(model: str, run: Path) -> dict:
+    """runs/ddpm -> a DDPM made elsewhere (a run directory or bundled:NAME)."""
+    from cellsynth_cli import bundled
+
+    folder = bundled.resolve(model) if bundled.is_bundled(model) else Path(model).resolve()
+    if not (folder / "checkpoint.pt").is_file():
+        raise InputError(f"recipe [train] model {model}: no checkpoint.pt there")
+    run.parent.mkdir(parents=True, exist_ok=True)
+    run.symlink_to(folder, target_is_directory=True)
+    workdir.point_latest(run)
+    return {"model": model, "conditional": conditional_model(run)}
+
+
+def conditional_model(run: Path) -> bool:
+    """Whether the DDPM in RUN follows a sketch at every step (its config.json says)."""
+    made = json.loads((run / "config.json").read_text())["train"]
+    return made.get("condition", "none") != "none"
 
 
 def training_patch(found: Any, side: int, channels: list[int]) -> tuple[int, ...]:
@@ -166,7 +187,7 @@ def t_start(ctx: Context) -> dict:
     from cellsynth_cli.noise import noise_analysis
 
     section = ctx.recipe.t_start
-    conditional = ctx.recipe.train.condition != "none"
+    conditional = conditional_model(ctx.path(DDPM_RUN))
     rule = section.rule
     if rule == "auto":
         rule = "T" if conditional else "kld"
@@ -198,7 +219,7 @@ def synthesize(ctx: Context) -> dict:
 
     section = ctx.recipe.synthesize
     chosen = json.loads(ctx.path(T_START).read_text())["t_start"]
-    conditional = ctx.recipe.train.condition != "none"
+    conditional = conditional_model(ctx.path(DDPM_RUN))
     options = SynthesisOptions(
         t_start=chosen,
         steps=section.steps,
