@@ -87,6 +87,13 @@ def test_rerun_skips_and_a_change_reruns_only_downstream(smoke_2d, tmp_path):
     forced = _statuses(_pipeline(project, "--from", "segment"))
     assert {n for n in STAGE_NAMES if forced[n] == "ran"} == {"segment", "predict"}
 
+    # a DDPM made elsewhere: the fit and the sketches stay, the conditional model starts at T
+    shipped = _pipeline(project, "--set", "train.model=bundled:dsb2018-nuclei-conditional")
+    ran = {name for name, status in _statuses(shipped).items() if status == "ran"}
+    assert ran == set(STAGE_NAMES) - {"fit", "simulate"} | {"report"}
+    assert (project / "runs" / "ddpm").is_symlink()
+    assert json.loads((project / "t_start.json").read_text())["t_start"] == 1000
+
 
 def test_killed_in_every_stage_then_rerun_ends_like_one_run(smoke_2d, tmp_path):
     project = tmp_path / "project"
