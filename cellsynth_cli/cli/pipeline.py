@@ -77,7 +77,7 @@ def pipeline(
     overwrite: Overwrite = False,
     json_out: JsonOut = False,
 ) -> None:
-    """Segment your own images without labels: fit -> train -> t_start -> simulate ->
+    """Segment your own images without labels: fit -> train -> simulate -> t_start ->
     synthesize -> clean -> segment -> predict -> report, in one command.
 
     Nothing reads a mask a person drew: a nuclei preset is fitted to your images, a DDPM
