@@ -2,19 +2,23 @@
 
 Used where we need object statistics without masks: size, count and brightness of the nuclei
 in real images (to size simulations: `simulate fit`) and in synthetic ones (to score realism).
-Two detectors, both aware of anisotropic voxels (a nucleus round in micrometres is round to
-them even when z is sampled ten times more coarsely than y/x):
+Aware of anisotropic voxels (a nucleus round in micrometres is round to the detector even when
+z is sampled ten times more coarsely than y/x). Two ways to find the nuclei (seeds):
 
-- "log": a multiscale Laplacian of Gaussian. Best for small, evenly bright nuclei, and it
-  finds dim nuclei next to bright ones; but inside large textured nuclei (chromatin spots)
-  it finds the spots.
-- "watershed": Otsu foreground of the smoothed image, distance transform, one seed per
-  distance maximum that stands out (relative h-maxima), watershed. Sizes come from the
-  regions (equal-volume radius), brightness is the region's mean; regions cut by the image
-  border count in proportion to their size. Best for large or textured nuclei; misses nuclei
-  dimmer than the Otsu threshold.
-- "auto" (default): "log", unless it finds more than twice as many blobs as the watershed
+- "log": a multiscale Laplacian of Gaussian, one seed per blob. Best for small, evenly bright
+  nuclei, and it finds dim nuclei next to bright ones; but inside large textured nuclei
+  (chromatin spots) it finds the spots.
+- "watershed": a local-threshold foreground, one seed per distance maximum that stands out
+  (relative h-maxima), watershed (`segment_nuclei`). Best for large or textured nuclei.
+- "auto" (default): "log", unless it finds more than twice as many blobs as an Otsu watershed
   finds nuclei (it is counting texture): then "watershed".
+
+Either way each nucleus is then measured on its half-maximum region (`half_maximum_regions`):
+the voxels of its watershed cell brighter than halfway from the local background to the
+nucleus's own level. Sizes are that region's equal-area (2D) / equal-volume (3D) radius (a
+blurred edge crosses half height where the object ends, so blur does not bias it; LoG scales
+and global thresholds undersize textured and dim nuclei), brightness its mean; regions cut by
+the image border count in proportion to their size.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ MIN_SIGMA = 0.5  # voxels: below this an axis (a coarse z) is not smoothed furth
 BRIGHTNESS_WINDOW = 5  # voxels (in-plane) averaged around a centre for its brightness
 SMOOTHING = 1.0  # in-plane voxels of Gaussian smoothing before the watershed's threshold
 SEED_PROMINENCE = 0.25  # a distance maximum is a seed when 25 % higher than its saddle
+HALF_MAXIMUM = 0.5  # a nucleus ends where it is this far from local background to its level
+BACKGROUND_SCALE = 30.0  # in-plane voxels of smoothing of the background map (illumination)
+CELL_NOISE = 2.0  # noise levels above the background that a watershed cell may span
+LOG_SEED_FRACTION = 0.5  # a LoG nucleus's level is taken within this fraction of its radius
 AUTO_TEXTURE_RATIO = 2.0  # auto: LoG blobs per watershed nucleus above which LoG sees texture
 
 
@@ -94,19 +102,52 @@ def detect_nuclei(
     method: str = "auto",
     radius_range: tuple[float, float] = DEFAULT_RADIUS_RANGE,
 ) -> Detections:
-    """Nuclei in IMAGE (already on a [0, 1] scale, background low) by METHOD (see above)."""
+    """Nuclei in IMAGE (already on a [0, 1] scale, background low): seeds by METHOD (see
+    above), each measured on its half-maximum region."""
     if method not in METHODS:
         raise InputError(f"nucleus detection method must be one of {', '.join(METHODS)}")
     image = _checked(image)
-    if method == "watershed":
-        return watershed_nuclei(image, voxel_size)
-    blobs = log_blobs(image, voxel_size, radius_range)
+    if method == "auto":
+        method = choose_method([(image, voxel_size)], radius_range)
     if method == "log":
-        return blobs
+        seeds = _log_seeds(image, voxel_size, radius_range)
+    else:
+        seeds = segment_nuclei(
+            image, voxel_size, threshold="local", radius=_typical_radius(image, voxel_size)
+        )
+    return region_detections(
+        image, half_maximum_regions(image, voxel_size, seeds), voxel_size, method
+    )
+
+
+def _typical_radius(image: np.ndarray, voxel_size: tuple[float, ...] | None) -> float:
+    """Median equal-volume radius of the Otsu watershed's nuclei (sizes the local window)."""
     regions = watershed_nuclei(image, voxel_size)
-    if len(blobs) > AUTO_TEXTURE_RATIO * max(regions.count, 1.0):
-        return regions
-    return blobs
+    return float(np.median(regions.equivalent_radius)) if len(regions) else 8.0
+
+
+def _log_seeds(
+    image: np.ndarray,
+    voxel_size: tuple[float, ...] | None,
+    radius_range: tuple[float, float],
+) -> np.ndarray:
+    """Labels: each LoG blob's part of the local-threshold foreground (a watershed of the
+    smoothed image from the blob centres), or, for a blob dimmer than that foreground, a
+    ball of LOG_SEED_FRACTION of its radius around its centre (dim nuclei count too)."""
+    from skimage.segmentation import watershed
+
+    blobs = log_blobs(image, voxel_size, radius_range)
+    markers = np.zeros(image.shape, np.int32)
+    if not len(blobs):
+        return markers
+    markers[tuple(blobs.centres.T)] = np.arange(1, len(blobs) + 1)
+    scale = np.asarray(blobs.axis_scale)
+    distance = ndimage.distance_transform_edt(markers == 0, sampling=1.0 / scale)
+    smooth = ndimage.gaussian_filter(image, np.maximum(SMOOTHING * scale, 0.3))
+    radius = float(np.median(blobs.equivalent_radius))
+    near_centre = distance <= LOG_SEED_FRACTION * radius
+    foreground = _foreground(image, smooth, scale, "local", radius)
+    return watershed(-smooth, markers, mask=foreground | near_centre).astype(np.int32)
 
 
 def _checked(image: np.ndarray) -> np.ndarray:
@@ -221,7 +262,6 @@ def segment_nuclei(
     threshold: keeps dim nuclei beside bright ones (on the bundled DSB image: F1@0.5 0.92
     against its real masks, Otsu 0.72).
     """
-    from skimage.filters import threshold_local, threshold_otsu
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
@@ -231,25 +271,10 @@ def segment_nuclei(
     smooth = ndimage.gaussian_filter(image, sigma)
     if float(smooth.max()) <= float(smooth.min()):
         return np.zeros(image.shape, np.int32)
-    otsu = threshold_otsu(smooth)
-    if threshold == "local":
-        if radius is None:
-            found = detect_nuclei(image, voxel_size)
-            radius = float(np.median(found.equivalent_radius)) if len(found) else 8.0
-        block = [int(2 * round(max(2.0 * radius * s, 1.0)) + 1) for s in scale]
-        # noise level: robust spread of neighbour differences along x (sqrt 2 sigma)
-        diff = np.diff(image, axis=-1)
-        noise = 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / np.sqrt(2.0)
-        local = threshold_local(smooth, block, offset=-noise)
-        foreground = (smooth > local) & (smooth > 0.5 * otsu)
-    elif threshold == "otsu":
-        foreground = smooth > otsu
-    else:
-        raise ValueError(f"threshold must be otsu or local, got {threshold!r}")
-    if image.ndim == 3:
-        foreground = np.stack([ndimage.binary_fill_holes(plane) for plane in foreground])
-    else:
-        foreground = ndimage.binary_fill_holes(foreground)
+    if threshold == "local" and radius is None:
+        found = detect_nuclei(image, voxel_size)
+        radius = float(np.median(found.equivalent_radius)) if len(found) else 8.0
+    foreground = _foreground(image, smooth, scale, threshold, radius)
     distance = ndimage.gaussian_filter(
         ndimage.distance_transform_edt(foreground, sampling=1.0 / scale), sigma
     )
@@ -262,8 +287,83 @@ def segment_nuclei(
     return watershed(-distance, markers, mask=foreground).astype(np.int32)
 
 
+def _foreground(
+    image: np.ndarray,
+    smooth: np.ndarray,
+    scale: np.ndarray,
+    threshold: str,
+    radius: float | None,
+) -> np.ndarray:
+    """Foreground of SMOOTH (see segment_nuclei's THRESHOLD), holes filled per slice."""
+    from skimage.filters import threshold_local, threshold_otsu
+
+    otsu = threshold_otsu(smooth)
+    if threshold == "local":
+        block = [int(2 * round(max(2.0 * radius * s, 1.0)) + 1) for s in scale]
+        local = threshold_local(smooth, block, offset=-_noise_level(image))
+        foreground = (smooth > local) & (smooth > 0.5 * otsu)
+    elif threshold == "otsu":
+        foreground = smooth > otsu
+    else:
+        raise ValueError(f"threshold must be otsu or local, got {threshold!r}")
+    if image.ndim == 3:
+        return np.stack([ndimage.binary_fill_holes(plane) for plane in foreground])
+    return ndimage.binary_fill_holes(foreground)
+
+
 def watershed_nuclei(image: np.ndarray, voxel_size: tuple[float, ...] | None = None) -> Detections:
-    """Detections from `segment_nuclei`: region centroids, mean brightness, and per-axis
+    """Detections of the regions of `segment_nuclei` (Otsu threshold): the count the "auto"
+    rule weighs LoG's blobs against."""
+    image = _checked(image)
+    return region_detections(image, segment_nuclei(image, voxel_size), voxel_size, "watershed")
+
+
+def half_maximum_regions(
+    image: np.ndarray, voxel_size: tuple[float, ...] | None, seeds: np.ndarray
+) -> np.ndarray:
+    """Labels: each seed region of SEEDS grown to its nucleus's half-maximum region.
+
+    The background is a smooth map of the image away from the seeds (uneven illumination);
+    a watershed of the smoothed image from the seeds, over the voxels clearly above it,
+    gives each nucleus its cell (neighbours never merge); in its cell a nucleus keeps the
+    voxels above background + HALF_MAXIMUM * (its level - background), its level being the
+    median of its seed region (robust to chromatin spots and dark nucleoli).
+    """
+    from skimage.segmentation import watershed
+
+    n = int(seeds.max())
+    if n == 0:
+        return seeds
+    scale = _axis_scale(voxel_size, image.ndim)
+    smooth = ndimage.gaussian_filter(image, np.maximum(SMOOTHING * scale, 0.3))
+    away = seeds == 0
+    wide = BACKGROUND_SCALE * scale
+    background = ndimage.gaussian_filter(np.where(away, smooth, 0), wide) / np.maximum(
+        ndimage.gaussian_filter(away.astype(np.float32), wide), 1e-3
+    )
+    above = smooth > background + CELL_NOISE * _noise_level(image)
+    cells = watershed(-smooth, np.where(above, seeds, 0), mask=above | (seeds > 0))
+    index = np.arange(1, n + 1)
+    level = np.asarray(ndimage.median(smooth, seeds, index))
+    base = np.asarray(ndimage.mean(background, cells, index))
+    base = np.where(np.isfinite(base), base, level)  # a seed without a cell keeps none
+    cut = np.concatenate([[np.inf], base + HALF_MAXIMUM * (level - base)])
+    return np.where((cells > 0) & (smooth > cut[cells]), cells, 0).astype(np.int32)
+
+
+def _noise_level(image: np.ndarray) -> float:
+    """Noise sigma: robust spread of neighbour differences along x (sqrt 2 sigma)."""
+    diff = np.diff(image, axis=-1)
+    return 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / np.sqrt(2.0)
+
+
+def region_detections(
+    image: np.ndarray,
+    labels: np.ndarray,
+    voxel_size: tuple[float, ...] | None,
+    method: str,
+) -> Detections:
+    """Detections of the regions in LABELS: centroids, mean brightness, and per-axis
     semi-axes from each region's second moments (a uniform ellipsoid has variance a^2 / 5
     along a 3D axis, a^2 / 4 in 2D), scaled so that their product gives the region's volume.
 
@@ -272,10 +372,8 @@ def watershed_nuclei(image: np.ndarray, voxel_size: tuple[float, ...] | None = N
     as border only in stacks deeper than two typical diameters: in a thin stack every nucleus
     touches them.
     """
-    image = _checked(image)
     ndim = image.ndim
     scale = _axis_scale(voxel_size, ndim)
-    labels = segment_nuclei(image, voxel_size)
     index = np.arange(1, int(labels.max()) + 1)
     ones = np.ones(labels.shape, np.float32)
     size = ndimage.sum_labels(ones, labels, index)
@@ -284,7 +382,7 @@ def watershed_nuclei(image: np.ndarray, voxel_size: tuple[float, ...] | None = N
     if len(index) == 0:
         empty = np.zeros((0, ndim))
         return Detections(
-            empty.astype(int), empty, np.zeros(0), tuple(image.shape), axis_scale, "watershed"
+            empty.astype(int), empty, np.zeros(0), tuple(image.shape), axis_scale, method
         )
     in_plane_volume = size / float(np.prod(scale))
     if ndim == 2:
@@ -298,7 +396,9 @@ def watershed_nuclei(image: np.ndarray, voxel_size: tuple[float, ...] | None = N
         coords = np.indices(labels.shape, sparse=True)[axis] / scale[axis]
         coords = np.broadcast_to(coords, labels.shape)
         mean_sq = ndimage.mean(coords * coords, labels, index)
-        variance = np.maximum(mean_sq - (centre[:, axis] / scale[axis]) ** 2, 1e-6)
+        # + a voxel's own variance (h^2 / 12): a ball a few coarse z slices deep is round
+        voxel_variance = (1.0 / scale[axis]) ** 2 / 12.0
+        variance = np.maximum(mean_sq - (centre[:, axis] / scale[axis]) ** 2, 0) + voxel_variance
         semi[:, axis] = np.sqrt((ndim + 2) * variance)
     semi *= (radius / np.exp(np.mean(np.log(semi), axis=1)))[:, None]
     brightness = np.asarray(ndimage.mean(image, labels, index), dtype=float)
@@ -316,18 +416,21 @@ def watershed_nuclei(image: np.ndarray, voxel_size: tuple[float, ...] | None = N
         brightness=brightness,
         shape=tuple(image.shape),
         axis_scale=axis_scale,
-        method="watershed",
+        method=method,
         weights=weights,
         complete=complete,
     )
 
 
-def choose_method(images: list[tuple[np.ndarray, tuple[float, ...] | None]]) -> str:
+def choose_method(
+    images: list[tuple[np.ndarray, tuple[float, ...] | None]],
+    radius_range: tuple[float, float] = DEFAULT_RADIUS_RANGE,
+) -> str:
     """The "auto" choice for a set of images (on [0, 1]): "log", unless over all of them LoG
     finds more than AUTO_TEXTURE_RATIO times as many blobs as the watershed finds nuclei."""
     blobs = regions = 0.0
     for image, voxel_size in images:
-        blobs += len(log_blobs(image, voxel_size))
+        blobs += len(log_blobs(image, voxel_size, radius_range))
         regions += watershed_nuclei(image, voxel_size).count
     return "watershed" if blobs > AUTO_TEXTURE_RATIO * max(regions, 1.0) else "log"
 

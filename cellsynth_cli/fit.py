@@ -1,10 +1,11 @@
 """`simulate fit`: a nuclei preset estimated from unannotated real images.
 
 The images are scaled like training does (robust percentiles of the whole set to [0, 1], the
-scale sketches live on), nuclei are found with the nucleus detector (LoG or watershed, one
-for the whole set, see detect.py), and from them:
+scale sketches live on), nuclei are found with the nucleus detector (LoG or watershed seeds,
+one kind for the whole set, each nucleus measured on its half-maximum region, see detect.py),
+and from them:
 
-- radius: the detections' equal-area (equal-volume) radius of whole nuclei, 20th-80th
+- radius: the regions' equal-area (equal-volume) radius of whole nuclei, 20th-80th
   percentile, widened for the squeezed axes the simulator applies (scale_x, scale_z);
   spread "wide" takes the 2nd-98th percentile of this and of every other range below, so the
   rare small, large, dim or bright nuclei are simulated too (the simulator draws uniformly
@@ -12,12 +13,13 @@ for the whole set, see detect.py), and from them:
 - aspect ratio (scale_x): minor/major axis of each nucleus's in-plane half-maximum region
   (in 3D measured in the centre slice; the simulator rotates its ellipsoids in 3D, so its
   slices come out a little rounder than scale_x: sx 0.6 gives a median slice ratio ~0.66);
-- z (3D): the z / in-plane extent of each nucleus in micrometres (scale_z, watershed only;
-  LoG blobs are round by construction), and the z squeeze of the voxel size (anisotropy);
+- z (3D): the z / in-plane extent of each nucleus's region in micrometres (scale_z), and the
+  z squeeze of the voxel size (anisotropy);
   nuclei clearly flatter in z than in-plane are rotated about z only (they lie flat);
 - count per volume (n_cells; regions cut by the border count by their size), the shape and
   voxel size of the volumes;
-- brightness: the detections' brightness on the sketch scale, 10th-90th percentile;
+- brightness: the regions' mean brightness on the sketch scale, 10th-90th percentile (dim
+  nuclei included: LoG seeds dimmer than the local threshold keep a region of their own);
 - foreground: "full" when the nuclei spread over the image, else a centred ellipsoid
   fitted to their positions.
 No masks are read. The result is a TOML preset for the generic `nuclei` simulator.
@@ -87,10 +89,8 @@ def _aspect_ratios(image: np.ndarray, found: Detections) -> np.ndarray:
 
 
 def _z_extent(found: list[Detections], percentiles: tuple[float, float]) -> tuple[float, float]:
-    """The given percentiles of the z / in-plane extent of whole nuclei, in micrometres (the
-    watershed measures each region's spread per axis; LoG blobs are round by construction)."""
-    if found[0].method != "watershed":
-        return 1.0, 1.0
+    """The given percentiles of the z / in-plane extent of whole nuclei, in micrometres (from
+    each region's spread per axis)."""
     ratios = []
     for d in found:
         in_plane = d.radii[d.complete] / np.asarray(d.axis_scale)
@@ -218,9 +218,7 @@ def fit_nuclei(
     }
     if ndim == 3:
         estimates["z squeeze (in-plane / z voxel)"] = changes["anisotropy"]
-        estimates[f"z / in-plane extent ({size_pct[0]}-{size_pct[1]} %)"] = (
-            f"{z_lo:.2f}-{z_hi:.2f}" if method == "watershed" else "1 (not measured by LoG)"
-        )
+        estimates[f"z / in-plane extent ({size_pct[0]}-{size_pct[1]} %)"] = f"{z_lo:.2f}-{z_hi:.2f}"
     return Fit(config=config, estimates=estimates, detections=found, names=names)
 
 

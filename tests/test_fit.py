@@ -30,6 +30,47 @@ def microscope(sketch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (noisy * 900 + 100).astype(np.float32)
 
 
+def textured_microscope(made, rng: np.random.Generator) -> np.ndarray:
+    """Simulated nuclei made to look like a real stain: each nucleus's brightness drawn over a
+    decade (many dim ones), chromatin texture and bright spots, dark nucleoli (from the
+    simulator), blur, uneven illumination, shot and read noise."""
+    masks, n = made.masks, int(made.masks.max())
+    level = np.concatenate([[0.0], 10 ** rng.uniform(-1, 0, n)])
+    top = np.concatenate([[1.0], ndimage.maximum(made.sketch, masks, np.arange(1, n + 1))])
+    relative = made.sketch / top[masks]  # 1, darker in nucleoli
+    chromatin = ndimage.gaussian_filter(rng.normal(size=masks.shape), 1.2)
+    chromatin /= chromatin.std()
+    spots = ndimage.gaussian_filter((rng.random(masks.shape) < 0.01).astype(float), 1.0) * 6
+    stain = level[masks] * relative * np.clip(1 + 0.3 * chromatin + spots, 0.2, None)
+    illumination = 0.04 + 0.03 * np.linspace(0, 1, masks.shape[-2])[:, None]
+    photons = rng.poisson((ndimage.gaussian_filter(stain, 1.5) + illumination) * 400)
+    return (photons + rng.normal(0, 3, masks.shape) + 100).astype(np.float32)
+
+
+def whole_mask_radii(masks: np.ndarray, z_per_xy: float = 1.0) -> np.ndarray:
+    """Equal-area (2D) / equal-volume (3D, in in-plane voxels) radius of each mask that the
+    image's y/x border does not cut."""
+    sizes = np.bincount(masks.ravel()).astype(float)
+    edge = np.unique(np.concatenate([masks[..., [0, -1], :].ravel(), masks[..., [0, -1]].ravel()]))
+    sizes[edge] = 0
+    sizes = sizes[1:][sizes[1:] > 0]
+    if masks.ndim == 2:
+        return np.sqrt(sizes / np.pi)
+    return np.cbrt(3 * sizes * z_per_xy / (4 * np.pi))
+
+
+def counted_like_the_detector(masks: np.ndarray) -> float:
+    """Masks counted as the fit counts nuclei: one cut by the border by its size relative to
+    the median whole one (its share of a nucleus whose centre is in the image)."""
+    sizes = np.bincount(masks.ravel())[1:].astype(float)
+    labels = np.flatnonzero(sizes) + 1
+    sizes = sizes[labels - 1]
+    edge = np.concatenate([masks[..., [0, -1], :].ravel(), masks[..., [0, -1]].ravel()])
+    cut = np.isin(labels, edge)
+    typical = np.median(sizes[~cut])
+    return float(np.sum(np.where(cut, np.minimum(1.0, sizes / typical), 1.0)))
+
+
 def simulated_images(tmp_path, changes, n=2, seed=0):
     """Volumes of the generic nuclei preset with known settings, written without masks."""
     config = replace(load_preset("nuclei"), changes, source="test")
@@ -97,21 +138,58 @@ def test_fit_3d_anisotropic_recovers_radius_count_and_z_squeeze(tmp_path):
     assert fit.config.anisotropy == pytest.approx(1 / 3, rel=1e-3)
 
 
+def test_fit_sizes_and_counts_textured_nuclei_dim_ones_included(tmp_path):
+    """Textured nuclei over a decade of brightness (as in real stains): sizes from regions,
+    not from the LoG scale or a global threshold, which undersized them and missed the dim
+    ones (before: radius -14 %, count -30 %)."""
+    config = replace(
+        load_preset("nuclei"),
+        {
+            "shape": [256, 256],
+            "radius": [10, 16],
+            "n_cells": [35, 35],
+            "nucleoli": [1, 3],
+            "touching_fraction": 0.3,
+        },
+        source="test",
+    )
+    rng = np.random.default_rng(0)
+    radii, count, brightness = [], 0, []
+    for i in range(2):
+        made = get_simulator("nuclei")(config, rng)
+        image = textured_microscope(made, rng)
+        io.write_volume(tmp_path / "real", io.Volume(name=f"v{i}", image=image))
+        radii.append(whole_mask_radii(made.masks))
+        count += made.info["n_cells"]
+        brightness.append(ndimage.mean(image, made.masks, np.arange(1, made.masks.max() + 1)))
+    fit = fit_nuclei(tmp_path / "real")
+    found = np.concatenate([d.equivalent_radius[d.complete] for d in fit.detections])
+    true_radius = np.median(np.concatenate(radii))
+    assert abs(np.median(found) - true_radius) <= 0.1 * true_radius, (found, true_radius)
+    assert abs(sum(d.count for d in fit.detections) - count) <= 0.15 * count
+    # the dim nuclei are in the brightness range: its low end is as dim as the real 10 %
+    lo, hi = (float(v) for v in fit.estimates["intensity scale (1-99.8 %)"].split("-"))
+    dim = (np.percentile(np.concatenate(brightness), 10) - lo) / (hi - lo)
+    assert fit.config.intensity[0] <= 1.25 * dim
+
+
 def test_fit_on_the_bundled_image_matches_its_masks(tmp_path):
     """Only the test reads the masks: fit sees the image alone."""
     (tmp_path / "real").mkdir()
     tifffile.imwrite(tmp_path / "real" / "dsb.tif", tifffile.imread(DSB_DIR / "dsb2018.tif"))
     fit = fit_nuclei(tmp_path / "real")
+    found = fit.detections[0]
     masks = tifffile.imread(DSB_DIR / "dsb2018_masks.tif")
-    areas = np.bincount(masks.ravel())[1:]
-    areas = areas[areas > 0]
-    assert abs(len(fit.detections[0]) - len(areas)) <= 0.2 * len(areas)
-    true_radius = np.median(np.sqrt(areas / np.pi))
-    assert abs(np.median(fit.detections[0].equivalent_radius) - true_radius) <= 0.2 * true_radius
+    n_masks = len(np.unique(masks)) - 1
+    assert abs(len(found) - n_masks) <= 0.15 * n_masks
+    assert abs(found.count - counted_like_the_detector(masks)) <= 0.15 * n_masks
+    true_radius = np.median(whole_mask_radii(masks))
+    radius = np.median(found.equivalent_radius[found.complete])
+    assert abs(radius - true_radius) <= 0.1 * true_radius
     # the simulator's nuclei have that equal-area radius on average (it squeezes one axis)
     config = fit.config
     mean_area_radius = np.mean(config.radius) * np.sqrt(np.mean(config.scale_x))
-    assert abs(mean_area_radius - true_radius) <= 0.2 * true_radius
+    assert abs(mean_area_radius - true_radius) <= 0.1 * true_radius
 
 
 def test_cli_fit_writes_a_preset_that_simulates(tmp_path):
@@ -191,14 +269,11 @@ def test_fit_on_the_bundled_3d_stack_matches_its_masks():
     found = fit.detections[0]
     assert found.method == "watershed"
     masks = tifffile.imread(REPO / "data" / "cells3d" / "cells3d_masks.tif")
-    sizes = np.bincount(masks.ravel())[1:]
-    sizes = sizes[sizes > 0]
-    z_per_xy = 0.29 / 0.26  # a z voxel is this many in-plane voxels deep
-    true_radius = np.median(np.cbrt(3 * sizes * z_per_xy / (4 * np.pi)))
-    assert abs(found.count - len(sizes)) <= 0.2 * len(sizes)
-    assert (
-        abs(np.median(found.equivalent_radius[found.complete]) - true_radius) <= 0.2 * true_radius
-    )
+    true_radius = np.median(whole_mask_radii(masks, z_per_xy=0.29 / 0.26))
+    n_masks = len(np.unique(masks)) - 1
+    assert abs(found.count - counted_like_the_detector(masks)) <= 0.15 * n_masks
+    radius = np.median(found.equivalent_radius[found.complete])
+    assert abs(radius - true_radius) <= 0.1 * true_radius
     assert fit.config.anisotropy == pytest.approx(0.26 / 0.29, rel=1e-3)
     # nuclei are flatter in z than in-plane (masks: median z/xy extent 0.72 in micrometres)
     assert 0.55 < np.mean(fit.config.scale_z) < 0.9

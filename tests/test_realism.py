@@ -170,7 +170,8 @@ def test_detector_in_noisy_anisotropic_3d(z_step):
     assert len(found) == 6
     assert sorted(map(tuple, found.centres[:, 1:])) == sorted((c[1], c[2]) for c in centres)
     assert np.all(np.abs(found.equivalent_radius - 8.0) < 0.15 * 8.0)
-    np.testing.assert_allclose(found.radii[:, 0], found.equivalent_radius / z_step, rtol=1e-6)
+    # round: the z semi-axis is measured from each region (one or two slices at z_step 10)
+    np.testing.assert_allclose(found.radii[:, 0], found.equivalent_radius / z_step, rtol=0.2)
     np.testing.assert_allclose(found.brightness, 0.8, atol=0.1)
 
 
