@@ -37,10 +37,10 @@ def pipeline(
     budget: str = typer.Option(
         None,
         "--budget",
-        help="How much work: smoke (a plumbing check of every stage, ~1-2 min; segments "
-        "nothing well), quick (~10 min: a first look), standard (~45 min: the study's recipe "
-        "with 2/3 of its DDPM steps), full (the study's recipe as measured, ~75 min). Times for a "
-        "256 x 256 image on 2 CPU cores; larger images take longer. Default: full, or the "
+        help="How much work: smoke (every stage in ~30 s, a plumbing check that segments "
+        "nothing well), quick (~7 min: a first look), standard (~45 min: the study's recipe "
+        "with 5/6 of its DDPM steps), full (the study's recipe as measured, ~50 min). Times for "
+        "a 256 x 256 image on 2 CPU cores; larger images take longer. Default: full, or the "
         f"budget in PROJECT/{RECIPE_FILE}.",
         show_default=False,
     ),
