@@ -20,7 +20,7 @@ from cellsynth_cli.cli.common import (
     print_json,
 )
 from cellsynth_cli.pipeline import recipe as recipes
-from cellsynth_cli.pipeline.run import RECIPE_FILE, STAGE_NAMES
+from cellsynth_cli.pipeline.recipe import RECIPE_FILE, STAGE_NAMES
 
 
 def pipeline(

@@ -105,6 +105,10 @@ class Recipe:
 
 
 SECTIONS = tuple(f.name for f in fields(Recipe) if f.name != "budget")
+# a stage per section, in the order they run, then the report (the stages live in run.py;
+# the names are here so the CLI can show them without importing numpy)
+STAGE_NAMES = (*SECTIONS, "report")
+RECIPE_FILE = "pipeline.toml"  # the project's recipe
 
 # Budgets scale the work, nothing else. Times are for the 256 x 256 bundled image on 2 CPU
 # cores (the note of issue 22 has the measured stage times).

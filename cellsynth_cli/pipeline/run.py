@@ -18,9 +18,8 @@ from cellsynth_cli.errors import InputError
 from cellsynth_cli.pipeline import recipe as recipes
 from cellsynth_cli.pipeline import report as reporting
 from cellsynth_cli.pipeline import stages, stamps
-from cellsynth_cli.pipeline.recipe import Recipe
+from cellsynth_cli.pipeline.recipe import RECIPE_FILE, STAGE_NAMES, Recipe
 
-RECIPE_FILE = "pipeline.toml"
 DATA = "data"  # the real images, an input of the stages that read them
 
 
@@ -64,7 +63,7 @@ STAGES = (
         resumable=True,
     ),
 )
-STAGE_NAMES = tuple(s.name for s in STAGES) + ("report",)
+assert tuple(s.name for s in STAGES) == recipes.SECTIONS  # a stage per recipe section
 
 # what a stage reports while it runs: (stage, message, done, total)
 Progress = Callable[[str, str, float | None, float | None], None]
