@@ -42,9 +42,9 @@ def report(ctx: Context, score_against: Path | None = None) -> dict:
         "realism": realism["scores"],
         "scores": scores,
         "seconds": {
-            name: stamps.finished(ctx.project, name)["seconds"]
+            name: record["seconds"]
             for name in ctx.results
-            if stamps.finished(ctx.project, name)
+            if (record := stamps.finished(ctx.project, name))
         },
     }
     io.write_text(ctx.path("report.json"), json.dumps(summary, indent=2) + "\n", overwrite=True)
