@@ -110,6 +110,19 @@ def test_killed_in_every_stage_then_rerun_ends_like_one_run(smoke_2d, tmp_path):
     assert not [p for p in project.rglob("*") if ".tmp" in p.name]
 
 
+def test_sigterm_in_training_checkpoints_and_the_rerun_resumes(tmp_path):
+    project = tmp_path / "project"
+    _real_2d(project)
+    stopped = _pipeline(project, env={KILL_ENV: "train:TERM"})  # a batch scheduler's stop
+    assert stopped.returncode == 130, stopped.stderr
+    assert "interrupted in train" in stopped.stdout + stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert (project / "runs" / "ddpm" / "checkpoint.pt").exists()
+    again = json.loads(_pipeline(project).stdout)["stages"]
+    assert again["fit"]["status"] == "up to date"
+    assert again["train"]["status"] == "resumed" and again["train"]["result"]["resumed"]
+
+
 def test_smoke_pipeline_3d(tmp_path):
     project = tmp_path / "project"
     (project / "real").mkdir(parents=True)

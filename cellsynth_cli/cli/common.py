@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -191,3 +192,24 @@ def erase_on_error(progress: Progress) -> Iterator[None]:
     except BaseException:
         progress.live.transient = True
         raise
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report an interrupted command
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a batch scheduler's stop, `kill`) checkpoints like Ctrl-C before exiting."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

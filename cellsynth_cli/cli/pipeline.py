@@ -10,6 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cellsynth_cli import workdir
 from cellsynth_cli.cli.common import (
+    EXIT_INTERRUPTED,
     CellsynthCommand,
     Cluster,
     Device,
@@ -18,6 +19,7 @@ from cellsynth_cli.cli.common import (
     console,
     erase_on_error,
     print_json,
+    sigterm_as_interrupt,
 )
 from cellsynth_cli.pipeline import recipe as recipes
 from cellsynth_cli.pipeline.recipe import RECIPE_FILE, STAGE_NAMES
@@ -124,10 +126,12 @@ def pipeline(
         console=console,
         disable=json_out,
     )
+    current = ["pipeline"]
     with progress, erase_on_error(progress):
         task = progress.add_task("pipeline", total=None, status="")
 
         def on_stage(name: str, status: str) -> None:
+            current[0] = name
             if not json_out:
                 progress.console.print(f"{name}: {status}", highlight=False)
             progress.reset(task, total=None, description=name, status="")
@@ -135,18 +139,25 @@ def pipeline(
         def on_progress(name: str, message: str, done: float | None, total: float | None):
             progress.update(task, completed=done or 0, total=total, status=message)
 
-        summary = run_pipeline(
-            project,
-            data,
-            recipe,
-            from_stage=from_stage,
-            score_against=score,
-            cluster=cluster,
-            device=device,
-            overwrite=overwrite,
-            on_stage=on_stage,
-            on_progress=on_progress,
-        )
+        try:
+            with sigterm_as_interrupt():
+                summary = run_pipeline(
+                    project,
+                    data,
+                    recipe,
+                    from_stage=from_stage,
+                    score_against=score,
+                    cluster=cluster,
+                    device=device,
+                    overwrite=overwrite,
+                    on_stage=on_stage,
+                    on_progress=on_progress,
+                )
+        except KeyboardInterrupt:
+            progress.stop()
+            # the stage's started-stamp stays: the same command continues inside it
+            console.print(f"interrupted in {current[0]}; run the same command again to continue")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
     result = {
         "project": str(project),
         "budget": recipe.budget,

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -15,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from cellsynth_cli import workdir
 from cellsynth_cli.cli.common import (
+    EXIT_INTERRUPTED,
     CellsynthCommand,
     Device,
     JsonOut,
@@ -26,10 +24,9 @@ from cellsynth_cli.cli.common import (
     erase_on_error,
     path_option,
     print_json,
+    sigterm_as_interrupt,
 )
 from cellsynth_cli.errors import InputError
-
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report an interrupted command
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -206,7 +203,7 @@ def train(
                 linked.append(_point_latest(out))
 
         try:
-            with _sigterm_as_interrupt():
+            with sigterm_as_interrupt():
                 result = run_training(
                     config,
                     out,
@@ -261,24 +258,6 @@ def _point_latest(run: Path) -> Path | None:
     except OSError as exc:
         console.print(f"[yellow]could not point {workdir.RUNS}/{workdir.LATEST} at {run}: {exc}")
         return None
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a batch scheduler's stop, `kill`) checkpoints like Ctrl-C before exiting."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def register(app: typer.Typer) -> None:

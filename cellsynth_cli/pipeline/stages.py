@@ -20,7 +20,8 @@ from cellsynth_cli.errors import InputError
 from cellsynth_cli.pipeline.recipe import Recipe
 
 # Tests kill the pipeline inside a stage (kill -9) to check that a rerun ends where an
-# uninterrupted run does: CELLSYNTH_PIPELINE_KILL=STAGE kills at that stage's midpoint.
+# uninterrupted run does: CELLSYNTH_PIPELINE_KILL=STAGE kills at that stage's midpoint,
+# STAGE:TERM sends SIGTERM there instead (a batch scheduler's stop).
 KILL_ENV = "CELLSYNTH_PIPELINE_KILL"
 
 FIT_PRESET = "fit.toml"
@@ -48,8 +49,12 @@ class Context:
 
     def midpoint(self, stage: str) -> None:
         """A fault-injection point (see KILL_ENV): nothing happens unless a test asks."""
-        if os.environ.get(KILL_ENV) == stage:
+        asked = os.environ.get(KILL_ENV, "")
+        if asked == stage:
             os.kill(os.getpid(), signal.SIGKILL)
+        elif asked == f"{stage}:TERM":
+            del os.environ[KILL_ENV]  # once: the stage's own clean-up passes here again
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def fit(ctx: Context) -> dict:
