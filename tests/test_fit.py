@@ -171,6 +171,9 @@ def test_fit_sizes_and_counts_textured_nuclei_dim_ones_included(tmp_path):
     lo, hi = (float(v) for v in fit.estimates["intensity scale (1-99.8 %)"].split("-"))
     dim = (np.percentile(np.concatenate(brightness), 10) - lo) / (hi - lo)
     assert fit.config.intensity[0] <= 1.25 * dim
+    # and so are the few brightest: its top end reaches past the real 90 %
+    bright = (np.percentile(np.concatenate(brightness), 90) - lo) / (hi - lo)
+    assert fit.config.intensity[1] >= bright
 
 
 def test_fit_on_the_bundled_image_matches_its_masks(tmp_path):
