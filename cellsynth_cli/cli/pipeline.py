@@ -40,7 +40,7 @@ def pipeline(
         None,
         "--budget",
         help="How much work: smoke (every stage in ~30 s, a plumbing check that segments "
-        "nothing well), quick (~7 min: a first look), standard (~45 min: the study's recipe "
+        "nothing well), quick (~8 min: a first look), standard (~45 min: the study's recipe "
         "with 5/6 of its DDPM steps), full (the study's recipe as measured, ~50 min). Times for "
         "a 256 x 256 image on 2 CPU cores; larger images take longer. Default: full, or the "
         f"budget in PROJECT/{RECIPE_FILE}.",
