@@ -7,6 +7,7 @@ back to the real data's intensity range.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import secrets
@@ -20,6 +21,7 @@ import torch
 
 from cellsynth_cli import io
 from cellsynth_cli.checkpoint import TrainedModel, load_model
+from cellsynth_cli.diffusion import defaults
 from cellsynth_cli.diffusion.conditioning import guided, is_conditional
 from cellsynth_cli.diffusion.process import SAMPLERS, sample, sampling_timesteps
 from cellsynth_cli.diffusion.schedule import make_schedule
@@ -34,8 +36,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 @dataclass(frozen=True)
 class SynthesisOptions:
     t_start: int = 600
-    steps: int | None = None  # None: every step from t_start (the paper's sampler)
-    sampler: str = "ddpm"
+    steps: int | None = defaults.SAMPLE_STEPS  # None: every step (the paper's sampler)
+    sampler: str = defaults.SAMPLER
     tile: tuple[int, ...] | None = None  # None: whole volume up to AUTO_TILE_VOXELS
     overlap: tuple[int, ...] | None = None  # None: a quarter of the training patch
     batch: int = 4
@@ -43,6 +45,7 @@ class SynthesisOptions:
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 where the device has native bf16, else fp32
     guidance: float | None = None  # classifier-free guidance weight w; None: see below
+    guidance_share: float = defaults.GUIDANCE_SHARE  # of the steps, noisiest first
 
 
 def volume_seed(seed: int, name: str) -> int:
@@ -65,19 +68,16 @@ def check_options(options: SynthesisOptions, T: int) -> None:  # noqa: N803
         raise InputError(f"--batch must be >= 1, got {options.batch}")
     if not (math.isfinite(options.guidance) and options.guidance >= 0):
         raise InputError(f"--guidance must be a number >= 0, got {options.guidance}")
-
-
-# The guidance of a conditional model when none is given: the issue-12 study's best (on the
-# same conditional DDPM, w = 1 gave AP@0.5 0.52 on real nuclei, w = 2 gave 0.86).
-DEFAULT_GUIDANCE = 2.0
+    if not 0.0 <= options.guidance_share <= 1.0:
+        raise InputError(f"--guidance-share must be in 0..1, got {options.guidance_share}")
 
 
 def with_guidance(model: TrainedModel, options: SynthesisOptions) -> SynthesisOptions:
-    """options with guidance filled in: DEFAULT_GUIDANCE for a conditional model, 1 (none)
+    """options with guidance filled in: defaults.GUIDANCE for a conditional model, 1 (none)
     for an unconditional one, when it was not given."""
     if options.guidance is not None:
         return options
-    guidance = DEFAULT_GUIDANCE if is_conditional(model.config) else 1.0
+    guidance = defaults.GUIDANCE if is_conditional(model.config) else 1.0
     return replace(options, guidance=guidance)
 
 
@@ -219,12 +219,12 @@ def synthesize_volume(
             return model.net(x, t).float()
 
     batch = tiles_per_call(options, tile)
-    if conditional:
-        net = guided(net, options.guidance)
+    schedule = make_schedule(model.config.get("schedule", "cosine"), model.config.get("T", 1000))
     predictor = TiledPredictor(
         net, padded, tile, overlap, batch, device, to_model(condition) if conditional else None
     )
-    schedule = make_schedule(model.config.get("schedule", "cosine"), model.config.get("T", 1000))
+    if conditional:
+        predictor = guided_predictor(predictor, net, options, schedule.T)
     generator = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
         x0 = sample(
@@ -242,6 +242,34 @@ def synthesize_volume(
     return from_unit(model_to_unit(result), norm["low"], norm["high"])
 
 
+def guided_predictor(
+    predictor: TiledPredictor,
+    net: Callable,
+    options: SynthesisOptions,
+    T: int,  # noqa: N803
+) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """PREDICTOR (over the plain conditional NET) guided with options.guidance on the first
+    guidance_share of the timesteps, noisiest first; the conditional prediction alone (one
+    network call, w = 1) on the rest."""
+    timesteps = sampling_timesteps(options.t_start, options.steps, T)
+    n_guided = math.ceil(options.guidance_share * len(timesteps))
+    guided_t = set(timesteps[:n_guided])
+    full = replace_net(predictor, guided(net, options.guidance))
+    plain = replace_net(predictor, guided(net, 1.0))
+
+    def eps(x: torch.Tensor, t: int) -> torch.Tensor:
+        return full(x, t) if t in guided_t else plain(x, t)
+
+    return eps
+
+
+def replace_net(predictor: TiledPredictor, net: Callable) -> TiledPredictor:
+    """The same tiles, weights and condition, another network."""
+    twin = copy.copy(predictor)
+    twin.net = net
+    return twin
+
+
 def _check_resumable(
     path: Path, model: TrainedModel, options: SynthesisOptions, n_steps: int
 ) -> None:
@@ -254,8 +282,10 @@ def _check_resumable(
         "sampler": options.sampler,
         "seed": options.seed,
         "guidance": options.guidance,
+        "guidance_share": options.guidance_share,
     }
-    earlier = {"guidance": 1.0}  # sets made before guidance existed were unguided
+    # sets made before guidance (or its share) existed: unguided (all steps)
+    earlier = {"guidance": 1.0, "guidance_share": 1.0}
     differ = [key for key, value in now.items() if made.get(key, earlier.get(key)) != value]
     if differ:
         raise InputError(
@@ -340,6 +370,7 @@ def synthesize_one(
             sampler=options.sampler,
             seed=options.seed,
             guidance=options.guidance,
+            guidance_share=options.guidance_share,
             conditional=is_conditional(model.config),
             volume_seed=seed,
             **plan,

@@ -17,6 +17,8 @@ from cellsynth_cli.diffusion.conditioning import (
     guided,
     network_input,
 )
+from cellsynth_cli.diffusion.defaults import GUIDANCE as DEFAULT_GUIDANCE
+from cellsynth_cli.diffusion.process import sampling_timesteps
 from cellsynth_cli.diffusion.unet import UNet, UNetConfig
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.matching import iou_matrix
@@ -24,11 +26,12 @@ from cellsynth_cli.patches import PatchSampler
 from cellsynth_cli.pseudo_sketch import pseudo_sketch
 from cellsynth_cli.simulators import get_simulator
 from cellsynth_cli.synthesize import (
-    DEFAULT_GUIDANCE,
     SynthesisOptions,
+    guided_predictor,
     synthesize_volume,
     with_guidance,
 )
+from cellsynth_cli.tiling import TiledPredictor
 
 TINY = ["--channels", "8,16", "--batch", "2", "--lr", "2e-3", "--patch", "32,32"]
 
@@ -125,6 +128,28 @@ def test_guidance_mixes_conditional_and_unconditional_predictions():
         torch.testing.assert_close(guided(net, 0.0)(stacked, t), uncond)
         torch.testing.assert_close(guided(net, 1.0)(stacked, t), cond)
         torch.testing.assert_close(guided(net, 3.0)(stacked, t), uncond + 3.0 * (cond - uncond))
+
+
+@pytest.mark.parametrize("share,n_guided", [(1.0, 10), (0.25, 3), (0.0, 0)])
+def test_guidance_share_guides_the_noisiest_steps_only(share, n_guided):
+    net = _tiny_conditional_unet()
+    calls = []
+
+    def counted(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])  # a guided step puts [cond, null] through as one batch of 2
+        return net(x, t)
+
+    sketch = torch.rand(1, 1, 16, 16) * 2 - 1
+    plain = TiledPredictor(counted, (16, 16), (16, 16), (0, 0), 1, "cpu", sketch)
+    options = SynthesisOptions(t_start=100, steps=10, guidance=3.0, guidance_share=share)
+    eps = guided_predictor(plain, counted, options, 1000)
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        for i, t in enumerate(sampling_timesteps(100, 10, 1000)):
+            w = 3.0 if i < n_guided else 1.0
+            want = TiledPredictor(guided(net, w), (16, 16), (16, 16), (0, 0), 1, "cpu", sketch)
+            torch.testing.assert_close(eps(x, t), want(x, t))
+    assert calls == [2] * n_guided + [1] * (10 - n_guided)
 
 
 @pytest.fixture(scope="module")

@@ -174,6 +174,23 @@ def test_synthesize_keeps_masks_and_is_reproducible(run2d, sketches2d, tmp_path)
     assert not np.array_equal(c.image, io.read_volume(io.list_volumes(tmp_path / "a")[0]).image)
 
 
+def test_synthesize_takes_the_default_respaced_steps_and_every_step_on_request(
+    run2d, sketches2d, tmp_path
+):
+    from cellsynth_cli.diffusion.defaults import SAMPLE_STEPS
+
+    model, _ = run2d
+    args = ["synthesize", "--model", model, "--sketches", sketches2d, "--t-start"]
+    ran = {"default": [], "every": ["--every-step"]}
+    for name, extra in ran.items():
+        assert run(*args, SAMPLE_STEPS + 10, "-o", tmp_path / name, *extra).exit_code == 0
+    made = {n: io.read_provenance(io.list_volumes(tmp_path / n)[0])["steps"] for n in ran}
+    assert made == {"default": SAMPLE_STEPS, "every": SAMPLE_STEPS + 10}
+    # below the default, the default is every step (not an error about --steps)
+    assert run(*args, 7, "-o", tmp_path / "low").exit_code == 0
+    assert io.read_provenance(io.list_volumes(tmp_path / "low")[0])["steps"] == 7
+
+
 def test_synthesize_resume_skips_finished(run2d, sketches2d, tmp_path):
     model, _ = run2d
     args = [
@@ -208,6 +225,8 @@ def test_synthesize_resume_skips_finished(run2d, sketches2d, tmp_path):
         (["--t-start", "10", "--steps", "20"], "--steps"),
         (["--sampler", "euler"], "--sampler"),
         (["--precision", "fp8"], "--precision"),
+        (["--steps", "5", "--every-step"], "--every-step"),
+        (["--guidance-share", "1.5"], "--guidance-share"),
     ],
 )
 def test_synthesize_bad_options(run2d, sketches2d, tmp_path, extra, message):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cellsynth_cli.config import toml_value
+from cellsynth_cli.diffusion import defaults
 from cellsynth_cli.errors import InputError
 
 
@@ -59,9 +60,10 @@ class TStartSection:
 
 @dataclass(frozen=True)
 class SynthesizeSection:
-    steps: int = 50
-    sampler: str = "ddpm"
-    guidance: float = 2.0  # conditional models only
+    steps: int = defaults.SAMPLE_STEPS
+    sampler: str = defaults.SAMPLER
+    guidance: float = defaults.GUIDANCE  # conditional models only
+    guidance_share: float = defaults.GUIDANCE_SHARE  # of the steps, noisiest first
     seed: int = 0
 
 

@@ -232,6 +232,7 @@ def synthesize(ctx: Context) -> dict:
         seed=section.seed,
         device=ctx.device,
         guidance=section.guidance if conditional else None,
+        guidance_share=section.guidance_share,
     )
     done: list[str] = []
 
