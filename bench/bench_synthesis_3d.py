@@ -57,8 +57,10 @@ STEPS_TIMED = int(os.environ.get("BENCH_3D_STEPS", 2))
 VOLUME_STEPS = {"ddpm 50": 50, "dpm++2m 20": 20}
 REFERENCE_STEPS = 600
 
-# name -> (preset, anisotropic network?, tile budget in voxels or None for the default)
+# name -> (preset, anisotropic network?, tile budget in voxels or None for the default); a
+# "guided" configuration is the sketch-conditioned UNet (2 input channels) at guidance 2
 CONFIGS = {
+    "celegans iso, guided conditional": ("celegans", False, None),
     "celegans iso, default tiles": ("celegans", False, None),
     "celegans aniso, default tiles": ("celegans", True, None),
     "celegans iso, 2M-voxel tiles": ("celegans", False, 2**21),  # the default before
@@ -67,14 +69,19 @@ CONFIGS = {
 }
 
 
-def _model(anisotropic: bool, voxel: tuple[float, ...]):
+def _model(anisotropic: bool, voxel: tuple[float, ...], conditional: bool = False):
+    import dataclasses
+
     import torch
 
     from cellsynth_cli.checkpoint import TrainedModel
     from cellsynth_cli.diffusion.unet import UNet, default_config
 
     torch.manual_seed(0)
-    net = UNet(default_config(3, voxel if anisotropic else None)).eval()
+    config = default_config(3, voxel if anisotropic else None)
+    if conditional:  # the sketch as a second input channel
+        config = dataclasses.replace(config, in_channels=2)
+    net = UNet(config).eval()
     with torch.no_grad():  # the zero-initialised output conv would make eps trivial
         net.outc.weight.normal_(0, 0.1)
     return TrainedModel(
@@ -82,7 +89,12 @@ def _model(anisotropic: bool, voxel: tuple[float, ...]):
         dims=3,
         multiples=net.multiples,
         normalization={"low": 0.0, "high": 1.0},
-        config={"patch": [32, 128, 128], "T": 1000, "schedule": "cosine"},
+        config={
+            "patch": [32, 128, 128],
+            "T": 1000,
+            "schedule": "cosine",
+            "condition": "pseudo-sketch" if conditional else "none",
+        },
         step=0,
         checksum="random-init",
         path=Path("random-init"),
@@ -112,19 +124,36 @@ def run_one(name: str) -> dict:
     set_threads()
     tune_cpu_allocator()
     preset, anisotropic, budget = CONFIGS[name]
+    guided = "guided" in name
     sketch, voxel = _sketch(preset)
-    model = _model(anisotropic, voxel)
+    model = _model(anisotropic, voxel, conditional=guided)
     if budget is not None:
         synth.AUTO_TILE_VOXELS = budget  # the module reads it at call time
-    options = synth.SynthesisOptions(t_start=600, steps=STEPS_TIMED + 1, sampler="ddpm")
     device = torch.device("cpu")
+
+    def median_step(guidance: float | None) -> float:
+        options = synth.SynthesisOptions(
+            t_start=600, steps=STEPS_TIMED + 1, sampler="ddpm", guidance=guidance
+        )
+        stamps: list[float] = []
+        start = time.perf_counter()
+        synth.synthesize_volume(
+            model,
+            sketch,
+            options,
+            0,
+            device,
+            lambda t: stamps.append(time.perf_counter()),
+            condition=sketch if guided else None,
+        )
+        steps = [b - a for a, b in zip([start, *stamps[:-1]], stamps, strict=True)][1:]
+        return statistics.median(steps)
+
+    options = synth.SynthesisOptions(t_start=600, steps=STEPS_TIMED + 1)
     plan = synth.synthesis_plan(sketch.shape, model, options, device)
-    stamps: list[float] = []
-    start = time.perf_counter()
-    synth.synthesize_volume(
-        model, sketch, options, 0, device, lambda t: stamps.append(time.perf_counter())
-    )
-    steps = [b - a for a, b in zip([start, *stamps[:-1]], stamps, strict=True)][1:]
+    # a guided step: 2 calls (cond + uncond as one batch); an unguided one: 1 (w = 1)
+    step_s = median_step(2.0 if guided else None)
+    one_call_s = median_step(1.0) if guided else step_s
     _, tile, _ = synth.tiling_for(sketch.shape, model, options)
     computed = plan["n_tiles"] * int(np.prod(tile))
     return {
@@ -135,7 +164,8 @@ def run_one(name: str) -> dict:
         "precision": plan["precision"],
         "voxels": int(np.prod(sketch.shape)),
         "computed_voxels": computed,
-        "step_s": statistics.median(steps),
+        "step_s": step_s,
+        "one_call_step_s": one_call_s,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
     }
 
@@ -322,6 +352,25 @@ def speed() -> None:
             f"{r['peak_rss_gb']:8.2f}G",
             flush=True,
         )
+        if "guided" in name:
+            print(guided_volume_line(r), flush=True)
+
+
+def guided_volume_line(r: dict) -> str:
+    """Seconds per volume of the guided conditional model: every step guided, and guidance on
+    the noisiest tenth of the steps (--guidance-share 0.1, one call on the rest)."""
+    import math
+
+    guided, plain = r["step_s"], r["one_call_step_s"]
+    every = 50 * guided
+    tenth = math.ceil(0.1 * 50)
+    share = tenth * guided + (50 - tenth) * plain
+    return (
+        f"  guided conditional, 50 DDPM steps: {guided:.1f} s per guided step (2 calls), "
+        f"{plain:.1f} s per one-call step -> {every:.0f} s ({every / 60:.1f} min) per volume "
+        f"guided at every step, {share:.0f} s ({share / 60:.1f} min) with --guidance-share "
+        f"0.1 (target: <= 120 s)"
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ BENCHMARKS = [
     "bench_unet",
     "bench_synthesis",
     "bench_synthesis_3d",
+    "bench_guidance",
     "bench_cluster",
     "bench_gpu",
 ]
