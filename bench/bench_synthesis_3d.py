@@ -151,7 +151,7 @@ def run_one(name: str) -> dict:
 
     options = synth.SynthesisOptions(t_start=600, steps=STEPS_TIMED + 1)
     plan = synth.synthesis_plan(sketch.shape, model, options, device)
-    # a guided step: 2 calls (cond + uncond as one batch); an unguided one: 1 (w = 1)
+    # a guided step: 2 network calls (cond, uncond); a step at w = 1: one
     step_s = median_step(2.0 if guided else None)
     one_call_s = median_step(1.0) if guided else step_s
     _, tile, _ = synth.tiling_for(sketch.shape, model, options)
@@ -361,12 +361,14 @@ def guided_volume_line(r: dict) -> str:
     the noisiest tenth of the steps (--guidance-share 0.1, one call on the rest)."""
     import math
 
+    from cellsynth_cli.diffusion.defaults import SAMPLE_STEPS as steps
+
     guided, plain = r["step_s"], r["one_call_step_s"]
-    every = 50 * guided
-    tenth = math.ceil(0.1 * 50)
-    share = tenth * guided + (50 - tenth) * plain
+    every = steps * guided
+    tenth = math.ceil(0.1 * steps)
+    share = tenth * guided + (steps - tenth) * plain
     return (
-        f"  guided conditional, 50 DDPM steps: {guided:.1f} s per guided step (2 calls), "
+        f"  guided conditional, {steps} DDPM steps: {guided:.1f} s per guided step (2 calls), "
         f"{plain:.1f} s per one-call step -> {every:.0f} s ({every / 60:.1f} min) per volume "
         f"guided at every step, {share:.0f} s ({share / 60:.1f} min) with --guidance-share "
         f"0.1 (target: <= 120 s)"
