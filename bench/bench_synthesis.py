@@ -65,6 +65,7 @@ from cellsynth_cli.simulators import get_simulator  # noqa: E402
 from cellsynth_cli.synthesize import (  # noqa: E402
     SynthesisOptions,
     native_bf16,
+    network_in,
     synthesis_plan,
     synthesize_volume,
     tiling_for,
@@ -337,27 +338,25 @@ def part_diagnostics(model: TrainedModel) -> dict:
         )
         out["tiled_overhead_ms"] = overhead * 1e3
 
-        # bf16 autocast (the default where the CPU computes bf16 natively)
+        # bf16 (the default where the CPU computes bf16 natively): synthesize's bf16 copy
         if native_bf16(CPU):
             x4, t4 = xs[4], ts[4]
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                net(x4, t4)
+            half = network_in(net, "bf16")
+            half(x4, t4)
             f32, b16 = [], []
             for _ in range(5):
                 f32.append(median_time(lambda: net(x4, t4), 1))
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    b16.append(median_time(lambda: net(x4, t4), 1))
-                    y16 = net(x4, t4).float()
-            y32 = net(x4, t4)
+                b16.append(median_time(lambda: half(x4, t4), 1))
+            y16, y32 = half(x4, t4), net(x4, t4)
             err = (y16 - y32).abs().max().item() / y32.abs().max().item()
             m32, m16 = statistics.median(f32) / 4 * 1e3, statistics.median(b16) / 4 * 1e3
             print(
-                f"    bf16 autocast on CPU (batch 4): {m16:.1f} vs fp32 {m32:.1f} "
+                f"    bf16 on CPU (batch 4): {m16:.1f} vs fp32 {m32:.1f} "
                 f"ms/tile ({m32 / m16:.2f}x), max |eps diff| / max |eps| = {err:.3f}"
             )
             out["bf16_ms_per_tile"], out["bf16_rel_err"] = m16, err
         else:
-            print("    bf16 autocast on CPU: no native bf16 on this CPU (skipped)")
+            print("    bf16 on CPU: no native bf16 on this CPU (skipped)")
     return out
 
 

@@ -356,23 +356,29 @@ def speed() -> None:
             print(guided_volume_line(r), flush=True)
 
 
+# settings of the guided conditional model timed per volume: (label, steps, guided share)
+GUIDED_SETTINGS = (
+    ("ddpm 50, guided at every step", 50, 1.0),
+    ("ddpm 50, --guidance-share 0.1", 50, 0.1),
+    ("dpm++2m-sde 20, --guidance-share 0.1", 20, 0.1),
+)
+
+
 def guided_volume_line(r: dict) -> str:
-    """Seconds per volume of the guided conditional model: every step guided, and guidance on
-    the noisiest tenth of the steps (--guidance-share 0.1, one call on the rest)."""
+    """Seconds per volume of the guided conditional model at each of GUIDED_SETTINGS: a guided
+    step costs two calls, the others one (every sampler makes one evaluation per step)."""
     import math
 
-    from cellsynth_cli.diffusion.defaults import SAMPLE_STEPS as steps
-
     guided, plain = r["step_s"], r["one_call_step_s"]
-    every = steps * guided
-    tenth = math.ceil(0.1 * steps)
-    share = tenth * guided + (steps - tenth) * plain
-    return (
-        f"  guided conditional, {steps} DDPM steps: {guided:.1f} s per guided step (2 calls), "
-        f"{plain:.1f} s per one-call step -> {every:.0f} s ({every / 60:.1f} min) per volume "
-        f"guided at every step, {share:.0f} s ({share / 60:.1f} min) with --guidance-share "
-        f"0.1 (target: <= 120 s)"
-    )
+    lines = [
+        f"  guided conditional: {guided:.1f} s per guided step (2 calls), {plain:.1f} s per "
+        "one-call step; per volume (target: <= 120 s):"
+    ]
+    for label, steps, share in GUIDED_SETTINGS:
+        n_guided = math.ceil(share * steps)
+        seconds = n_guided * guided + (steps - n_guided) * plain
+        lines.append(f"    {label:40s} {seconds:6.0f} s ({seconds / 60:.1f} min)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,20 @@ code of Eschweiler et al. builds it (conv-PReLU-InstanceNorm, 16/32/64/128 chann
 kernel-4 stride-2 downsampling, 1x1 conv + pixel/voxel shuffle, time added per level,
 contiguous NC(D)HW layout), each once with glibc's default allocator behaviour and once after
 ``tune_cpu_allocator()`` (large buffers kept in the heap instead of being unmapped and
-page-faulted in again every forward). Then our UNets again under bf16 autocast, against a bf16
-matmul (on CPUs without native bf16 both are emulated). "ours-3d-aniso" is the 3D UNet for
-C. elegans voxels (z never down-sampled): more work per voxel at the low resolutions.
+page-faulted in again every forward). Then our UNets again in bf16, against a bf16 matmul
+(on CPUs without native bf16 both are emulated): under autocast (fp32 weights; the path
+before issue 23) and as synthesize runs them (a bf16 copy of the weights, no autocast).
+"ours-3d-aniso" is the 3D UNet for C. elegans voxels (z never down-sampled): more work per
+voxel at the low resolutions. "ours-3d-tile" is one call of guided 3D synthesis on CPU: the
+sketch-conditioned UNet on one default-size tile (batch 1, 40 x 192 x 264), the MFU that
+sets the time per full-size volume.
 
 Run standalone (``python bench/bench_unet.py``) or from bench/run.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -36,9 +41,13 @@ from cellsynth_cli.diffusion.unet import (  # noqa: E402
     tune_cpu_allocator,
     voxel_shuffle,
 )
+from cellsynth_cli.synthesize import network_in  # noqa: E402
 
 # Batch sizes typical for tiled sampling: a few tiles of the paper's patch size per call.
 SHAPES = {2: (4, 1, 256, 256), 3: (2, 1, 32, 128, 128)}
+# One call of guided 3D synthesis on CPU: a single default-size tile (AUTO_TILE_VOXELS) of
+# the sketch-conditioned UNet (noisy image + sketch: 2 input channels).
+TILE_3D = (1, 2, 40, 192, 264)
 
 
 # --------------------------------------------------------------------- reference-like UNet
@@ -121,15 +130,24 @@ def forward_flops(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def measure(model: nn.Module, dims: int, runs: int, warmup: int = 2, bf16: bool = False) -> dict:
+def measure(
+    model: nn.Module,
+    shape: tuple[int, ...],
+    runs: int,
+    warmup: int = 2,
+    precision: str = "fp32",
+) -> dict:
+    """PRECISION: fp32, "bf16 autocast" (fp32 weights under autocast, the path before issue
+    23) or bf16 (synthesize's path: a bf16 copy of the weights, network_in)."""
     model.eval()
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(SHAPES[dims], generator=gen)
+    x = torch.randn(shape, generator=gen)
     t = torch.randint(1, 1000, (x.shape[0],), generator=gen)
     flops = forward_flops(model, x, t)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    net = network_in(model, "bf16") if precision == "bf16" else model
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16 autocast")
     with torch.inference_mode(), autocast:
-        sec = median_time(lambda: model(x, t), runs, warmup)
+        sec = median_time(lambda: net(x, t), runs, warmup)
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "gflop": flops / 1e9,
@@ -142,6 +160,7 @@ def main(runs: int = 5) -> list[dict]:
     torch.manual_seed(0)
     threads = set_threads()
     shapes = ", ".join(f"{d}D x={list(s)}" for d, s in SHAPES.items())
+    shapes += f", 3D tile x={list(TILE_3D)}"
     print(
         f"torch {torch.__version__}, {threads} threads, mkldnn "
         f"{torch.backends.mkldnn.is_available()}; inputs: {shapes}",
@@ -153,28 +172,34 @@ def main(runs: int = 5) -> list[dict]:
         models[f"ref-like-{dims}d"] = (RefUNet(dims), dims)
     # C. elegans voxels (z 11x coarser): z kept at every level, more work per voxel
     models["ours-3d-aniso"] = (UNet(default_config(3, (1.0, 0.09, 0.09))), 3)
+    conditional = dataclasses.replace(default_config(3), in_channels=2)
+    models["ours-3d-tile"] = (UNet(conditional), 3)
     header = (
-        f"{'config':<13} {'malloc':<10} {'params':>9} {'GFLOP':>7} {'ms':>8} "
+        f"{'config':<13} {'malloc':<19} {'params':>9} {'GFLOP':>7} {'ms':>8} "
         f"{'GFLOP/s':>8} {'mm GF/s':>8} {'ratio':>6}"
     )
     print(header)
     print("-" * len(header), flush=True)
     rows = []
-    for malloc in ("default", "tuned", "tuned bf16"):
+    for malloc in ("default", "tuned", "tuned bf16 autocast", "tuned bf16"):
         if malloc == "tuned" and not tune_cpu_allocator():
             print("(tune_cpu_allocator unavailable on this platform: skipped)")
             break
-        bf16 = malloc.endswith("bf16")
+        precision = malloc.removeprefix("tuned ") if "bf16" in malloc else "fp32"
         for name, (model, dims) in models.items():
-            if bf16 and not name.startswith("ours"):
+            if name == "ours-3d-tile" and precision == "fp32" and malloc != "tuned":
                 continue
-            r = measure(model, dims, runs, bf16=bf16)
+            if precision != "fp32" and not name.startswith("ours"):
+                continue
+            shape = TILE_3D if name == "ours-3d-tile" else SHAPES[dims]
+            r = measure(model, shape, runs, precision=precision)
             # next to each row: the machine is shared and noisy; bf16 rows against a bf16 mm
+            bf16 = precision != "fp32"
             mm = matmul_gflops(dtype=torch.bfloat16 if bf16 else torch.float32)
             r.update(config=name, malloc=malloc, mm_gflops=mm, ratio=r["gflops"] / mm)
             rows.append(r)
             print(
-                f"{name:<13} {malloc:<10} {r['params']:>9,} {r['gflop']:>7.1f} {r['ms']:>8.1f} "
+                f"{name:<13} {malloc:<19} {r['params']:>9,} {r['gflop']:>7.1f} {r['ms']:>8.1f} "
                 f"{r['gflops']:>8.1f} {mm:>8.1f} {r['ratio']:>6.2f}",
                 flush=True,
             )

@@ -37,18 +37,15 @@ from cellsynth_cli.pipeline.run import run_pipeline
 REPO = Path(__file__).resolve().parent.parent
 # each data set's recipe before --set: in 2D and 3D the recipe's defaults (the study's best
 # row: pseudo-sketch conditioned DDPM, guidance 2, touching nuclei, real background squares,
-# label-free t_start); 3D keeps the step counts of the first 3D row (DDPM 1000 steps on
-# 16 x 64 x 64 patches, 4 volumes, Cellpose 60 x 32 slices) so the rows compare.
+# label-free t_start: the KLD rule in 3D; in 3D dpm++2m-sde at 20 steps); 3D keeps the step
+# counts of the first 3D row (DDPM 1000 steps on 16 x 64 x 64 patches, 4 volumes, Cellpose
+# 60 x 32 slices) so the rows compare.
 # PAPER_3D is that first row (--paper-3d): the paper's unconditional DDPM, no touching
 # nuclei, no background squares, the KLD t_start.
 DATASETS = {
     "dsb2018": {},
     "cells3d": {
         "train": {"steps": 1000, "batch": 4, "patch": 64},
-        # the label-free KLD t_start (500 here): t_start = T (the 2D rule for conditional
-        # models) made flat, untextured nuclei from this 1000-step DDPM and Cellpose split the
-        # real ones (AP@0.5 0.125 against 0.519 with kld; issue-23 note)
-        "t_start": {"rule": "kld"},
         "simulate": {"n": 4},
         "segment": {"epochs": 60, "images_per_epoch": 32},
     },

@@ -29,7 +29,7 @@ from cellsynth_cli.synthesize import (
     SynthesisOptions,
     guided_predictor,
     synthesize_volume,
-    with_guidance,
+    with_defaults,
 )
 from cellsynth_cli.tiling import TiledPredictor
 
@@ -246,7 +246,7 @@ def test_guidance_needs_a_conditional_model(tmp_path):
         )
     # an unconditional model ignores the condition: the same image with or without it
     options = SynthesisOptions(t_start=5)
-    assert with_guidance(model, options).guidance == 1.0  # unguided unless asked
+    assert with_defaults(model, options).guidance == 1.0  # unguided unless asked
     plain = synthesize_volume(model, sketch, options, 0, torch.device("cpu"))
     given = synthesize_volume(model, sketch, options, 0, torch.device("cpu"), condition=sketch)
     np.testing.assert_array_equal(plain, given)

@@ -131,8 +131,12 @@ def test_smoke_pipeline_3d(tmp_path):
     corner = stack.image[14:38, :192:2, :192:2]
     small = io.Volume("cells", image=corner, voxel_size=(0.29, 0.52, 0.52))
     write_tiff_volume(project / "real", small)
-    statuses = _statuses(_pipeline(project))
-    assert all(status == "ran" for status in statuses.values())
+    out = _pipeline(project)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)["stages"]
+    assert all(row["status"] == "ran" for row in result.values())
+    # a 3D conditional DDPM: the auto t_start is the noise analysis, not T (T failed in 3D)
+    assert result["t_start"]["result"]["rule"] == "kld"
     predicted = io.read_volume(project / "pred" / "cells.zarr")
     assert predicted.masks.shape == (24, 96, 96)
     assert len(io.read_volume(io.list_volumes(project / "synth")[0]).image.shape) == 3

@@ -13,6 +13,7 @@ from cellsynth_cli.synthesize import (
     synthesis_plan,
     tiles_per_call,
     tiling_for,
+    with_defaults,
 )
 from cellsynth_cli.tiling import AUTO_TILE_VOXELS
 
@@ -83,3 +84,21 @@ def test_precision_choice(monkeypatch):
     assert resolve_precision("auto", CPU) == "fp32"  # emulated bf16 would be slower
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert resolve_precision("auto", CPU) == "bf16"
+
+
+@pytest.mark.parametrize(
+    "dims,given,expected",
+    [
+        (2, {}, ("ddpm", 50)),  # auto: the paper's sampler, 50 respaced steps
+        (3, {}, ("dpm++2m-sde", 20)),  # auto in 3D: the measured faster sampler
+        (3, {"t_start": 12}, ("dpm++2m-sde", 12)),  # below its default: every step
+        (3, {"sampler": "ddpm"}, ("ddpm", 50)),  # a chosen sampler keeps its own default
+        (3, {"steps": 7}, ("dpm++2m-sde", 7)),
+        (3, {"steps": None}, ("ddpm", None)),  # --every-step: the paper's sampler
+    ],
+)
+def test_sampler_and_steps_follow_the_model_unless_given(dims, given, expected):
+    model = SimpleNamespace(dims=dims, config={"condition": "pseudo-sketch"})
+    options = with_defaults(model, SynthesisOptions(**{"t_start": 500, **given}))
+    assert (options.sampler, options.steps) == expected
+    assert options.guidance == 2.0  # a conditional model is guided by default

@@ -223,6 +223,7 @@ def test_synthesize_resume_skips_finished(run2d, sketches2d, tmp_path):
         (["--t-start", "0"], "--t-start"),
         (["--t-start", "1001"], "--t-start"),
         (["--t-start", "10", "--steps", "20"], "--steps"),
+        (["--steps", "0"], "--steps"),
         (["--sampler", "euler"], "--sampler"),
         (["--precision", "fp8"], "--precision"),
         (["--steps", "5", "--every-step"], "--every-step"),

@@ -109,17 +109,40 @@ def test_tiny_model_overfits_a_fixed_pair(dims):
     assert loss.item() < first / 10
 
 
-def test_batch_one_matches_batched_forward():
-    # batch 1 takes the routed oneDNN path for small convs; results must agree with batch 2
+@pytest.mark.parametrize("dims", [2, 3])
+def test_batch_one_matches_batched_forward(dims):
+    # batch 1 takes the routed oneDNN path for small convs and folds the time FiLM into
+    # GroupNorm's affine; every sample must agree with the batched (multiply-add) forward
+    torch.manual_seed(0)
+    model = UNet(tiny(dims))
+    with torch.no_grad():
+        model.outc.weight.normal_()
+        for norm in model.modules():
+            if isinstance(norm, torch.nn.GroupNorm):
+                norm.weight.normal_(1.0, 0.2)
+                norm.bias.normal_(0.0, 0.2)
+        x = torch.randn(2, 1, *(8,) * dims)
+        t = torch.tensor([4, 40])
+        both = model(x, t)
+        ones = [model(x[i : i + 1], t[i : i + 1]) for i in range(2)]
+    torch.testing.assert_close(torch.cat(ones), both, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_network_is_a_copy_close_to_fp32():
+    from cellsynth_cli.synthesize import network_in
+
     torch.manual_seed(0)
     model = UNet(tiny(3))
     with torch.no_grad():
         model.outc.weight.normal_()
-        x = torch.randn(2, 1, 8, 8, 8)
-        t = torch.tensor([4, 40])
-        both = model(x, t)
-        one = model(x[:1], t[:1])
-    torch.testing.assert_close(one, both[:1], rtol=1e-4, atol=1e-5)
+        x = torch.randn(1, 1, 8, 16, 16)
+        t = torch.tensor([30])
+        exact = model(x, t)
+        half = network_in(model, "bf16")(x, t)
+    assert half.dtype == torch.float32 and all(p.dtype == torch.float32 for p in model.parameters())
+    assert not torch.equal(half, exact)  # really computed in bf16
+    assert ((half - exact).norm() / exact.norm()).item() < 0.03
+    assert network_in(model, "fp32") is model
 
 
 @pytest.mark.parametrize(

@@ -50,8 +50,10 @@ def synthesize(
         None,
         "--steps",
         help=f"Network evaluations from t_start to 0, one per step for every --sampler, "
-        f"evenly spaced. Default {defaults.SAMPLE_STEPS}: measured as close to every-step "
-        "sampling as two every-step seeds are to each other, at a fraction of the time.",
+        f"evenly spaced. Default {defaults.SAMPLE_STEPS} "
+        + "".join(f"({n} for {s}) " for s, n in defaults.SAMPLER_STEPS.items())
+        + "or every step below that: measured as close to every-step sampling as two "
+        "every-step seeds are to each other, at a fraction of the time.",
         show_default=False,
     ),
     every_step: bool = typer.Option(
@@ -63,8 +65,10 @@ def synthesize(
     sampler: str = typer.Option(
         defaults.SAMPLER,
         "--sampler",
-        help="ddpm: stochastic, the paper's reverse step (respaced when "
-        "--steps < t_start). ddim: deterministic DDIM (eta=0), good at few steps. "
+        help="auto: "
+        + ", ".join(f"{s} for a {d}D model" for d, s in defaults.AUTO_SAMPLER.items())
+        + " (measured: README, Benchmarks). ddpm: stochastic, the paper's reverse step "
+        "(respaced when --steps < t_start). ddim: deterministic DDIM (eta=0), good at few steps. "
         "dpm++2m: DPM-Solver++(2M), a deterministic second-order solver of the same ODE as "
         "ddim. dpm++2m-sde: its stochastic (SDE) variant, the second-order counterpart of "
         "ddpm.",
@@ -90,8 +94,9 @@ def synthesize(
     precision: str = typer.Option(
         "auto",
         "--precision",
-        help="auto: bf16 autocast where the device computes bf16 natively (CUDA GPUs since "
-        "Ampere, CPUs with AVX512-BF16 or AMX; ~1.6x faster on such a CPU), fp32 elsewhere. "
+        help="auto: bf16 (a bf16 copy of the network) where the device computes bf16 "
+        "natively (CUDA GPUs since Ampere, CPUs with AVX512-BF16 or AMX; ~1.6x faster on "
+        "such a CPU), fp32 elsewhere. "
         "fp32 | bf16 force one. The choice is printed and stored in each volume's provenance.",
     ),
     guidance: float = typer.Option(
@@ -144,8 +149,10 @@ def synthesize(
 
     if every_step and steps is not None:
         raise InputError("give --steps or --every-step, not both")
-    if steps is None and not every_step:  # the default is every step below it (None)
-        steps = min(defaults.SAMPLE_STEPS, t_start)
+    if steps is not None and steps < 1:
+        raise InputError(f"--steps must be >= 1, got {steps}")
+    if steps is None and not every_step:  # the sampler's default (every step below it)
+        steps = defaults.AUTO_STEPS
     options = SynthesisOptions(
         t_start=t_start,
         steps=steps,

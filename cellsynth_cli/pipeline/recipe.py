@@ -49,9 +49,10 @@ class SimulateSection:
 
 @dataclass(frozen=True)
 class TStartSection:
-    # auto: T for a conditional model (the study: t_start = T scored as well as the
-    # label-based KLD rule's 600), else kld; kld: noise analysis of the real images against
-    # the *simulated* sketches (histograms need no pairing, so no labels); T; fixed: `value`
+    # auto: T for a 2D conditional model (the study: t_start = T scored as well as the
+    # label-based KLD rule's 600), else kld (3D: T failed, stages.auto_t_start_rule); kld:
+    # noise analysis of the real images against the *simulated* sketches (histograms need
+    # no pairing, so no labels); T; fixed: `value`
     rule: str = "auto"
     value: int = 600
     kld_threshold: float = 0.01
@@ -60,8 +61,8 @@ class TStartSection:
 
 @dataclass(frozen=True)
 class SynthesizeSection:
-    steps: int = defaults.SAMPLE_STEPS
-    sampler: str = defaults.SAMPLER
+    steps: int = defaults.AUTO_STEPS  # 0: the sampler's default (50; dpm++2m-sde: 20)
+    sampler: str = defaults.SAMPLER  # auto: ddpm in 2D, dpm++2m-sde in 3D
     guidance: float = defaults.GUIDANCE  # conditional models only
     guidance_share: float = defaults.GUIDANCE_SHARE  # of the steps, noisiest first
     seed: int = 0
