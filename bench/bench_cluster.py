@@ -36,8 +36,8 @@ def _timed(fn) -> float:
 
 
 def _simulate(out: Path, cluster: str | None) -> None:
-    from cellsynth_cli.config import load_preset
-    from cellsynth_cli.simulate import simulate_dataset
+    from cellsynth_cli.simulate.config import load_preset
+    from cellsynth_cli.simulate.dataset import simulate_dataset
 
     simulate_dataset(load_preset("celegans"), N_SIMULATE, out, seed=0, cluster=cluster)
 
@@ -45,9 +45,9 @@ def _simulate(out: Path, cluster: str | None) -> None:
 def _prepare_synthesis(root: Path) -> tuple[Path, Path]:
     """A default-size 3D model (one training step: speed does not depend on training) and
     small 3D sketches."""
-    from cellsynth_cli.config import load_preset, replace
-    from cellsynth_cli.simulate import simulate_dataset
-    from cellsynth_cli.train import TrainConfig, train
+    from cellsynth_cli.ddpm.train import TrainConfig, train
+    from cellsynth_cli.simulate.config import load_preset, replace
+    from cellsynth_cli.simulate.dataset import simulate_dataset
 
     data = Path(__file__).resolve().parents[1] / "data" / "cells3d"
     run = root / "model"
@@ -63,7 +63,7 @@ def _prepare_synthesis(root: Path) -> tuple[Path, Path]:
 
 
 def _synthesize(run: Path, sketches: Path, out: Path, cluster: str | None) -> None:
-    from cellsynth_cli.synthesize import SynthesisOptions, synthesize_dataset
+    from cellsynth_cli.ddpm.synthesize import SynthesisOptions, synthesize_dataset
 
     options = SynthesisOptions(t_start=600, steps=20, device="cpu")
     synthesize_dataset(run, sketches, out, options, cluster=cluster)
@@ -72,10 +72,10 @@ def _synthesize(run: Path, sketches: Path, out: Path, cluster: str | None) -> No
 def _cluster_start() -> None:
     import importlib
 
-    from cellsynth_cli.cluster import connect, parse_cluster
+    from cellsynth_cli.runtime.cluster import connect, parse_cluster
 
     with connect(parse_cluster("local:1")) as client:
-        client.run(importlib.import_module, "cellsynth_cli.synthesize")
+        client.run(importlib.import_module, "cellsynth_cli.ddpm.synthesize")
 
 
 def main() -> None:

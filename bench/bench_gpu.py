@@ -89,7 +89,7 @@ def unet_rows(ceiling: float) -> None:
 def celegans_volume() -> None:
     from bench_synthesis_3d import _model, _sketch
 
-    from cellsynth_cli import synthesize as synth
+    from cellsynth_cli.ddpm import synthesize as synth
 
     sketch, voxel = _sketch("celegans")
     model = _model(True, voxel)

@@ -59,10 +59,11 @@ def bundled_2d(folder: Path) -> tuple[Path, list, int]:
     """The bundled conditional model and 4 sketches fitted to the bundled left half."""
     import tifffile
 
-    from cellsynth_cli import bundled, io
-    from cellsynth_cli.config import load_preset, replace
-    from cellsynth_cli.fit import fit_nuclei, to_toml
-    from cellsynth_cli.simulate import simulate_dataset
+    from cellsynth_cli import io
+    from cellsynth_cli.ddpm import bundled
+    from cellsynth_cli.simulate.config import load_preset, replace
+    from cellsynth_cli.simulate.dataset import simulate_dataset
+    from cellsynth_cli.simulate.fit import fit_nuclei, to_toml
 
     real = folder / "real"
     real.mkdir()
@@ -104,12 +105,12 @@ def main() -> None:
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
     from timing import set_threads
 
-    from cellsynth_cli.checkpoint import load_model
+    from cellsynth_cli.ddpm.checkpoint import load_model
+    from cellsynth_cli.ddpm.synthesize import SynthesisOptions, synthesize_volume
     from cellsynth_cli.diffusion.unet import tune_cpu_allocator
-    from cellsynth_cli.metrics import histogram, kl_divergence
-    from cellsynth_cli.noise import phantom_vanished
-    from cellsynth_cli.realism import feature_maps
-    from cellsynth_cli.synthesize import SynthesisOptions, synthesize_volume
+    from cellsynth_cli.measure.metrics import histogram, kl_divergence
+    from cellsynth_cli.measure.qc import phantom_vanished
+    from cellsynth_cli.measure.realism import feature_maps
 
     set_threads()
     tune_cpu_allocator()

@@ -24,8 +24,8 @@ REPEATS = 3
 CHILD = r"""
 import json, resource, sys, time
 import numpy as np
-from cellsynth_cli.config import load_preset
-from cellsynth_cli.simulators import get_simulator
+from cellsynth_cli.simulate.config import load_preset
+from cellsynth_cli.simulate.simulators import get_simulator
 cfg = load_preset(sys.argv[1])
 simulate = get_simulator(cfg.simulator)
 times = []

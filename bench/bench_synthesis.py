@@ -49,20 +49,8 @@ sys.path.insert(0, str(ROOT))
 
 from timing import median_time, set_threads  # noqa: E402
 
-from cellsynth_cli.checkpoint import TrainedModel, load_model  # noqa: E402
-from cellsynth_cli.config import load_preset, replace  # noqa: E402
-from cellsynth_cli.diffusion.process import sample  # noqa: E402
-from cellsynth_cli.diffusion.schedule import make_schedule  # noqa: E402
-from cellsynth_cli.diffusion.unet import UNet, default_config, tune_cpu_allocator  # noqa: E402
-from cellsynth_cli.intensity import (  # noqa: E402
-    from_unit,
-    model_to_unit,
-    robust_range,
-    to_unit,
-    unit_to_model,
-)
-from cellsynth_cli.simulators import get_simulator  # noqa: E402
-from cellsynth_cli.synthesize import (  # noqa: E402
+from cellsynth_cli.ddpm.checkpoint import TrainedModel, load_model  # noqa: E402
+from cellsynth_cli.ddpm.synthesize import (  # noqa: E402
     SynthesisOptions,
     native_bf16,
     network_in,
@@ -70,7 +58,19 @@ from cellsynth_cli.synthesize import (  # noqa: E402
     synthesize_volume,
     tiling_for,
 )
-from cellsynth_cli.tiling import TiledPredictor, blend_weights, tile_grid  # noqa: E402
+from cellsynth_cli.ddpm.tiling import TiledPredictor, blend_weights, tile_grid  # noqa: E402
+from cellsynth_cli.diffusion.process import sample  # noqa: E402
+from cellsynth_cli.diffusion.schedule import make_schedule  # noqa: E402
+from cellsynth_cli.diffusion.unet import UNet, default_config, tune_cpu_allocator  # noqa: E402
+from cellsynth_cli.io.intensity import (  # noqa: E402
+    from_unit,
+    model_to_unit,
+    robust_range,
+    to_unit,
+    unit_to_model,
+)
+from cellsynth_cli.simulate.config import load_preset, replace  # noqa: E402
+from cellsynth_cli.simulate.simulators import get_simulator  # noqa: E402
 
 SHAPE = (512, 768)  # the sketch for the timing part
 TILE = (256, 256)  # the paper's 2D training patch = our default tile
@@ -441,9 +441,9 @@ def part_quality(random: TrainedModel, sketch: np.ndarray) -> dict:
 def part_defaults_quality() -> dict:
     import tifffile
 
-    from cellsynth_cli.evaluate import score_pair
-    from cellsynth_cli.metrics import histogram, kl_divergence, psnr, ssim
-    from cellsynth_cli.sketch_from_labels import sketch_from_labels
+    from cellsynth_cli.measure.evaluate import score_pair
+    from cellsynth_cli.measure.metrics import histogram, kl_divergence, psnr, ssim
+    from cellsynth_cli.simulate.sketch_from_labels import sketch_from_labels
 
     if not DEMO_CHECKPOINT.is_file():
         print("\n[4] defaults quality: skipped (run `make demo` first for a trained model)")

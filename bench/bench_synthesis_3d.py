@@ -74,7 +74,7 @@ def _model(anisotropic: bool, voxel: tuple[float, ...], conditional: bool = Fals
 
     import torch
 
-    from cellsynth_cli.checkpoint import TrainedModel
+    from cellsynth_cli.ddpm.checkpoint import TrainedModel
     from cellsynth_cli.diffusion.unet import UNet, default_config
 
     torch.manual_seed(0)
@@ -104,8 +104,8 @@ def _model(anisotropic: bool, voxel: tuple[float, ...], conditional: bool = Fals
 def _sketch(preset: str):
     import numpy as np
 
-    from cellsynth_cli.config import load_preset
-    from cellsynth_cli.simulators import get_simulator
+    from cellsynth_cli.simulate.config import load_preset
+    from cellsynth_cli.simulate.simulators import get_simulator
 
     config = load_preset(preset)
     made = get_simulator(config.simulator)(config, np.random.default_rng(0))
@@ -118,7 +118,7 @@ def run_one(name: str) -> dict:
     import torch
     from timing import set_threads
 
-    from cellsynth_cli import synthesize as synth
+    from cellsynth_cli.ddpm import synthesize as synth
     from cellsynth_cli.diffusion.unet import tune_cpu_allocator
 
     set_threads()
@@ -212,11 +212,11 @@ def quality() -> None:
     from timing import set_threads
 
     from cellsynth_cli import io
-    from cellsynth_cli.checkpoint import load_model
+    from cellsynth_cli.ddpm.checkpoint import load_model
+    from cellsynth_cli.ddpm.synthesize import SynthesisOptions, synthesize_volume
     from cellsynth_cli.diffusion.unet import tune_cpu_allocator
-    from cellsynth_cli.metrics import histogram, kl_divergence
-    from cellsynth_cli.realism import feature_maps
-    from cellsynth_cli.synthesize import SynthesisOptions, synthesize_volume
+    from cellsynth_cli.measure.metrics import histogram, kl_divergence
+    from cellsynth_cli.measure.realism import feature_maps
 
     if not (QUALITY_MODEL / "checkpoint.pt").exists():
         print(f"quality vs steps: skipped (no trained 3D model at {QUALITY_MODEL})")

@@ -35,13 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import median_time, set_threads  # noqa: E402
 
+from cellsynth_cli.ddpm.synthesize import network_in  # noqa: E402
 from cellsynth_cli.diffusion.unet import (  # noqa: E402
     UNet,
     default_config,
     tune_cpu_allocator,
     voxel_shuffle,
 )
-from cellsynth_cli.synthesize import network_in  # noqa: E402
 
 # Batch sizes typical for tiled sampling: a few tiles of the paper's patch size per call.
 SHAPES = {2: (4, 1, 256, 256), 3: (2, 1, 32, 128, 128)}

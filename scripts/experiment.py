@@ -61,7 +61,7 @@ def split(dataset: str, out: Path) -> dict[str, Path]:
     """real_train (image + masks), real_train_unlabelled (image only), real_test."""
     if dataset == "dsb2018":
         return dsb_halves.split(out)
-    from cellsynth_cli.export import write_tiff_volume
+    from cellsynth_cli.io.export import write_tiff_volume
 
     volume = io.read_volume(REPO / "data" / "cells3d" / "cells3d.tif")
     half = volume.image.shape[-1] // 2
@@ -83,7 +83,7 @@ def split(dataset: str, out: Path) -> dict[str, Path]:
 
 def real_arm(recipe: recipes.Recipe, train: Path, out: Path, reuse: bool) -> float:
     """The same Cellpose recipe on the real labels (seed 0, no background squares)."""
-    from cellsynth_cli.segment import train_segmenter
+    from cellsynth_cli.segment.train import train_segmenter
 
     if reuse and (out / "segmenter.json").exists():
         print("== segment (real labels): reusing it (--reuse-real)", flush=True)
@@ -105,7 +105,7 @@ def real_arm(recipe: recipes.Recipe, train: Path, out: Path, reuse: bool) -> flo
 
 
 def scored(model: Path, test: Path, out: Path, mode: str) -> dict:
-    from cellsynth_cli.segment import predict, score
+    from cellsynth_cli.segment.predict import predict, score
 
     predict(model, test, out, overwrite=True, mode=mode)
     return score(out, test)
@@ -161,7 +161,7 @@ def main() -> None:
 
 def quality(model: Path, synth: Path, mode: str) -> dict:
     """Phantom / vanished shares of the synthetic set, judged by the real-label model."""
-    from cellsynth_cli.segment import quality_control
+    from cellsynth_cli.segment.qc import quality_control
 
     rows = quality_control(model, synth, mode=mode)["volumes"]
     return {k: float(np.mean([r[k] for r in rows])) for k in ("phantom", "vanished")}
@@ -176,7 +176,7 @@ def write_report(
     qc: dict,
     seconds: dict,
 ) -> None:
-    from cellsynth_cli.preview import save_panels
+    from cellsynth_cli.io.preview import save_panels
 
     project = out / "pipeline"
     real = io.read_volume(io.list_volumes(out / "real_test")[0])

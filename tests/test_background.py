@@ -10,10 +10,10 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from cellsynth_cli import io
-from cellsynth_cli.background import background_crops, normalize_like_cellpose
 from cellsynth_cli.cli import app
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.segment import _empty_masks_allowed
+from cellsynth_cli.segment.background import background_crops, normalize_like_cellpose
+from cellsynth_cli.segment.cellpose_compat import empty_masks_allowed
 
 runner = CliRunner()
 
@@ -73,7 +73,7 @@ def test_empty_masks_count_as_cells_of_the_training_diameter_only_while_training
     one = np.zeros((32, 32), np.int32)
     one[4:14, 4:14] = 1
     before = utils.diameters(one)[0]
-    with _empty_masks_allowed(17.0):
+    with empty_masks_allowed(17.0):
         assert utils.diameters(empty)[0] == 17.0
         with caplog.at_level(logging.WARNING, logger="cellpose.dynamics"):
             dynamics.labels_to_flows([empty])

@@ -7,8 +7,9 @@ import pytest
 import torch
 from conftest import run_cellsynth
 
-from cellsynth_cli import bundled, io
-from cellsynth_cli.checkpoint import checkpoint_path, load_model
+from cellsynth_cli import io
+from cellsynth_cli.ddpm import bundled
+from cellsynth_cli.ddpm.checkpoint import checkpoint_path, load_model
 from cellsynth_cli.errors import InputError
 
 NAME = "dsb2018-nuclei"

@@ -9,11 +9,12 @@ import tifffile
 from conftest import run_cellsynth
 from typer.testing import CliRunner
 
-from cellsynth_cli import io, memory
-from cellsynth_cli import simulate as lib
+from cellsynth_cli import io
 from cellsynth_cli.cli import app
-from cellsynth_cli.config import load_preset, replace
 from cellsynth_cli.errors import InputError
+from cellsynth_cli.runtime import memory
+from cellsynth_cli.simulate import dataset as lib
+from cellsynth_cli.simulate.config import load_preset, replace
 
 runner = CliRunner()
 HELA_SMALL = ["--shape", "128,160", "--set", "radius=6,9", "--set", "n_cells=10,20"]

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from cellsynth_cli import io
-from cellsynth_cli.cluster import THREADS_ENV, parse_cluster
-from cellsynth_cli.config import load_preset, replace
+from cellsynth_cli.ddpm.synthesize import SynthesisOptions, synthesize_dataset
+from cellsynth_cli.ddpm.train import TrainConfig, train
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.simulate import simulate_dataset
-from cellsynth_cli.synthesize import SynthesisOptions, synthesize_dataset
-from cellsynth_cli.train import TrainConfig, train
+from cellsynth_cli.runtime.cluster import THREADS_ENV, parse_cluster
+from cellsynth_cli.simulate.config import load_preset, replace
+from cellsynth_cli.simulate.dataset import simulate_dataset
 from tests.conftest import DSB_DIR, run_cellsynth
 
 SMALL = ["--shape", "48,48", "--set", "n_cells=3,6", "--set", "radius=5,8"]
@@ -167,8 +167,8 @@ def test_a_rerun_task_returns_its_volume_instead_of_writing_it_again(
     tiny_model, sketches, tmp_path
 ):
     """A task re-run after its worker died (same run token) does not write twice."""
-    from cellsynth_cli.checkpoint import checkpoint_path
-    from cellsynth_cli.synthesize import VolumeJob, synthesize_one
+    from cellsynth_cli.ddpm.checkpoint import checkpoint_path
+    from cellsynth_cli.ddpm.synthesize import VolumeJob, synthesize_one
 
     ckpt = checkpoint_path(tiny_model)
     job = VolumeJob(

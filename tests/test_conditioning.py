@@ -9,8 +9,16 @@ from conftest import DSB_DIR, run_cellsynth
 from scipy import ndimage
 
 from cellsynth_cli import io
-from cellsynth_cli.checkpoint import load_model
-from cellsynth_cli.config import load_preset, replace
+from cellsynth_cli.ddpm.checkpoint import load_model
+from cellsynth_cli.ddpm.patches import PatchSampler
+from cellsynth_cli.ddpm.pseudo_sketch import pseudo_sketch
+from cellsynth_cli.ddpm.synthesize import (
+    SynthesisOptions,
+    guided_predictor,
+    synthesize_volume,
+    with_defaults,
+)
+from cellsynth_cli.ddpm.tiling import TiledPredictor
 from cellsynth_cli.diffusion.conditioning import (
     NULL_CONDITION,
     drop_condition,
@@ -21,17 +29,9 @@ from cellsynth_cli.diffusion.defaults import GUIDANCE as DEFAULT_GUIDANCE
 from cellsynth_cli.diffusion.process import sampling_timesteps
 from cellsynth_cli.diffusion.unet import UNet, UNetConfig
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.matching import iou_matrix
-from cellsynth_cli.patches import PatchSampler
-from cellsynth_cli.pseudo_sketch import pseudo_sketch
-from cellsynth_cli.simulators import get_simulator
-from cellsynth_cli.synthesize import (
-    SynthesisOptions,
-    guided_predictor,
-    synthesize_volume,
-    with_defaults,
-)
-from cellsynth_cli.tiling import TiledPredictor
+from cellsynth_cli.measure.matching import iou_matrix
+from cellsynth_cli.simulate.config import load_preset, replace
+from cellsynth_cli.simulate.simulators import get_simulator
 
 TINY = ["--channels", "8,16", "--batch", "2", "--lr", "2e-3", "--patch", "32,32"]
 
@@ -224,7 +224,7 @@ def test_a_conditional_model_refuses_to_synthesize_without_a_sketch(conditional_
 
 
 def test_guidance_needs_a_conditional_model(tmp_path):
-    from cellsynth_cli.checkpoint import save_checkpoint
+    from cellsynth_cli.ddpm.checkpoint import save_checkpoint
 
     net = UNet(UNetConfig(dims=2, channels=(8, 16)))
     save_checkpoint(
@@ -253,7 +253,7 @@ def test_guidance_needs_a_conditional_model(tmp_path):
 
 
 def test_phantom_and_vanished_cells_are_found_without_a_trained_model():
-    from cellsynth_cli.noise import phantom_vanished
+    from cellsynth_cli.measure.qc import phantom_vanished
 
     config = replace(
         load_preset("nuclei"),
@@ -281,7 +281,7 @@ def test_phantom_and_vanished_cells_are_found_without_a_trained_model():
 
 
 def test_qc_aware_t_start_keeps_the_most_cells_among_realistic_enough_t():
-    from cellsynth_cli.noise import recommend_t_start_qc
+    from cellsynth_cli.ddpm.noise_analysis import recommend_t_start_qc
 
     timesteps = [0, 200, 400, 600, 800]
     kld = [3.0, 0.5, 0.06, 0.004, 0.001]

@@ -2,7 +2,8 @@
 
 import pytest
 
-from cellsynth_cli.config import (
+from cellsynth_cli.errors import InputError
+from cellsynth_cli.simulate.config import (
     SimulationConfig,
     load_preset,
     parse_overrides,
@@ -10,7 +11,6 @@ from cellsynth_cli.config import (
     preset_names,
     replace,
 )
-from cellsynth_cli.errors import InputError
 
 
 def test_all_five_presets_exist_with_the_paper_shapes():

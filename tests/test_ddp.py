@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cellsynth_cli import distributed
-from cellsynth_cli.checkpoint import load_model, read_checkpoint
-from cellsynth_cli.train import TrainConfig, _rank_generator_state, train
+from cellsynth_cli.ddpm.checkpoint import load_model, read_checkpoint
+from cellsynth_cli.ddpm.train import TrainConfig, _rank_generator_state, train
+from cellsynth_cli.runtime import distributed
 from tests.conftest import DSB_DIR
 
 TINY = ["--patch", "32,32", "--channels", "8,16", "--batch", "2", "--lr", "2e-3"]

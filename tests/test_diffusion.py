@@ -6,6 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from cellsynth_cli.ddpm.tiling import (
+    TiledPredictor,
+    auto_tile,
+    blend_weights,
+    tile_grid,
+    tile_starts,
+)
 from cellsynth_cli.diffusion.process import (
     q_sample,
     reverse_step,
@@ -13,7 +20,6 @@ from cellsynth_cli.diffusion.process import (
     sampling_timesteps,
 )
 from cellsynth_cli.diffusion.schedule import cosine_schedule
-from cellsynth_cli.tiling import TiledPredictor, auto_tile, blend_weights, tile_grid, tile_starts
 
 
 def test_cosine_schedule_matches_closed_form():

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cellsynth_cli import io
 from cellsynth_cli.cli import app
-from cellsynth_cli.export import write_tiff_volume
+from cellsynth_cli.io.export import write_tiff_volume
 
 runner = CliRunner()
 

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from cellsynth_cli import io
 from cellsynth_cli.cli import app
-from cellsynth_cli.config import load_preset, replace
-from cellsynth_cli.fit import fit_nuclei
-from cellsynth_cli.simulators import get_simulator
+from cellsynth_cli.simulate.config import load_preset, replace
+from cellsynth_cli.simulate.fit import fit_nuclei
+from cellsynth_cli.simulate.simulators import get_simulator
 
 runner = CliRunner()
 
@@ -248,7 +248,7 @@ def test_generic_preset_works_in_2d_and_3d(tmp_path):
 def test_textured_large_nuclei_are_counted_by_the_watershed():
     """Big nuclei with bright chromatin spots: LoG counts the spots, auto switches to the
     watershed, which finds each nucleus once with its size."""
-    from cellsynth_cli.detect import detect_nuclei, log_blobs
+    from cellsynth_cli.measure.detect import detect_nuclei, log_blobs
 
     rng = np.random.default_rng(3)
     yy, xx = np.mgrid[:256, :256]

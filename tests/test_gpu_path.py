@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cellsynth_cli.ddpm.synthesize import native_bf16, resolve_precision
+from cellsynth_cli.ddpm.tiling import TiledPredictor
 from cellsynth_cli.diffusion.process import SAMPLERS, sample, sampling_timesteps
 from cellsynth_cli.diffusion.schedule import make_schedule
 from cellsynth_cli.diffusion.unet import UNet, UNetConfig, default_config
-from cellsynth_cli.synthesize import native_bf16, resolve_precision
-from cellsynth_cli.tiling import TiledPredictor
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

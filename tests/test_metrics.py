@@ -5,8 +5,8 @@ import pytest
 import tifffile
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
-from cellsynth_cli import metrics
 from cellsynth_cli.errors import InputError
+from cellsynth_cli.measure import metrics
 
 
 def sk_ssim(a, b, data_range):

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cellsynth_cli import io
 from cellsynth_cli.cli import app
-from cellsynth_cli.evaluate import score_pair
+from cellsynth_cli.measure.evaluate import score_pair
 
 runner = CliRunner()
 

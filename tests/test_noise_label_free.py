@@ -9,9 +9,9 @@ import tifffile
 from conftest import run_cellsynth
 from scipy import ndimage
 
-from cellsynth_cli.config import load_preset, replace
-from cellsynth_cli.noise import noise_analysis
-from cellsynth_cli.simulators import get_simulator
+from cellsynth_cli.ddpm.noise_analysis import noise_analysis
+from cellsynth_cli.simulate.config import load_preset, replace
+from cellsynth_cli.simulate.simulators import get_simulator
 
 TIMESTEPS = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
 

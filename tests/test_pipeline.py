@@ -14,7 +14,7 @@ import tifffile
 from conftest import REPO, run_cellsynth
 
 from cellsynth_cli import io
-from cellsynth_cli.export import write_tiff_volume
+from cellsynth_cli.io.export import write_tiff_volume
 from cellsynth_cli.pipeline.run import STAGES
 from cellsynth_cli.pipeline.stages import KILL_ENV
 

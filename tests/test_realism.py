@@ -10,9 +10,9 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from cellsynth_cli.cli import app
-from cellsynth_cli.detect import detect_nuclei
-from cellsynth_cli.intensity import robust_range, to_unit
-from cellsynth_cli.realism import compare_sets
+from cellsynth_cli.io.intensity import robust_range, to_unit
+from cellsynth_cli.measure.detect import detect_nuclei
+from cellsynth_cli.measure.realism import compare_sets
 
 runner = CliRunner()
 

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cellsynth_cli import io, segment
+from cellsynth_cli import io
 from cellsynth_cli.cli import app
+from cellsynth_cli.segment import model as segmenter
+from cellsynth_cli.segment import slices as training
 
 runner = CliRunner()
 VOXEL = (2.0, 0.5, 0.5)  # z steps 4x the x steps
@@ -29,7 +31,7 @@ def two_boxes() -> io.Volume:
 
 def test_xz_yz_slices_resampled_to_isotropic_with_labels_kept():
     v = two_boxes()
-    slices = segment.volume_slices(v.image, v.masks, segment.z_anisotropy(v.voxel_size))
+    slices = training.volume_slices(v.image, v.masks, training.z_anisotropy(v.voxel_size))
     planes = [plane for plane, _, _ in slices]
     # xy: z 1-4 (0 and 5 hold no cell); 18 xz rows + 22 yz columns cross a cell, evenly
     # subsampled to as many as the xy slices: indices 0, 13, 26, 39 = xz y=4, y=23, yz x=13, 33
@@ -61,18 +63,18 @@ def test_no_subsampling_when_the_xy_slices_are_many_and_xy_only_option():
     masks = np.zeros((20, 8, 8), np.uint8)
     masks[:, 2:6, 3:5] = 7
     image = masks.astype(np.float32)
-    slices = segment.volume_slices(image, masks, anisotropy=1.0)
+    slices = training.volume_slices(image, masks, anisotropy=1.0)
     planes = [p for p, _, _ in slices]
     assert planes.count("xy") == 20 and planes.count("xz") == 4 and planes.count("yz") == 2
     assert all(m.shape == (20, 8) for p, _, m in slices if p != "xy")  # isotropic: as is
-    xy_only = segment.volume_slices(image, masks, anisotropy=1.0, orthogonal=False)
+    xy_only = training.volume_slices(image, masks, anisotropy=1.0, orthogonal=False)
     assert [p for p, _, _ in xy_only] == ["xy"] * 20
 
 
 def test_training_slices_from_disk_counts_and_unknown_voxel_size(tmp_path):
     v = two_boxes()
     io.write_volume(tmp_path / "aniso", v)
-    found = segment.training_slices(tmp_path / "aniso")
+    found = training.training_slices(tmp_path / "aniso")
     assert found.dims == 3 and found.counts() == {"xy": 4, "xz": 2, "yz": 2}
     assert all(
         m.dtype == np.int32 and im.dtype == np.float32
@@ -81,18 +83,18 @@ def test_training_slices_from_disk_counts_and_unknown_voxel_size(tmp_path):
     assert len(found.xy_masks()) == 4 and all(m.shape == (32, 40) for m in found.xy_masks())
     assert found.images[4].shape == (24, 40)
     # the diameter prediction uses comes from the xy slices only
-    assert segment.median_diameter(found.xy_masks()) == pytest.approx(
+    assert training.median_diameter(found.xy_masks()) == pytest.approx(
         2 * np.sqrt(np.median([80, 80, 120, 120, 120]) / np.pi)
     )
     # voxel size unknown: taken as isotropic, xz/yz slices keep their 6 z rows
     v.voxel_size = None
     io.write_volume(tmp_path / "unknown", v)
-    found = segment.training_slices(tmp_path / "unknown")
+    found = training.training_slices(tmp_path / "unknown")
     assert [im.shape for im, p in zip(found.images, found.planes, strict=True) if p == "xz"] == [
         (6, 40),
         (6, 40),
     ]
-    assert segment.training_slices(tmp_path / "aniso", slices="xy").counts() == {
+    assert training.training_slices(tmp_path / "aniso", slices="xy").counts() == {
         "xy": 4,
         "xz": 0,
         "yz": 0,
@@ -123,11 +125,11 @@ def fake_model(tmp_path, monkeypatch):
     """A model folder that passes segmenter_config, with cellpose replaced by FakeModel."""
     model_dir = tmp_path / "seg"
     model_dir.mkdir()
-    (model_dir / segment.CONFIG_FILE).write_text(json.dumps({"diameter": 12.0, "dims": 3}))
-    (model_dir / segment.MODEL_FILE).write_bytes(b"")
+    (model_dir / segmenter.CONFIG_FILE).write_text(json.dumps({"diameter": 12.0, "dims": 3}))
+    (model_dir / segmenter.MODEL_FILE).write_bytes(b"")
     model = FakeModel()
     monkeypatch.setattr(
-        segment, "load_segmenter", lambda d, device="auto": (model, segment.segmenter_config(d))
+        segmenter, "load_segmenter", lambda d, device="auto": (model, segmenter.segmenter_config(d))
     )
     return model_dir, model
 
@@ -271,8 +273,8 @@ def test_tiny_3d_set_trains_on_all_planes_and_predicts_in_3d(tmp_path):
     assert counts["xy"] == 16 and 0 < counts["xz"] + counts["yz"] <= counts["xy"]
     assert counts["xz"] > 0 and counts["yz"] > 0
     assert config["n_training_images"] == sum(counts.values())
-    xy = segment.training_slices(tmp_path / "synth").xy_masks()
-    assert config["diameter"] == pytest.approx(segment.median_diameter(xy))
+    xy = training.training_slices(tmp_path / "synth").xy_masks()
+    assert config["diameter"] == pytest.approx(training.median_diameter(xy))
 
     for mode in ("3d", "stitch"):
         result = run(

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cellsynth_cli.config import load_preset, replace
-from cellsynth_cli.simulators import Simulated
-from cellsynth_cli.simulators.arabidopsis import simulate_arabidopsis
+from cellsynth_cli.simulate.config import load_preset, replace
+from cellsynth_cli.simulate.simulators import Simulated
+from cellsynth_cli.simulate.simulators.arabidopsis import simulate_arabidopsis
 
 SHAPE = (48, 96, 96)
 # n_seeds counts cells at the paper's stack size; ~160 cells in this small dome

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cellsynth_cli.config import load_preset, replace
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.simulators.nuclei import simulate_nuclei
+from cellsynth_cli.simulate.config import load_preset, replace
+from cellsynth_cli.simulate.simulators.nuclei import simulate_nuclei
 
 
 def small(name: str, **changes):
@@ -158,7 +158,7 @@ def test_same_seed_same_volume(name):
 def test_in_plane_rotation_keeps_flat_nuclei_flat():
     """Nuclei with z semi-axis half the in-plane ones, rotated about z only: every nucleus
     keeps its z extent (a 3D rotation would stand some on their edge)."""
-    from cellsynth_cli.simulators import get_simulator
+    from cellsynth_cli.simulate.simulators import get_simulator
 
     config = replace(
         load_preset("nuclei"),

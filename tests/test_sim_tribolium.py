@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cellsynth_cli.config import load_preset, replace
-from cellsynth_cli.simulators import Simulated
-from cellsynth_cli.simulators.tribolium import simulate_tribolium
+from cellsynth_cli.simulate.config import load_preset, replace
+from cellsynth_cli.simulate.simulators import Simulated
+from cellsynth_cli.simulate.simulators.tribolium import simulate_tribolium
 
 SHAPE = (13, 170, 245)
 

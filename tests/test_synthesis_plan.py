@@ -6,8 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cellsynth_cli.errors import InputError
-from cellsynth_cli.synthesize import (
+from cellsynth_cli.ddpm.synthesize import (
     SynthesisOptions,
     resolve_precision,
     synthesis_plan,
@@ -15,7 +14,8 @@ from cellsynth_cli.synthesize import (
     tiling_for,
     with_defaults,
 )
-from cellsynth_cli.tiling import AUTO_TILE_VOXELS
+from cellsynth_cli.ddpm.tiling import AUTO_TILE_VOXELS
+from cellsynth_cli.errors import InputError
 
 CPU = torch.device("cpu")
 

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from cellsynth_cli import io
 from cellsynth_cli.cli import app
+from cellsynth_cli.ddpm.train import TrainConfig, train
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.train import TrainConfig, train
 
 runner = CliRunner()
 TINY = ["--channels", "8,16", "--batch", "4", "--lr", "2e-3"]

@@ -129,7 +129,7 @@ def test_batch_one_matches_batched_forward(dims):
 
 
 def test_bf16_network_is_a_copy_close_to_fp32():
-    from cellsynth_cli.synthesize import network_in
+    from cellsynth_cli.ddpm.synthesize import network_in
 
     torch.manual_seed(0)
     model = UNet(tiny(3))

@@ -24,8 +24,8 @@ from rich.progress import (
 )
 from typer.core import TyperCommand, TyperGroup
 
-from cellsynth_cli.cluster import CLUSTER_HELP, parse_cluster
 from cellsynth_cli.errors import InputError
+from cellsynth_cli.runtime.cluster import CLUSTER_HELP, parse_cluster
 
 # progress and logs go to stderr so `--json` output on stdout stays machine-readable
 console = Console(stderr=True)

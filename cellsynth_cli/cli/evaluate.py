@@ -72,9 +72,9 @@ def evaluate(
         cellsynth evaluate                            # synth/ against real/
         cellsynth evaluate --pred synth/ --ref real/ --csv scores.csv --json
     """
-    from cellsynth_cli.evaluate import evaluate as run_evaluation
-    from cellsynth_cli.evaluate import names_pair, write_csv
-    from cellsynth_cli.realism import compare_sets, write_realism_csv
+    from cellsynth_cli.measure.evaluate import evaluate as run_evaluation
+    from cellsynth_cli.measure.evaluate import names_pair, write_csv
+    from cellsynth_cli.measure.realism import compare_sets, write_realism_csv
 
     pred = default_path(pred, workdir.SYNTH, "--pred", must_exist=True)
     ref = default_path(ref, workdir.REAL, "--ref", must_exist=True)

@@ -47,7 +47,7 @@ def export(
         cellsynth export synth/ -o for-fiji/ --overwrite
     """
     from cellsynth_cli import io
-    from cellsynth_cli.export import export_tiff
+    from cellsynth_cli.io.export import export_tiff
 
     if to not in FORMATS:
         raise InputError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")

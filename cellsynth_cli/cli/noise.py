@@ -97,8 +97,8 @@ def noise_analysis(
     With --qc the QC-aware choice is printed on stdout instead (see --qc).
     """
     from cellsynth_cli import io
-    from cellsynth_cli.noise import BACKWARD_SCORES, save_plot
-    from cellsynth_cli.noise import noise_analysis as analyse
+    from cellsynth_cli.ddpm.noise_analysis import BACKWARD_SCORES, save_plot
+    from cellsynth_cli.ddpm.noise_analysis import noise_analysis as analyse
 
     images = default_path(images, workdir.REAL, "--images", must_exist=True)
     files = []

@@ -107,7 +107,7 @@ def train(
         cellsynth segment train --slices xy           # 3D: xy slices only
         cellsynth segment train --background real/    # + real background, no labels
     """
-    from cellsynth_cli.segment import train_segmenter
+    from cellsynth_cli.segment.train import train_segmenter
 
     data = default_path(data, workdir.SYNTH, "--data", must_exist=True)
     out = default_path(out, workdir.SEG, "-o", must_exist=False)
@@ -178,7 +178,7 @@ def predict(
         cellsynth segment predict --model seg/ --images real/ -o pred/ --mode stitch
         cellsynth segment predict --cluster local:2      # 2 worker processes, one image each
     """
-    from cellsynth_cli.segment import predict as run_predict
+    from cellsynth_cli.segment.predict import predict as run_predict
 
     model = default_path(model, workdir.SEG, "--model", must_exist=True)
     images = default_path(images, workdir.REAL, "--images", must_exist=True)
@@ -222,7 +222,7 @@ def score(
 
         cellsynth segment score               # pred/ against real/
     """
-    from cellsynth_cli.segment import score as run_score
+    from cellsynth_cli.segment.predict import score as run_score
 
     pred = default_path(pred, workdir.PRED, "--pred", must_exist=True)
     ref = default_path(ref, workdir.REAL, "--ref", must_exist=True)
@@ -282,7 +282,7 @@ def qc(
         cellsynth segment qc --judge classical --max-vanished 0.3 --move-failed rejected/
     """
     from cellsynth_cli import io
-    from cellsynth_cli.segment import quality_control
+    from cellsynth_cli.segment.qc import quality_control
 
     if judge == "model":  # other judges need no model (a wrong name is reported below)
         model = default_path(model, workdir.SEG, "--model", must_exist=True)

@@ -97,8 +97,8 @@ def simulate(
     aspect ratio, z extent, count per image, brightness on the sketch scale, foreground,
     shape and voxel size. Check its picture before simulating from it.
     """
-    from cellsynth_cli import simulate as lib
-    from cellsynth_cli.config import load_preset, parse_overrides, parse_shape, replace
+    from cellsynth_cli.simulate import dataset as lib
+    from cellsynth_cli.simulate.config import load_preset, parse_overrides, parse_shape, replace
 
     if preset == FIT:
         ignored = [
@@ -182,7 +182,7 @@ def _fit(data: Path | None, out: Path | None, overwrite: bool, json_out: bool, s
     from rich.table import Table
 
     from cellsynth_cli import io
-    from cellsynth_cli.fit import fit_nuclei, save_fit_picture, to_toml
+    from cellsynth_cli.simulate.fit import fit_nuclei, save_fit_picture, to_toml
 
     data = default_path(data, workdir.REAL, "--data", must_exist=True)
     out = default_path(out, Path(f"fit-{data.resolve().stem}.toml"), "-o", must_exist=False)

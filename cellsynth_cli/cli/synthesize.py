@@ -141,7 +141,7 @@ def synthesize(
     With --cluster each volume is one Dask task; a worker loads the model once and writes its
     volumes into the shared output directory. Same --seed, same volumes in every mode.
     """
-    from cellsynth_cli.synthesize import SynthesisOptions, synthesize_dataset
+    from cellsynth_cli.ddpm.synthesize import SynthesisOptions, synthesize_dataset
 
     model = default_path(model, workdir.latest_run(), "--model", must_exist=True)
     sketches = default_path(sketches, workdir.SIM, "--sketches", must_exist=True)

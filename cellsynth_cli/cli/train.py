@@ -126,10 +126,11 @@ def train(
     """
     import torch
 
-    from cellsynth_cli import distributed
+    from cellsynth_cli.ddpm.train import DEFAULT_PATCH, TrainConfig
+    from cellsynth_cli.ddpm.train import train as run_training
     from cellsynth_cli.diffusion.unet import default_config
-    from cellsynth_cli.train import DEFAULT_PATCH, TrainConfig, pick_device
-    from cellsynth_cli.train import train as run_training
+    from cellsynth_cli.runtime import distributed
+    from cellsynth_cli.runtime.device import pick_device
 
     if dims is not None and dims not in (2, 3):
         raise InputError(f"--dims must be 2 or 3, got {dims}")
@@ -154,7 +155,7 @@ def train(
             out = default_path(None, distributed.broadcast(new_run, ranks), "-o", False)
             claimed = out if ranks.main else None
     if dims is None and not resume:
-        from cellsynth_cli.train import load_training_images
+        from cellsynth_cli.ddpm.train import load_training_images
 
         dims = load_training_images(data, None).dims
     dims = dims or 2

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from cellsynth_cli.config import toml_value
 from cellsynth_cli.diffusion import defaults
 from cellsynth_cli.errors import InputError
+from cellsynth_cli.simulate.config import toml_value
 
 
 @dataclass(frozen=True)

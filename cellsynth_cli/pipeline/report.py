@@ -19,8 +19,8 @@ METRICS = ("dice", "ap@0.5", "ap@0.75", "f1")
 
 
 def report(ctx: Context, score_against: Path | None = None) -> dict:
-    from cellsynth_cli.preview import save_panels
-    from cellsynth_cli.realism import compare_sets
+    from cellsynth_cli.io.preview import save_panels
+    from cellsynth_cli.measure.realism import compare_sets
 
     real = io.read_volume(io.list_volumes(ctx.data)[0])
     synth = io.read_volume(io.list_volumes(ctx.path(CLEAN))[0])
@@ -54,7 +54,7 @@ def report(ctx: Context, score_against: Path | None = None) -> dict:
 
 def _score(ctx: Context, reference: Path) -> dict:
     """Segment the labelled set with the pipeline's model and score it (reporting only)."""
-    from cellsynth_cli.segment import predict, score
+    from cellsynth_cli.segment.predict import predict, score
 
     out = ctx.path(SCORED)
     predict(

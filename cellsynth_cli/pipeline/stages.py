@@ -58,7 +58,7 @@ class Context:
 
 
 def fit(ctx: Context) -> dict:
-    from cellsynth_cli.fit import fit_nuclei, save_fit_picture, to_toml
+    from cellsynth_cli.simulate.fit import fit_nuclei, save_fit_picture, to_toml
 
     found = fit_nuclei(
         ctx.data,
@@ -72,8 +72,8 @@ def fit(ctx: Context) -> dict:
 
 
 def train(ctx: Context) -> dict:
-    from cellsynth_cli.train import TrainConfig, load_training_images
-    from cellsynth_cli.train import train as train_ddpm
+    from cellsynth_cli.ddpm.train import TrainConfig, load_training_images
+    from cellsynth_cli.ddpm.train import train as train_ddpm
 
     section = ctx.recipe.train
     run = ctx.path(DDPM_RUN)
@@ -114,7 +114,7 @@ def train(ctx: Context) -> dict:
 
 def _use_model(model: str, run: Path) -> dict:
     """runs/ddpm -> a DDPM made elsewhere (a run directory or bundled:NAME)."""
-    from cellsynth_cli import bundled
+    from cellsynth_cli.ddpm import bundled
 
     folder = bundled.resolve(model) if bundled.is_bundled(model) else Path(model).resolve()
     if not (folder / "checkpoint.pt").is_file():
@@ -169,8 +169,8 @@ def training_patch(found: Any, side: int, channels: list[int]) -> tuple[int, ...
 
 
 def simulate(ctx: Context) -> dict:
-    from cellsynth_cli.config import load_preset, replace
-    from cellsynth_cli.simulate import simulate_dataset
+    from cellsynth_cli.simulate.config import load_preset, replace
+    from cellsynth_cli.simulate.dataset import simulate_dataset
 
     section = ctx.recipe.simulate
     config = load_preset(str(ctx.path(FIT_PRESET)))
@@ -200,7 +200,7 @@ def simulate(ctx: Context) -> dict:
 
 def t_start(ctx: Context) -> dict:
     """t_start without labels: see TStartSection."""
-    from cellsynth_cli.noise import noise_analysis
+    from cellsynth_cli.ddpm.noise_analysis import noise_analysis
 
     section = ctx.recipe.t_start
     rule = section.rule
@@ -230,7 +230,7 @@ def t_start(ctx: Context) -> dict:
 
 
 def synthesize(ctx: Context) -> dict:
-    from cellsynth_cli.synthesize import SynthesisOptions, synthesize_dataset
+    from cellsynth_cli.ddpm.synthesize import SynthesisOptions, synthesize_dataset
 
     section = ctx.recipe.synthesize
     chosen = json.loads(ctx.path(T_START).read_text())["t_start"]
@@ -268,7 +268,7 @@ def synthesize(ctx: Context) -> dict:
 def clean(ctx: Context) -> dict:
     """The classical judge (no model, no labels) checks each synthetic image against its own
     masks; CLEAN/ links the images that pass, and Cellpose trains on those."""
-    from cellsynth_cli.segment import quality_control
+    from cellsynth_cli.segment.qc import quality_control
 
     section = ctx.recipe.clean
     report = quality_control(
@@ -297,7 +297,7 @@ def clean(ctx: Context) -> dict:
 
 
 def segment(ctx: Context) -> dict:
-    from cellsynth_cli.segment import train_segmenter
+    from cellsynth_cli.segment.train import train_segmenter
 
     section = ctx.recipe.segment
 
@@ -331,7 +331,7 @@ def segment(ctx: Context) -> dict:
 
 
 def predict(ctx: Context) -> dict:
-    from cellsynth_cli.segment import predict as predict_masks
+    from cellsynth_cli.segment.predict import predict as predict_masks
 
     done: list[str] = []
 

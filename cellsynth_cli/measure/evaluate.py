@@ -17,8 +17,8 @@ import numpy as np
 
 from cellsynth_cli import io
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.intensity import robust_range, to_unit
-from cellsynth_cli.metrics import mae, psnr, ssim
+from cellsynth_cli.io.intensity import robust_range, to_unit
+from cellsynth_cli.measure.metrics import mae, psnr, ssim
 
 SCALES = ("ref-percentiles", "none")
 METRICS = ("psnr", "ssim", "mae")

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cellsynth_cli import cluster as dask_cluster
-from cellsynth_cli import io, memory
-from cellsynth_cli.config import SimulationConfig
+from cellsynth_cli import io
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.simulators import get_simulator
-from cellsynth_cli.sketch_from_labels import sketch_from_labels
+from cellsynth_cli.runtime import cluster as dask_cluster
+from cellsynth_cli.runtime import memory
+from cellsynth_cli.simulate.config import SimulationConfig
+from cellsynth_cli.simulate.simulators import get_simulator
+from cellsynth_cli.simulate.sketch_from_labels import sketch_from_labels
 
 Progress = Callable[[str], None]  # called with a volume name when it is written
 
@@ -73,7 +74,7 @@ def _simulate_one(job: VolumeJob) -> dict:
     )
     path = io.write_volume(job.out_dir, volume, overwrite=job.overwrite)
     if job.preview:
-        from cellsynth_cli.preview import save_sketch_preview
+        from cellsynth_cli.io.preview import save_sketch_preview
 
         save_sketch_preview(path.with_name(f"{job.name}_preview.png"), volume)
     return {"name": job.name, "path": str(path), **simulated.info}
@@ -212,7 +213,7 @@ def sketches_from_real(
         )
         written = io.write_volume(out_dir, volume, overwrite=overwrite)
         if preview:
-            from cellsynth_cli.preview import save_sketch_preview
+            from cellsynth_cli.io.preview import save_sketch_preview
 
             save_sketch_preview(written.with_name(f"{real.name}_preview.png"), volume)
         results.append({"name": real.name, "path": str(written), **info})

@@ -20,15 +20,21 @@ import numpy as np
 import torch
 
 from cellsynth_cli import io
-from cellsynth_cli.checkpoint import TrainedModel, load_model
+from cellsynth_cli.ddpm.checkpoint import TrainedModel, load_model
+from cellsynth_cli.ddpm.tiling import (
+    AUTO_TILE_VOXELS,
+    TiledPredictor,
+    auto_tile,
+    round_up,
+    tile_grid,
+)
 from cellsynth_cli.diffusion import defaults
 from cellsynth_cli.diffusion.conditioning import guided, is_conditional
 from cellsynth_cli.diffusion.process import SAMPLERS, sample, sampling_timesteps
 from cellsynth_cli.diffusion.schedule import make_schedule
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.intensity import from_unit, model_to_unit, unit_to_model
-from cellsynth_cli.tiling import AUTO_TILE_VOXELS, TiledPredictor, auto_tile, round_up, tile_grid
-from cellsynth_cli.train import pick_device
+from cellsynth_cli.io.intensity import from_unit, model_to_unit, unit_to_model
+from cellsynth_cli.runtime.device import pick_device
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -424,7 +430,7 @@ def synthesize_dataset(
     noise of a volume depends only on the seed and its name, so every mode gives the same
     volumes.
     """
-    from cellsynth_cli import cluster as dask_cluster
+    from cellsynth_cli.runtime import cluster as dask_cluster
 
     dask_cluster.parse_cluster(cluster)  # a bad --cluster is reported before any work
     # with a cluster the workers load their own copy; this one only checks the options

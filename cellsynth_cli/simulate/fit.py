@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from cellsynth_cli import io
-from cellsynth_cli.config import SimulationConfig, load_preset, replace, toml_value
-from cellsynth_cli.detect import Detections, choose_method, detect_nuclei
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.intensity import robust_range, to_unit
+from cellsynth_cli.io.intensity import robust_range, to_unit
+from cellsynth_cli.measure.detect import Detections, choose_method, detect_nuclei
+from cellsynth_cli.simulate.config import SimulationConfig, load_preset, replace, toml_value
 
 GENERIC_PRESET = "nuclei"
 MIN_DETECTIONS = 5

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from cellsynth_cli import bundled
+from cellsynth_cli.ddpm import bundled
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.io import file_checksum
 

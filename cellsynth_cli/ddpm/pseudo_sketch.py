@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from cellsynth_cli.detect import segment_nuclei
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.intensity import to_unit
-from cellsynth_cli.sketch_from_labels import sketch_from_labels
+from cellsynth_cli.io.intensity import to_unit
+from cellsynth_cli.measure.detect import segment_nuclei
+from cellsynth_cli.simulate.sketch_from_labels import sketch_from_labels
 
 
 def pseudo_sketch(

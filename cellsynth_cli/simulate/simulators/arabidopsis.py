@@ -30,9 +30,9 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from cellsynth_cli.config import SimulationConfig
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.simulators import Simulated
+from cellsynth_cli.simulate.config import SimulationConfig
+from cellsynth_cli.simulate.simulators import Simulated
 
 # the image size of the paper's data: n_seeds means cells in a dome of this stack
 REFERENCE_SHAPE = (221, 495, 511)

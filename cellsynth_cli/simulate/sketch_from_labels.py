@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.intensity import robust_range, to_unit
+from cellsynth_cli.io.intensity import robust_range, to_unit
 
 
 def sketch_from_labels(

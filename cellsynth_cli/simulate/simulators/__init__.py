@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cellsynth_cli.config import SimulationConfig
 from cellsynth_cli.errors import InputError
+from cellsynth_cli.simulate.config import SimulationConfig
 
 
 @dataclass
@@ -25,7 +25,7 @@ Simulator = Callable[[SimulationConfig, np.random.Generator], Simulated]
 
 def get_simulator(name: str) -> Simulator:
     # imported here so each simulator module stays independent of the others
-    from cellsynth_cli.simulators import arabidopsis, nuclei, tribolium
+    from cellsynth_cli.simulate.simulators import arabidopsis, nuclei, tribolium
 
     table: dict[str, Simulator] = {
         "nuclei": nuclei.simulate_nuclei,

@@ -25,9 +25,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-from cellsynth_cli.config import SimulationConfig
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.simulators import Simulated
+from cellsynth_cli.simulate.config import SimulationConfig
+from cellsynth_cli.simulate.simulators import Simulated
 
 # batched random sequential adsorption: each round proposes twice the missing nuclei; near
 # saturation a round adds few, so the rounds are capped (the count actually placed is reported)

@@ -27,15 +27,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from cellsynth_cli import distributed, io
-from cellsynth_cli.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
+from cellsynth_cli import io
+from cellsynth_cli.ddpm.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
+from cellsynth_cli.ddpm.patches import PatchSampler
+from cellsynth_cli.ddpm.pseudo_sketch import pseudo_sketch
 from cellsynth_cli.diffusion.conditioning import CONDITIONS, is_conditional
 from cellsynth_cli.diffusion.process import training_loss
 from cellsynth_cli.diffusion.schedule import make_schedule
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.intensity import robust_range, to_unit, unit_to_model
-from cellsynth_cli.patches import PatchSampler
-from cellsynth_cli.pseudo_sketch import pseudo_sketch
+from cellsynth_cli.io.intensity import robust_range, to_unit, unit_to_model
+from cellsynth_cli.runtime import distributed
+from cellsynth_cli.runtime.device import pick_device
 
 DEFAULT_PATCH = {2: (256, 256), 3: (32, 128, 128)}
 LOSS_LOG = "loss.csv"
@@ -76,16 +78,6 @@ class TrainResult:
     stopped_by_time_limit: bool
     device: str
     losses: list[float] = field(default_factory=list)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device available (torch sees none)")
-    if name not in ("cpu", "cuda"):
-        raise InputError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
 
 
 @dataclass
@@ -169,7 +161,7 @@ def _save_pseudo_sketch_preview(
     path: Path, image: np.ndarray, pseudo: tuple[np.ndarray, np.ndarray]
 ) -> None:
     """image | pseudo-sketch | its labels, so a person can check what the network learns from."""
-    from cellsynth_cli.preview import save_panels
+    from cellsynth_cli.io.preview import save_panels
 
     sketch, labels = pseudo
     panels = [("real image", image, False), ("pseudo-sketch", sketch, False)]

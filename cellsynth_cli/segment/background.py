@@ -21,9 +21,9 @@ import numpy as np
 from scipy import ndimage
 
 from cellsynth_cli import io
-from cellsynth_cli.detect import segment_nuclei
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.intensity import robust_range, to_unit
+from cellsynth_cli.io.intensity import robust_range, to_unit
+from cellsynth_cli.measure.detect import segment_nuclei
 
 SIDE_PER_DIAMETER = 2.5  # crop side: room for a nucleus or two, so a real field of view
 MARGIN_PER_DIAMETER = 0.25  # clearance from any detection: dim rims are not background

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from cellsynth_cli.config import SimulationConfig
-from cellsynth_cli.shapes import Ellipsoid, random_rotation, rasterise
-from cellsynth_cli.simulators import Simulated
+from cellsynth_cli.simulate.config import SimulationConfig
+from cellsynth_cli.simulate.shapes import Ellipsoid, random_rotation, rasterise
+from cellsynth_cli.simulate.simulators import Simulated
 
 # a cell that keeps less than this fraction of its voxels (hidden by others) is dropped,
 # so every instance in the masks is clearly visible in the sketch

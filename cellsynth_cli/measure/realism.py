@@ -28,9 +28,9 @@ import numpy as np
 from scipy import ndimage, stats
 
 from cellsynth_cli import io
-from cellsynth_cli.detect import Detections, choose_method, detect_nuclei
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.metrics import bhattacharyya_distance, histogram, kl_divergence
+from cellsynth_cli.measure.detect import Detections, choose_method, detect_nuclei
+from cellsynth_cli.measure.metrics import bhattacharyya_distance, histogram, kl_divergence
 
 FEATURES = ("intensity", "gradient", "texture")
 BINS = 128
@@ -197,7 +197,7 @@ def _units(
     method: str,
 ) -> list[_Stats]:
     """The statistics of one volume: as one unit, or as its two halves (split)."""
-    from cellsynth_cli.intensity import to_unit
+    from cellsynth_cli.io.intensity import to_unit
 
     unit = to_unit(volume.image, lo, hi, clip=False)
     if not np.isfinite(unit).all():
@@ -222,7 +222,7 @@ def compare_sets(
     on_volume: Callable[[str], None] | None = None,
 ) -> Realism:
     """Distances between the synthetic set PRED_DIR and the real set REF_DIR, with floors."""
-    from cellsynth_cli.intensity import HIGH_PERCENTILE, LOW_PERCENTILE, to_unit
+    from cellsynth_cli.io.intensity import HIGH_PERCENTILE, LOW_PERCENTILE, to_unit
 
     rng = np.random.default_rng(seed)
     # pass 1: the real set's intensity scale (robust percentiles, as training uses)

@@ -14,7 +14,7 @@ from typing import Any
 
 from cellsynth_cli.errors import InputError
 
-PRESET_DIR = Path(__file__).parent / "presets"
+PRESET_DIR = Path(__file__).parent.parent / "presets"
 
 Range = tuple[float, float]
 
@@ -27,7 +27,7 @@ class SimulationConfig:
     """
 
     preset: str = "custom"
-    simulator: str = "nuclei"  # key in cellsynth_cli.simulators.SIMULATORS
+    simulator: str = "nuclei"  # key in cellsynth_cli.simulate.simulators.SIMULATORS
     shape: tuple[int, ...] = (35, 512, 708)
     voxel_size: tuple[float, ...] = (1.0, 1.0, 1.0)  # µm per voxel, written to OME-Zarr
 

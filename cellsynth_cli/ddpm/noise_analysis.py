@@ -22,8 +22,8 @@ from cellsynth_cli import io
 from cellsynth_cli.diffusion.process import q_sample
 from cellsynth_cli.diffusion.schedule import cosine_schedule
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.intensity import robust_range, to_unit, unit_to_model
-from cellsynth_cli.metrics import (
+from cellsynth_cli.io.intensity import robust_range, to_unit, unit_to_model
+from cellsynth_cli.measure.metrics import (
     bhattacharyya_distance,
     histogram,
     kl_divergence,
@@ -148,8 +148,8 @@ def _unpaired_sketches(
         if not found:
             raise InputError(f"{sketches}: no sketches (`cellsynth simulate` output)")
         return found[: max_volumes or None]
-    from cellsynth_cli.fit import fit_nuclei
-    from cellsynth_cli.simulators import get_simulator
+    from cellsynth_cli.simulate.fit import fit_nuclei
+    from cellsynth_cli.simulate.simulators import get_simulator
 
     config = fit_nuclei(images).config
     simulator = get_simulator(config.simulator)
@@ -190,7 +190,7 @@ def forward_analysis(
 
 
 def _sketch_of(volume: io.Volume, images: Path) -> io.Volume:
-    from cellsynth_cli.sketch_from_labels import sketch_from_labels
+    from cellsynth_cli.simulate.sketch_from_labels import sketch_from_labels
 
     if volume.masks is None or volume.image is None:
         raise InputError(
@@ -238,8 +238,8 @@ def noise_analysis(
     pairs = _pairs_or_none(images, sketches)
     model = None
     if model_run is not None:
-        from cellsynth_cli.checkpoint import load_model
-        from cellsynth_cli.train import pick_device
+        from cellsynth_cli.ddpm.checkpoint import load_model
+        from cellsynth_cli.runtime.device import pick_device
 
         model = load_model(model_run, pick_device(device))
     if pairs is None:  # unpaired: the two sets' histograms are compared as they are
@@ -280,31 +280,6 @@ def noise_analysis(
     return result
 
 
-def phantom_vanished(
-    image: np.ndarray, masks: np.ndarray, voxel_size: tuple[float, ...] | None = None
-) -> dict:
-    """Phantom and vanished shares of one synthetic image against its own masks, judged by
-    the classical segmenter (no trained model, no real labels): cells it finds with no
-    mask partner at IoU 0.5, and masks it finds no cell for (matching.match_counts)."""
-    from cellsynth_cli.detect import segment_nuclei
-    from cellsynth_cli.matching import match_counts
-
-    ids, counts = np.unique(masks[masks > 0], return_counts=True)
-    if ids.size == 0:
-        raise InputError("QC needs masks with at least one cell")
-    # the sketch's own cell size (equal-volume radius in in-plane voxels) sets the window
-    if masks.ndim == 2:
-        radius = float(np.median(np.sqrt(counts / np.pi)))
-    else:
-        vs = np.asarray(voxel_size if voxel_size else (1.0, 1.0, 1.0), dtype=float)
-        size = counts * float(np.prod(vs / vs[-1]))
-        radius = float(np.median((size * (3.0 / (4.0 * np.pi))) ** (1 / 3)))
-    lo, hi = np.percentile(image, [1.0, 99.8])
-    unit = np.clip((image - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
-    found = segment_nuclei(unit, voxel_size, threshold="local", radius=radius)
-    return match_counts(found, masks)
-
-
 def qc_analysis(
     model,
     volumes: list[io.Volume],
@@ -316,7 +291,8 @@ def qc_analysis(
 ) -> list[dict]:
     """For each t > 0: synthesize every simulated sketch from t and measure how many of its
     cells the result keeps (phantom / vanished, phantom_vanished)."""
-    from cellsynth_cli.synthesize import SynthesisOptions, synthesize_volume
+    from cellsynth_cli.ddpm.synthesize import SynthesisOptions, synthesize_volume
+    from cellsynth_cli.measure.qc import phantom_vanished
 
     usable = [v for v in volumes if v.sketch is not None and v.masks is not None]
     if not usable:
@@ -377,8 +353,8 @@ def backward_analysis(
     on_progress: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """For each t: denoise noised real images and noised sketches; score against the real."""
-    from cellsynth_cli.intensity import model_to_unit
-    from cellsynth_cli.synthesize import SynthesisOptions, synthesize_volume
+    from cellsynth_cli.ddpm.synthesize import SynthesisOptions, synthesize_volume
+    from cellsynth_cli.io.intensity import model_to_unit
 
     device = next(model.net.parameters()).device
     rows = []

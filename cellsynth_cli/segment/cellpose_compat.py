@@ -1,0 +1,126 @@
+"""Everything cellsynth does to Cellpose's internals, in one place: written for cellpose 3.1.1.
+
+cellpose is imported lazily (it takes seconds) with its model directory inside our folder, its
+tqdm bars disabled, its per-epoch log lines turned into callbacks, and its diameter measure
+told that an empty background crop has cells of the training diameter. A Cellpose upgrade
+starts here: each patch names the cellpose function it relies on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def cellpose_modules(model_dir: Path) -> Any:
+    """cellpose's `models` and `train` modules, imported with the patches below in place."""
+    # cellpose reads its model directory when imported: keep it inside our folder
+    os.environ.setdefault("CELLPOSE_LOCAL_MODELS_PATH", str(model_dir / ".cellpose"))
+    warnings.filterwarnings("ignore", message="Sparse invariant checks")  # torch, from cellpose
+    from cellpose import models, train
+
+    _silence_progress_bars()
+
+    logging.getLogger("cellpose").setLevel(logging.WARNING)
+    return models, train
+
+
+def _silence_progress_bars() -> None:
+    """cellpose's own tqdm bars would interleave with ours. TQDM_DISABLE cannot do it: tqdm
+    reads it when first imported, and torch imports it first. So the names cellpose looks
+    tqdm/trange up under get versions that are disabled (a caller's disable= still wins)."""
+    import importlib
+
+    import tqdm
+
+    for name in ("core", "dynamics", "models", "train", "utils", "io"):
+        module = importlib.import_module(f"cellpose.{name}")
+        for attr in ("tqdm", "trange"):
+            if hasattr(module, attr):
+                setattr(module, attr, functools.partial(getattr(tqdm, attr), disable=True))
+
+
+class EpochLog(logging.Handler):
+    """Turns cellpose's per-epoch log lines ("10, train_loss=0.53, ...") into callbacks."""
+
+    pattern = re.compile(r"^(\d+), train_loss=([0-9.eE+-]+)")
+
+    def __init__(self, on_epoch: Callable[[int, float], None] | None) -> None:
+        super().__init__(logging.INFO)
+        self.on_epoch = on_epoch
+        self.losses: list[tuple[int, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:  # e.g. images dropped for too few masks
+            logging.lastResort.handle(record)
+            return
+        found = self.pattern.match(record.getMessage())
+        if found:
+            epoch, loss = int(found[1]), float(found[2])
+            self.losses.append((epoch, loss))
+            if self.on_epoch:
+                try:
+                    self.on_epoch(epoch, loss)
+                except Exception:  # a display problem must not abort training
+                    self.handleError(record)
+
+    def __enter__(self) -> EpochLog:
+        logger = logging.getLogger("cellpose.train")
+        self._saved = logger.level, logger.propagate
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # keep cellpose's own chatter off the console
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logger = logging.getLogger("cellpose.train")
+        logger.removeHandler(self)
+        logger.setLevel(self._saved[0])
+        logger.propagate = self._saved[1]
+
+
+@contextlib.contextmanager
+def empty_masks_allowed(diameter: float) -> Iterator[None]:
+    """While training: an image with no cells counts as having cells of DIAMETER, and
+    cellpose's "empty masks!" warning (expected for background crops) is not shown.
+
+    cellpose rescales each training image by its cells' diameter, clipped below at 5 px: an
+    empty background crop would be zoomed 6x (diam_mean 30 / 5) and no longer look like the
+    real background at the scale the network sees it.
+    """
+    from cellpose import utils
+
+    measure = utils.diameters
+    flows_log = logging.getLogger("cellpose.dynamics")
+    expected = _DropMessage("empty masks!")
+    flows_log.addFilter(expected)
+
+    def diameters(masks: np.ndarray) -> tuple[float, np.ndarray]:
+        if not np.any(masks):
+            return diameter, np.zeros(0)
+        return measure(masks)
+
+    utils.diameters = diameters
+    try:
+        yield
+    finally:
+        utils.diameters = measure
+        flows_log.removeFilter(expected)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != self.message

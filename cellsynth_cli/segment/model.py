@@ -1,0 +1,85 @@
+"""A trained segmenter folder (`segment train`): its files, loading it once per process, and
+segmenting one image with it (3D: Cellpose's 3D mode with the voxel anisotropy, or 2D masks
+stitched across z)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellsynth_cli import io
+from cellsynth_cli.errors import InputError, check_choice
+from cellsynth_cli.runtime.device import pick_device
+from cellsynth_cli.segment.cellpose_compat import cellpose_modules
+
+MODEL_FILE = "cellpose_model"
+CONFIG_FILE = "segmenter.json"
+DIAM_MEAN = 30.0  # cellpose rescales every training image so cells have this diameter
+MODES = ("3d", "stitch")  # 3D prediction: Cellpose's 3D mode, or 2D masks stitched across z
+STITCH_THRESHOLD = 0.5  # IoU that joins 2D masks of neighbouring z slices into one cell
+
+
+def use_gpu(device: str) -> bool:
+    """--device auto | cpu | cuda as cellpose's gpu flag (cuda without a GPU is bad input)."""
+    return pick_device(device).type == "cuda"
+
+
+def segmenter_config(model_dir: Path) -> dict:
+    """The configuration of a `segment train` folder (checked without loading cellpose)."""
+    config_path = Path(model_dir) / CONFIG_FILE
+    if not config_path.is_file() or not (Path(model_dir) / MODEL_FILE).is_file():
+        raise InputError(
+            f"{model_dir}: not a segmentation model (train one with `cellsynth segment train`)"
+        )
+    try:
+        return json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{config_path}: unreadable ({exc})") from None
+
+
+def load_segmenter(model_dir: Path, device: str = "auto") -> tuple[Any, dict]:
+    config = segmenter_config(model_dir)
+    gpu = use_gpu(device)
+    models, _ = cellpose_modules(Path(model_dir))
+    model = models.CellposeModel(gpu=gpu, pretrained_model=str(Path(model_dir) / MODEL_FILE))
+    return model, config
+
+
+def segment_image(
+    model: Any, config: dict, image: np.ndarray, mode: str = "3d", anisotropy: float = 1.0
+) -> np.ndarray:
+    """Instance masks of a 2D or 3D image (3D: mode "3d" or "stitch", see MODES)."""
+    check_choice(mode, MODES, "--mode")
+    kwargs: dict[str, Any] = dict(channels=[0, 0], diameter=config["diameter"])
+    if image.ndim == 3:
+        # without z_axis cellpose takes the shortest axis of a stack over 5 planes for z
+        kwargs["z_axis"] = 0
+        if mode == "3d":
+            kwargs.update(do_3D=True, anisotropy=anisotropy)
+        else:
+            kwargs.update(do_3D=False, stitch_threshold=STITCH_THRESHOLD)
+    masks, _, _ = model.eval(image.astype(np.float32), **kwargs)
+    return np.asarray(masks).astype(np.uint32)
+
+
+_SEGMENTERS: dict[tuple[str, str, str], tuple[Any, dict]] = {}  # per process: load Cellpose once
+
+
+def cached(model_dir: Path, checksum: str, device: str) -> tuple[Any, dict]:
+    """The segmenter of MODEL_DIR, loaded once per process (a Dask worker keeps it between
+    tasks); a folder whose weights changed since the run began is refused."""
+    key = (str(Path(model_dir).resolve()), checksum, device)
+    if key not in _SEGMENTERS:
+        if io.file_checksum(Path(model_dir) / MODEL_FILE) != checksum:
+            raise InputError(f"{model_dir} changed while segmenting (checksum differs)")
+        _SEGMENTERS.clear()
+        _SEGMENTERS[key] = load_segmenter(model_dir, device)
+    return _SEGMENTERS[key]
+
+
+def clear_cache() -> None:
+    """Forget loaded segmenters: the next `cached` call loads the folder as it is now."""
+    _SEGMENTERS.clear()

@@ -1,0 +1,145 @@
+"""`segment predict` and `segment score`: instance masks of real images, and their scores
+against ground truth."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cellsynth_cli import io
+from cellsynth_cli.errors import InputError, check_choice
+from cellsynth_cli.measure.matching import segmentation_scores
+from cellsynth_cli.segment import model as segmenter
+from cellsynth_cli.segment.model import MODEL_FILE, MODES, segment_image, segmenter_config
+from cellsynth_cli.segment.slices import z_anisotropy
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """One image to segment: everything a Dask worker needs."""
+
+    model_dir: Path
+    model_checksum: str
+    image: Path
+    name: str
+    out_dir: Path
+    mode: str
+    device: str
+    overwrite: bool
+    run: str  # token of this run: a re-run task finds what an earlier attempt wrote
+
+
+def predict_one(job: PredictJob) -> dict:
+    """Segment one image into OUT_DIR/<name>.zarr (in-process or on a Dask worker)."""
+    done = io.written_by_run(job.out_dir, job.name, job.run)
+    if done is not None:
+        return {"name": job.name, "n_cells": int(io.read_provenance(done)["n_cells"])}
+    volume = io.read_volume(job.image)
+    if volume.image is None:
+        raise InputError(f"{job.image}: no intensity image to segment")
+    model, config = segmenter.cached(job.model_dir, job.model_checksum, job.device)
+    anisotropy = z_anisotropy(volume.voxel_size)
+    masks = segment_image(model, config, volume.image, job.mode, anisotropy)
+    settings = {"mode": job.mode, "anisotropy": anisotropy} if volume.image.ndim == 3 else {}
+    n_cells = int(len(np.unique(masks)) - 1)
+    io.write_volume(
+        job.out_dir,
+        io.Volume(
+            name=job.name,
+            image=volume.image,
+            masks=masks,
+            voxel_size=volume.voxel_size,
+            provenance=io.provenance(
+                "segment-predict",
+                model=str(job.model_dir),
+                source=str(job.image),
+                n_cells=n_cells,
+                run=job.run,
+                **settings,
+            ),
+        ),
+        overwrite=job.overwrite,
+    )
+    return {"name": job.name, "n_cells": n_cells}
+
+
+def predict(
+    model_dir: Path,
+    images: Path,
+    out: Path,
+    overwrite: bool = False,
+    mode: str = "3d",
+    on_volume: Callable[[str], None] | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    cluster: str | None = None,
+) -> list[dict]:
+    """Segment every image of IMAGES into OUT (the image with labels/cells).
+
+    3D images: mode "3d" is Cellpose's 3D mode with anisotropy = z step / x step of the
+    voxel size (1 when unknown); "stitch" joins 2D masks of the z slices. 2D: mode is unused.
+    In this process, or one task per image on a Dask cluster (`cluster`, see cluster.py);
+    Cellpose is loaded once per process, and only when something is left to segment.
+    """
+    from cellsynth_cli.runtime import cluster as dask_cluster
+
+    check_choice(mode, MODES, "--mode")
+    dask_cluster.parse_cluster(cluster)
+    paths = io.list_volumes(images)
+    names = [io.volume_name(p) for p in paths]
+    kept = io.outputs_to_keep(out, names, overwrite, resume)
+    segmenter_config(model_dir)  # a bad model folder is reported before any work
+    checksum = io.file_checksum(Path(model_dir) / MODEL_FILE)
+    token = secrets.token_hex(8)
+    jobs = [
+        PredictJob(model_dir, checksum, path, name, out, mode, device, overwrite, token)
+        for path, name in zip(paths, names, strict=True)
+        if name not in kept
+    ]
+    results = [{"name": name, "skipped": True} for name in names if name in kept]
+    segmenter.clear_cache()  # in this process: load the model as it is now, once for this call
+    results += dask_cluster.run_per_volume(
+        predict_one,
+        jobs,
+        [job.name for job in jobs],
+        cluster,
+        out,
+        "predict",
+        on_done=lambda result: on_volume(result["name"]) if on_volume else None,
+    )
+    return sorted(results, key=lambda r: r["name"])
+
+
+def score(pred_dir: Path, ref_dir: Path) -> dict:
+    pred = {io.volume_name(p): p for p in io.list_volumes(pred_dir)}
+    ref = {io.volume_name(p): p for p in io.list_volumes(ref_dir)}
+    names = sorted(set(pred) & set(ref))
+    if not names:
+        raise InputError(f"no volume names in common between {pred_dir} and {ref_dir}")
+    rows = []
+    for name in names:
+        p, r = io.read_volume(pred[name]), io.read_volume(ref[name])
+        if p.masks is None or r.masks is None:
+            raise InputError(f"{name}: both --pred and --ref need instance masks")
+        try:
+            rows.append({"name": name, **segmentation_scores(p.masks, r.masks)})
+        except InputError as exc:
+            raise InputError(f"{name}: {exc}") from None
+    keys = ("dice", "ap@0.5", "ap@0.75", "precision", "recall", "f1")
+    summary = {
+        k: {
+            "mean": float(np.mean([row[k] for row in rows])),
+            "sd": float(np.std([row[k] for row in rows])),
+        }
+        for k in keys
+    }
+    return {
+        "volumes": rows,
+        "summary": summary,
+        "unpaired_pred": sorted(set(pred) - set(ref)),
+        "unpaired_ref": sorted(set(ref) - set(pred)),
+    }

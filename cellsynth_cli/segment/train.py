@@ -1,0 +1,138 @@
+"""`segment train`: Cellpose 3 trained from scratch on images + masks (nothing is downloaded:
+the network is built untrained, pretrained_model=False)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from cellsynth_cli import io
+from cellsynth_cli.errors import InputError, check_choice
+from cellsynth_cli.segment.cellpose_compat import EpochLog, cellpose_modules, empty_masks_allowed
+from cellsynth_cli.segment.model import CONFIG_FILE, DIAM_MEAN, MODEL_FILE, use_gpu
+from cellsynth_cli.segment.slices import SLICES, median_diameter, training_slices
+
+
+def train_segmenter(
+    data: Path,
+    out: Path,
+    epochs: int = 100,
+    learning_rate: float = 0.2,
+    bsize: int = 224,
+    batch: int = 8,
+    images_per_epoch: int | None = None,
+    diameter: float | None = None,
+    slices: str = "all",
+    overwrite: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    on_epoch: Callable[[int, float], None] | None = None,
+    background: Path | None = None,
+    n_background_crops: int = 4,
+) -> dict:
+    """Train Cellpose from scratch on DATA's images + masks; the model goes to OUT.
+
+    slices: for 3D volumes, "all" trains on xy slices and on xz / yz slices resampled to
+    isotropic voxels (see volume_slices), "xy" on xy slices only.
+    background: unlabelled real images; up to N_BACKGROUND_CROPS nucleus-free squares of them
+    join the training set as images with empty masks (see background.py).
+    on_epoch(epoch, loss) is called whenever cellpose reports (epoch 0, 5, then every 10).
+    """
+    if epochs < 1 or bsize < 16 or batch < 1 or learning_rate <= 0:
+        raise InputError("--epochs and --batch must be >= 1, --bsize >= 16, --lr > 0")
+    if images_per_epoch is not None and images_per_epoch < 1:
+        raise InputError(f"--images-per-epoch must be >= 1, got {images_per_epoch}")
+    check_choice(slices, SLICES, "--slices")
+    if (out / CONFIG_FILE).exists() and not overwrite:
+        raise InputError(f"{out} already holds a segmentation model; pass --overwrite")
+    gpu = use_gpu(device)
+    found = training_slices(data, slices)
+    images, masks = found.images, found.masks
+    # the diameter prediction rescales by is measured in xy: the xz / yz slices only teach
+    # the network how cells look across z
+    diameter = diameter or median_diameter(found.xy_masks())
+    # at least one full batch per epoch: a single training image would otherwise give
+    # batch-1 steps (images are drawn with replacement when this differs from their number)
+    images_per_epoch = images_per_epoch or max(len(images), batch)
+    models, train = cellpose_modules(out)
+    # cellpose's own normalisation (per image, 1-99 %) unless background crops need theirs
+    normalize: bool | dict = True
+    crops = []
+    if background is not None:
+        from cellsynth_cli.segment.background import background_crops, normalize_like_cellpose
+
+        crops = background_crops(background, diameter, n_background_crops, seed)
+        images = [normalize_like_cellpose(im) for im in images] + [c.image for c in crops]
+        masks = masks + [np.zeros(c.image.shape, np.int32) for c in crops]
+        normalize = {"normalize": False}  # a dict: a bool would change cellpose's defaults
+    out.mkdir(parents=True, exist_ok=True)  # after the checks: a refused run leaves nothing
+    import torch
+
+    torch.manual_seed(seed)
+    # weights; cellpose reseeds numpy with the epoch number for its crops and augmentation
+    np.random.seed(seed)
+    start = time.perf_counter()
+    net = models.CellposeModel(
+        gpu=gpu,
+        pretrained_model=False,
+        model_type=None,
+        diam_mean=DIAM_MEAN,
+        nchan=2,
+    )
+    work = out / ".training"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "models").mkdir(parents=True)
+    with EpochLog(on_epoch) as epoch_log, empty_masks_allowed(diameter):
+        path, train_losses, _ = train.train_seg(
+            net.net,
+            train_data=images,
+            train_labels=masks,
+            channels=[0, 0],
+            normalize=normalize,
+            n_epochs=epochs,
+            SGD=True,  # cellpose's own CLI default (momentum 0.9); AdamW wants ~50x lower rates
+            learning_rate=learning_rate,
+            weight_decay=1e-5,
+            nimg_per_epoch=images_per_epoch,
+            batch_size=batch,
+            bsize=bsize,
+            save_path=str(work),
+            model_name=MODEL_FILE,
+            min_train_masks=0 if crops else 1,
+        )
+    os.replace(path, out / MODEL_FILE)
+    shutil.rmtree(work, ignore_errors=True)
+    config = {
+        "format": "cellsynth-cellpose",
+        "dims": found.dims,
+        "slices": slices if found.dims == 3 else "xy",
+        "diameter": diameter,
+        "diam_mean": DIAM_MEAN,
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "bsize": bsize,
+        "batch": batch,
+        "images_per_epoch": images_per_epoch,
+        "optimizer": "SGD momentum 0.9",
+        "seed": seed,
+        "data": str(data),
+        "n_training_images": len(found.images),
+        "n_slices": found.counts(),
+        "background": None if background is None else str(background),
+        "background_crops": [
+            {"source": c.source, "plane": c.plane, "corner": list(c.corner), "side": len(c.image)}
+            for c in crops
+        ],
+        "final_loss": float(train_losses[-1]),
+        "loss_log": epoch_log.losses,
+        "seconds": round(time.perf_counter() - start, 1),
+        "provenance": io.provenance("segment-train"),
+    }
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    return config
