@@ -45,7 +45,8 @@ def _simulate(out: Path, cluster: str | None) -> None:
 def _prepare_synthesis(root: Path) -> tuple[Path, Path]:
     """A default-size 3D model (one training step: speed does not depend on training) and
     small 3D sketches."""
-    from cellsynth_cli.ddpm.train import TrainConfig, train
+    from cellsynth_cli.ddpm.config import TrainConfig
+    from cellsynth_cli.ddpm.train import train
     from cellsynth_cli.simulate.config import load_preset, replace
     from cellsynth_cli.simulate.dataset import simulate_dataset
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from cellsynth_cli import io
+from cellsynth_cli.ddpm.config import TrainConfig
 from cellsynth_cli.ddpm.synthesize import SynthesisOptions, synthesize_dataset
-from cellsynth_cli.ddpm.train import TrainConfig, train
+from cellsynth_cli.ddpm.train import train
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.runtime.cluster import THREADS_ENV, parse_cluster
 from cellsynth_cli.simulate.config import load_preset, replace

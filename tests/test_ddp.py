@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from cellsynth_cli.ddpm.checkpoint import load_model, read_checkpoint
-from cellsynth_cli.ddpm.train import TrainConfig, _rank_generator_state, train
+from cellsynth_cli.ddpm.config import TrainConfig
+from cellsynth_cli.ddpm.train import _rank_generator_state, train
 from cellsynth_cli.runtime import distributed
 from tests.conftest import DSB_DIR
 

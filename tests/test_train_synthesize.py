@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from cellsynth_cli import io
 from cellsynth_cli.cli import app
-from cellsynth_cli.ddpm.train import TrainConfig, train
+from cellsynth_cli.ddpm.config import TrainConfig
+from cellsynth_cli.ddpm.train import train
 from cellsynth_cli.errors import InputError
 
 runner = CliRunner()

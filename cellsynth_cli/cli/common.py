@@ -213,3 +213,17 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def parse_sizes(text: str | None, option: str, minimum: int = 1) -> tuple[int, ...] | None:
+    """'256,256' -> (256, 256); every value >= minimum."""
+    if text is None:
+        return None
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{option} expects integers like 256,256, got {text!r}") from None
+    if not sizes or min(sizes) < minimum:
+        kind = "positive integers" if minimum == 1 else f"integers >= {minimum}"
+        raise InputError(f"{option} expects {kind}, got {text!r}")
+    return sizes

@@ -17,10 +17,18 @@ from cellsynth_cli.cli.common import (
     Seed,
     console,
     default_path,
+    parse_sizes,
     path_option,
     print_json,
 )
-from cellsynth_cli.cli.train import parse_sizes
+from cellsynth_cli.ddpm.noise_defaults import (
+    DEFAULT_BACKWARD_STEPS,
+    DEFAULT_BINS,
+    DEFAULT_KLD_THRESHOLD,
+    DEFAULT_QC_MAX_KLD,
+    DEFAULT_TIMESTEPS,
+    HIST_RANGE,
+)
 from cellsynth_cli.errors import InputError
 
 
@@ -35,13 +43,17 @@ def noise_analysis(
         "simulated in memory from a nuclei preset fitted to it (as `simulate fit` does).",
     ) = None,
     t: str = typer.Option(
-        "0,100,200,300,400,500,600,700,800,900,1000", "--t", help="Timesteps to analyse."
+        ",".join(map(str, DEFAULT_TIMESTEPS)), "--t", help="Timesteps to analyse."
     ),
-    bins: int = typer.Option(256, "--bins", help="Histogram bins on the fixed range [-5, 5]."),
+    bins: int = typer.Option(
+        DEFAULT_BINS,
+        "--bins",
+        help=f"Histogram bins on the fixed range [{HIST_RANGE[0]:g}, {HIST_RANGE[1]:g}].",
+    ),
     kld_threshold: float = typer.Option(
-        0.01,
+        DEFAULT_KLD_THRESHOLD,
         "--kld-threshold",
-        help="Recommend the smallest t with KLD below this. 0.01 "
+        help=f"Recommend the smallest t with KLD below this. {DEFAULT_KLD_THRESHOLD} "
         "picks t=600 on the paper's A. thaliana curve (KLD 0.053 at 400, 0.004 at 600).",
     ),
     seed: Seed = 0,
@@ -51,7 +63,9 @@ def noise_analysis(
         help="A trained run (or bundled:NAME): use its intensity normalisation and also run "
         "the backward analysis (denoise from each t, score against the real image).",
     ),
-    steps: int = typer.Option(50, "--steps", help="Backward: sampler steps per t (fast)."),
+    steps: int = typer.Option(
+        DEFAULT_BACKWARD_STEPS, "--steps", help="Backward: sampler steps per t (fast)."
+    ),
     max_volumes: int = typer.Option(
         None, "--max-volumes", help="Backward/forward: only the first N volumes."
     ),
@@ -65,7 +79,9 @@ def noise_analysis(
         "(fewest phantom + vanished cells) among those with KLD <= --qc-max-kld.",
     ),
     qc_max_kld: float = typer.Option(
-        0.1, "--qc-max-kld", help="With --qc: the largest KLD a candidate t may have."
+        DEFAULT_QC_MAX_KLD,
+        "--qc-max-kld",
+        help="With --qc: the largest KLD a candidate t may have.",
     ),
     device: Device = "auto",
     out: Path = typer.Option(

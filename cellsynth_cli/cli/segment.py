@@ -26,6 +26,7 @@ from cellsynth_cli.cli.common import (
     progress_bar,
 )
 from cellsynth_cli.errors import InputError
+from cellsynth_cli.segment.config import TRAINING
 
 Mode = Annotated[
     str,
@@ -51,12 +52,14 @@ def train(
         ("--data",), "Images with masks, e.g. synthesize output.", workdir.SYNTH
     ) = None,
     out: path_option(("-o", "--out"), "Folder for the segmentation model.", workdir.SEG) = None,
-    epochs: int = typer.Option(100, "--epochs", help="Training epochs."),
+    epochs: int = typer.Option(TRAINING.epochs, "--epochs", help="Training epochs."),
     lr: float = typer.Option(
-        0.2, "--lr", help="SGD learning rate (momentum 0.9; cellpose's CLI default 0.2)."
+        TRAINING.learning_rate,
+        "--lr",
+        help=f"SGD learning rate (momentum 0.9; cellpose's CLI default {TRAINING.learning_rate}).",
     ),
-    bsize: int = typer.Option(224, "--bsize", help="Training crop size in pixels."),
-    batch: int = typer.Option(8, "--batch", help="Crops per step."),
+    bsize: int = typer.Option(TRAINING.bsize, "--bsize", help="Training crop size in pixels."),
+    batch: int = typer.Option(TRAINING.batch, "--batch", help="Crops per step."),
     images_per_epoch: int = typer.Option(
         None,
         "--images-per-epoch",
@@ -71,7 +74,7 @@ def train(
         help="Cell diameter in pixels; default the median of the masks (of the xy slices in 3D).",
     ),
     slices: str = typer.Option(
-        "all",
+        TRAINING.slices,
         "--slices",
         help="3D volumes: all = xy slices plus xz and yz slices resampled along z to isotropic "
         "voxels (Cellpose's recipe for its 3D mode; at most as many as xy slices per volume); "
@@ -88,10 +91,10 @@ def train(
         "--background-crops",
         help="With --background: at most this many squares (2.5 cell diameters a side, "
         "clear of any detected nucleus by a quarter diameter), farthest from nuclei first. "
-        "Default 4.",
+        f"Default {TRAINING.background_crops}.",
         show_default=False,
     ),
-    seed: Seed = 0,
+    seed: Seed = TRAINING.seed,
     device: Device = "auto",
     overwrite: Overwrite = False,
     json_out: JsonOut = False,

@@ -17,10 +17,10 @@ from cellsynth_cli.cli.common import (
     console,
     default_path,
     erase_on_error,
+    parse_sizes,
     path_option,
     print_json,
 )
-from cellsynth_cli.cli.train import parse_sizes
 from cellsynth_cli.diffusion import defaults
 from cellsynth_cli.errors import InputError
 

@@ -22,11 +22,15 @@ from cellsynth_cli.cli.common import (
     console,
     default_path,
     erase_on_error,
+    parse_sizes,
     path_option,
     print_json,
     sigterm_as_interrupt,
 )
+from cellsynth_cli.ddpm.config import DEFAULT_PATCH, TrainConfig
 from cellsynth_cli.errors import InputError
+
+DEFAULTS = TrainConfig  # its field defaults are the options' defaults
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -42,18 +46,8 @@ def parse_duration(text: str | None) -> float | None:
         raise InputError(f"--time-limit expects seconds or e.g. 15m / 2h, got {text!r}") from None
 
 
-def parse_sizes(text: str | None, option: str, minimum: int = 1) -> tuple[int, ...] | None:
-    """'256,256' -> (256, 256); every value >= minimum."""
-    if text is None:
-        return None
-    try:
-        sizes = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise InputError(f"{option} expects integers like 256,256, got {text!r}") from None
-    if not sizes or min(sizes) < minimum:
-        kind = "positive integers" if minimum == 1 else f"integers >= {minimum}"
-        raise InputError(f"{option} expects {kind}, got {text!r}")
-    return sizes
+def _sizes(sizes: tuple[int, ...]) -> str:
+    return ",".join(map(str, sizes))
 
 
 def train(
@@ -69,13 +63,18 @@ def train(
         None, "--dims", help="2 or 3; default the data's. --dims 2 on 3D data trains on z slices."
     ),
     patch: str = typer.Option(
-        None, "--patch", help="Patch size, default 256,256 (2D) or 32,128,128 (3D)."
+        None,
+        "--patch",
+        help=f"Patch size, default {_sizes(DEFAULT_PATCH[2])} (2D) or "
+        f"{_sizes(DEFAULT_PATCH[3])} (3D).",
     ),
-    steps: int = typer.Option(10_000, "--steps", help="Total optimisation steps."),
-    batch: int = typer.Option(4, "--batch", help="Patches per step."),
-    lr: float = typer.Option(2e-4, "--lr", help="AdamW learning rate (with a short warm-up)."),
-    seed: Seed = 0,
-    device: Device = "auto",
+    steps: int = typer.Option(DEFAULTS.steps, "--steps", help="Total optimisation steps."),
+    batch: int = typer.Option(DEFAULTS.batch, "--batch", help="Patches per step."),
+    lr: float = typer.Option(
+        DEFAULTS.lr, "--lr", help="AdamW learning rate (with a short warm-up)."
+    ),
+    seed: Seed = DEFAULTS.seed,
+    device: Device = DEFAULTS.device,
     channels: str = typer.Option(
         None, "--channels", help="UNet channels per level, e.g. 16,32,64,128 (default: built in)."
     ),
@@ -84,9 +83,11 @@ def train(
         "--time-limit",
         help="Stop cleanly after this long (e.g. 600, 10m, 2h), checkpointing.",
     ),
-    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Steps between saves."),
+    checkpoint_every: int = typer.Option(
+        DEFAULTS.checkpoint_every, "--checkpoint-every", help="Steps between saves."
+    ),
     condition: str = typer.Option(
-        "none",
+        DEFAULTS.condition,
         "--condition",
         help="none: the paper's unconditional DDPM (synthesis follows a sketch only through "
         "t_start). pseudo-sketch: the network also sees a sketch of each training image, made "
@@ -95,7 +96,7 @@ def train(
         "simulated sketch at every step.",
     ),
     condition_dropout: float = typer.Option(
-        0.1,
+        DEFAULTS.condition_dropout,
         "--condition-dropout",
         help="With --condition: the share of training patches whose sketch is hidden, so the "
         "model also learns the unconditional prediction (needed for synthesize --guidance).",
@@ -126,7 +127,6 @@ def train(
     """
     import torch
 
-    from cellsynth_cli.ddpm.train import DEFAULT_PATCH, TrainConfig
     from cellsynth_cli.ddpm.train import train as run_training
     from cellsynth_cli.diffusion.unet import default_config
     from cellsynth_cli.runtime import distributed

@@ -19,6 +19,15 @@ import numpy as np
 import torch
 
 from cellsynth_cli import io
+from cellsynth_cli.ddpm.noise_defaults import (
+    DEFAULT_BACKWARD_STEPS,
+    DEFAULT_BINS,
+    DEFAULT_KLD_THRESHOLD,
+    DEFAULT_QC_MAX_KLD,
+    DEFAULT_SIMULATED_SKETCHES,
+    DEFAULT_TIMESTEPS,
+    HIST_RANGE,
+)
 from cellsynth_cli.diffusion.process import q_sample
 from cellsynth_cli.diffusion.schedule import cosine_schedule
 from cellsynth_cli.errors import InputError
@@ -32,17 +41,6 @@ from cellsynth_cli.measure.metrics import (
     ssim,
 )
 
-DEFAULT_TIMESTEPS = tuple(range(0, 1001, 100))
-# Fixed bin range for every t: x_0 lies in [-1, 1] and x_t = sqrt(ab) x_0 + sqrt(1-ab) eps
-# stays within +-5 with overwhelming probability; outliers are clipped into the end bins.
-HIST_RANGE = (-5.0, 5.0)
-# The paper's A. thaliana curve: KLD 0.053 at t=400, 0.004 at t=600; it chose t_start=600.
-# 0.01 picks 600 on that curve: the first t where the sketches' noised histogram is
-# practically that of the real images.
-DEFAULT_KLD_THRESHOLD = 0.01
-# QC-aware choice: t whose KLD is at most this are realistic enough to compete on how many
-# cells they keep (0.1: t=400 on the paper's A. thaliana curve, 0.053, qualifies).
-DEFAULT_QC_MAX_KLD = 0.1
 # backward analysis: each metric of the result denoised from the real image and the sketch
 BACKWARD_SCORES = tuple(
     f"{start}_{m}" for start in ("real", "sketch") for m in ("psnr", "ssim", "mae")
@@ -111,10 +109,6 @@ def paired_volumes(images: Path, sketches: Path | None) -> list[tuple[io.Volume,
             raise InputError(f"{name}: image {r.image.shape} and sketch {s.sketch.shape} differ")
         pairs.append((r, s))
     return pairs
-
-
-# label-free: sketches simulated from a preset fitted to the images, when none are given
-DEFAULT_SIMULATED_SKETCHES = 4
 
 
 def _pairs_or_none(images: Path, sketches: Path | None) -> list[tuple[io.Volume, io.Volume]] | None:
@@ -215,11 +209,11 @@ def noise_analysis(
     images: Path,
     sketches: Path | None,
     timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
-    bins: int = 256,
+    bins: int = DEFAULT_BINS,
     kld_threshold: float = DEFAULT_KLD_THRESHOLD,
     seed: int = 0,
     model_run: Path | None = None,
-    backward_steps: int | None = 50,
+    backward_steps: int | None = DEFAULT_BACKWARD_STEPS,
     max_volumes: int | None = None,
     crop: tuple[int, ...] | None = None,
     device: str = "auto",

@@ -20,7 +20,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import torch
 
 from cellsynth_cli import io
 from cellsynth_cli.ddpm.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
+from cellsynth_cli.ddpm.config import TrainConfig
 from cellsynth_cli.ddpm.patches import PatchSampler
 from cellsynth_cli.ddpm.pseudo_sketch import pseudo_sketch
 from cellsynth_cli.diffusion.conditioning import CONDITIONS, is_conditional
@@ -39,34 +40,7 @@ from cellsynth_cli.io.intensity import robust_range, to_unit, unit_to_model
 from cellsynth_cli.runtime import distributed
 from cellsynth_cli.runtime.device import pick_device
 
-DEFAULT_PATCH = {2: (256, 256), 3: (32, 128, 128)}
 LOSS_LOG = "loss.csv"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    data: str
-    dims: int
-    patch: tuple[int, ...]
-    steps: int = 10_000
-    batch: int = 4
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    warmup: int = 100  # linear learning-rate warm-up steps
-    seed: int = 0
-    schedule: str = "cosine"
-    T: int = 1000  # noqa: N815 - the paper's name
-    checkpoint_every: int = 500
-    channels: tuple[int, ...] | None = None  # None: the UNet's defaults for `dims`
-    device: str = "auto"
-    condition: str = "none"  # "pseudo-sketch": conditioned on sketches (conditioning.py)
-    condition_dropout: float = 0.1  # classifier-free guidance: P(sketch replaced by null)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 @dataclass

@@ -14,8 +14,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from cellsynth_cli.ddpm.config import TrainConfig
+from cellsynth_cli.ddpm.noise_defaults import DEFAULT_KLD_THRESHOLD, DEFAULT_SIMULATED_SKETCHES
 from cellsynth_cli.diffusion import defaults
 from cellsynth_cli.errors import InputError
+from cellsynth_cli.segment.config import TRAINING
 from cellsynth_cli.simulate.config import toml_value
 
 
@@ -34,10 +37,10 @@ class TrainSection:
     patch: int = 128  # in-plane patch side (z: up to 16 slices), shrunk to fit the images
     lr: float = 5e-4
     condition: str = "pseudo-sketch"  # none: the paper's unconditional DDPM
-    condition_dropout: float = 0.1
+    condition_dropout: float = TrainConfig.condition_dropout
     channels: list[int] = field(default_factory=list)  # empty: the UNet's defaults
-    checkpoint_every: int = 500
-    seed: int = 0
+    checkpoint_every: int = TrainConfig.checkpoint_every
+    seed: int = TrainConfig.seed
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,8 @@ class TStartSection:
     # no pairing, so no labels); T; fixed: `value`
     rule: str = "auto"
     value: int = 600
-    kld_threshold: float = 0.01
-    sketches: int = 4  # simulated sketches compared with the real images
+    kld_threshold: float = DEFAULT_KLD_THRESHOLD
+    sketches: int = DEFAULT_SIMULATED_SKETCHES  # simulated, compared with the real images
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,9 @@ class SegmentSection:
     epochs: int = 300
     images_per_epoch: int = 16
     bsize: int = 128
-    learning_rate: float = 0.2
-    background_crops: int = 4  # nucleus-free squares of the real images, as empty images
-    seed: int = 0
+    learning_rate: float = TRAINING.learning_rate
+    background_crops: int = TRAINING.background_crops  # nucleus-free real squares, no cells
+    seed: int = TRAINING.seed
 
 
 @dataclass(frozen=True)

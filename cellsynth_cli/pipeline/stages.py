@@ -72,7 +72,8 @@ def fit(ctx: Context) -> dict:
 
 
 def train(ctx: Context) -> dict:
-    from cellsynth_cli.ddpm.train import TrainConfig, load_training_images
+    from cellsynth_cli.ddpm.config import TrainConfig
+    from cellsynth_cli.ddpm.train import load_training_images
     from cellsynth_cli.ddpm.train import train as train_ddpm
 
     section = ctx.recipe.train

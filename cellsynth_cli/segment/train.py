@@ -15,6 +15,7 @@ import numpy as np
 from cellsynth_cli import io
 from cellsynth_cli.errors import InputError, check_choice
 from cellsynth_cli.segment.cellpose_compat import EpochLog, cellpose_modules, empty_masks_allowed
+from cellsynth_cli.segment.config import TRAINING
 from cellsynth_cli.segment.model import CONFIG_FILE, DIAM_MEAN, MODEL_FILE, use_gpu
 from cellsynth_cli.segment.slices import SLICES, median_diameter, training_slices
 
@@ -22,19 +23,19 @@ from cellsynth_cli.segment.slices import SLICES, median_diameter, training_slice
 def train_segmenter(
     data: Path,
     out: Path,
-    epochs: int = 100,
-    learning_rate: float = 0.2,
-    bsize: int = 224,
-    batch: int = 8,
+    epochs: int = TRAINING.epochs,
+    learning_rate: float = TRAINING.learning_rate,
+    bsize: int = TRAINING.bsize,
+    batch: int = TRAINING.batch,
     images_per_epoch: int | None = None,
     diameter: float | None = None,
-    slices: str = "all",
+    slices: str = TRAINING.slices,
     overwrite: bool = False,
-    seed: int = 0,
+    seed: int = TRAINING.seed,
     device: str = "auto",
     on_epoch: Callable[[int, float], None] | None = None,
     background: Path | None = None,
-    n_background_crops: int = 4,
+    n_background_crops: int = TRAINING.background_crops,
 ) -> dict:
     """Train Cellpose from scratch on DATA's images + masks; the model goes to OUT.
 

@@ -1,0 +1,23 @@
+"""How `segment train` trains Cellpose: the one place its defaults are written.
+
+cellpose- and torch-free, so the CLI reads its option defaults from here at start-up and the
+pipeline's recipe starts from the same values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SegmenterTraining:
+    epochs: int = 100
+    learning_rate: float = 0.2  # SGD with momentum 0.9: cellpose's own CLI default
+    bsize: int = 224  # training crop side in pixels
+    batch: int = 8  # crops per step
+    slices: str = "all"  # 3D: xy + resampled xz / yz slices ("xy": xy slices only)
+    background_crops: int = 4  # with --background: nucleus-free squares of real images
+    seed: int = 0
+
+
+TRAINING = SegmenterTraining()
