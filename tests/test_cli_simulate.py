@@ -217,3 +217,26 @@ def test_available_memory_and_its_wording():
     assert memory.format_bytes(1536) == "1.5 KiB"
     assert memory.format_bytes(17 * 200_000**2) == "633 GiB"
     assert memory.format_bytes(2.5 * 2**40) == "2.5 TiB"
+
+
+def test_fit_and_from_labels_are_subcommands_with_their_own_help():
+    """`simulate fit --help` is fit's help (not simulate's); `simulate hela --help` the preset's;
+    the group's help lists both subcommands and says how a preset is named."""
+    fit_help = run_cellsynth("simulate", "fit", "--help")
+    assert fit_help.returncode == 0 and "--spread" in fit_help.stdout
+    options = re.findall(r"^\s*│\s+(-[-\w]+)", fit_help.stdout, re.M)
+    assert "--data" in options and "--shape" not in options and "-n" not in options
+    labels_help = run("simulate", "from-labels", "--help")
+    assert labels_help.exit_code == 0 and "--spread" not in labels_help.output
+    preset_help = run("simulate", "hela", "--help")
+    assert "simulate [OPTIONS] {PRESET}" in preset_help.output and "--shape" in preset_help.output
+    group_help = run("simulate", "--help")
+    assert "from-labels" in group_help.output and "fit" in group_help.output
+    assert "PRESET" in group_help.output
+
+
+def test_options_before_the_preset_and_a_sibling_option_named(tmp_path):
+    result = run("simulate", "-n", 1, "hela", "-o", tmp_path / "s", *HELA_SMALL)
+    assert result.exit_code == 0, result.output
+    misplaced = run("simulate", "from-labels", "--shape", "5,5")
+    assert misplaced.exit_code == 2 and "--shape is for `simulate PRESET`" in misplaced.output

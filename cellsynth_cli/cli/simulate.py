@@ -1,14 +1,17 @@
-"""`cellsynth simulate`: sketches + instance masks from a preset, or from real annotations."""
+"""`cellsynth simulate`: sketches + instance masks from a preset (`simulate PRESET`), a preset
+fitted to real images (`simulate fit`), or sketches of real annotations (`simulate from-labels`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from cellsynth_cli import workdir
 from cellsynth_cli.cli.common import (
     CellsynthCommand,
+    CellsynthGroup,
     Cluster,
     JsonOut,
     Overwrite,
@@ -22,27 +25,80 @@ from cellsynth_cli.cli.common import (
 )
 from cellsynth_cli.errors import InputError
 
-FROM_LABELS = "from-labels"
-FIT = "fit"
+PRESET_COMMAND = "preset"  # hidden: `simulate PRESET ...` runs it
 GENERIC = "nuclei"  # the one bundled preset that is 2D or 3D by --shape
 
 
+class SimulateGroup(CellsynthGroup):
+    """`simulate fit` and `simulate from-labels` are subcommands; anything else names a preset
+    (`simulate hela -n 8`, `simulate mine.toml -n 50`) and runs the hidden preset command."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = [PRESET_COMMAND, *args]
+        return super().parse_args(ctx, args)
+
+    def get_usage(self, ctx: Any) -> str:
+        return f"Usage: {ctx.command_path} [OPTIONS] (PRESET | fit | from-labels) ..."
+
+
+class _PresetContext(CellsynthCommand.context_class):
+    """The preset command is typed without its name: its path is the group's, so help and
+    usage errors say `cellsynth simulate [OPTIONS] PRESET` and `cellsynth simulate --help`."""
+
+    @property
+    def command_path(self) -> str:
+        return self.parent.command_path if self.parent else super().command_path
+
+
+class SiblingOptionCommand(CellsynthCommand):
+    """An option of a sibling subcommand given here names the subcommand it belongs to."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as exc:
+            option = getattr(exc, "option_name", None)
+            owner = _sibling_with_option(ctx, option) if option else None
+            if owner is None:
+                raise
+            raise InputError(f"{option} is for `simulate {owner}`") from None
+
+
+def _sibling_with_option(ctx: Any, option: str) -> str | None:
+    group = ctx.parent.command if ctx.parent else None
+    for name, command in getattr(group, "commands", {}).items():
+        if command is not ctx.command and any(option in p.opts for p in command.params):
+            return "PRESET" if name == PRESET_COMMAND else name
+    return None
+
+
+simulate_app = typer.Typer(
+    cls=SimulateGroup,
+    help="Simulate instance masks and sketches (the intensity layout the DDPM turns into "
+    "images).\n\n"
+    "`cellsynth simulate PRESET -n N` simulates from a preset (nuclei, arabidopsis, celegans, "
+    "tribolium, mouse-stem, hela, or a preset .toml file; `cellsynth simulate hela --help` "
+    "for its options); `simulate fit` estimates a preset from your unannotated images; "
+    "`simulate from-labels` makes sketches of real annotations.",
+)
+
+
+class PresetCommand(SiblingOptionCommand):
+    context_class = _PresetContext
+
+
+@simulate_app.command(PRESET_COMMAND, cls=PresetCommand, hidden=True)
 def simulate(
     preset: str = typer.Argument(
         ...,
-        help="A preset (nuclei, arabidopsis, celegans, tribolium, mouse-stem, hela), the path "
-        "of a preset .toml file, 'fit' to estimate a preset from the real images in --data, "
-        "or 'from-labels' to make sketches from real annotations given with --data.",
+        help="A preset (nuclei, arabidopsis, celegans, tribolium, mouse-stem, hela) or the path "
+        "of a preset .toml file (e.g. one `simulate fit` wrote).",
         show_default=False,
         metavar="PRESET",
     ),
     n: int = typer.Option(None, "-n", "--n", help="Number of volumes to simulate."),
-    out: path_option(
-        ("-o", "--out"),
-        "Output directory of NAME.zarr volumes. Default: sim/ (sketches/ for from-labels) in "
-        "the working directory. For fit: the preset file to write (default "
-        "fit-DATA.toml), with a picture of the detections beside it (.png).",
-    ) = None,
+    out: path_option(("-o", "--out"), "Output directory of NAME.zarr volumes.", workdir.SIM) = None,
     seed: Seed = 0,
     shape: str = typer.Option(
         None, "--shape", help="Volume size Z,Y,X (or Y,X for 2D presets); default the paper's."
@@ -59,25 +115,12 @@ def simulate(
     preview: bool = typer.Option(
         False, "--preview", help="Also write NAME_preview.png (middle slice / max projection)."
     ),
-    data: path_option(
-        ("--data",),
-        "fit: real images (no masks needed). from-labels: real images with masks (zarr or "
-        "NAME.tif + NAME_masks.tif).",
-        workdir.REAL,
-    ) = None,
     show_config: bool = typer.Option(
         False, "--show-config", help="Print the resolved configuration and exit."
     ),
-    spread: str = typer.Option(
-        "central",
-        "--spread",
-        help="fit: 'central' ranges span the usual nucleus (20-80 % of the detected sizes, "
-        "10-90 % of brightness and aspect); 'wide' ones 2-98 % of each, so rare small, large, "
-        "dim and bright nuclei are simulated too.",
-    ),
     json_out: JsonOut = False,
 ) -> None:
-    """Simulate instance masks and sketches (the intensity layout the DDPM turns into images).
+    """Simulate N volumes from a preset.
 
     Volume i of a run always gets the same random numbers (from --seed and i), so --resume
     after an interruption, or -n 100 after -n 50 with --resume, gives the same data as one run.
@@ -87,56 +130,10 @@ def simulate(
         cellsynth simulate celegans -n 50                # into sim/
         cellsynth simulate celegans -n 50 --cluster local:4   # 4 worker processes
         cellsynth simulate hela -n 8 --shape 256,256 --set n_cells=20,40
-        cellsynth simulate fit --data real/ -o mine.toml  # a preset from your images
-        cellsynth simulate fit --data real/ -o mine.toml --spread wide  # rare nuclei too
-        cellsynth simulate mine.toml -n 50
-        cellsynth simulate from-labels --data real/ -o sketches/
-
-    `fit` finds the nuclei in your unannotated images (a LoG blob detector, or a watershed for
-    large textured nuclei) and writes a preset for the generic `nuclei` simulator: radius,
-    aspect ratio, z extent, count per image, brightness on the sketch scale, foreground,
-    shape and voxel size. Check its picture before simulating from it.
+        cellsynth simulate mine.toml -n 50               # a preset `simulate fit` wrote
     """
     from cellsynth_cli.simulate import dataset as lib
     from cellsynth_cli.simulate.config import load_preset, parse_overrides, parse_shape, replace
-
-    if preset == FIT:
-        ignored = [
-            flag
-            for flag, given in (
-                ("-n", n is not None),
-                ("--shape", shape is not None),
-                ("--set", bool(settings)),
-                ("--resume", resume),
-                ("--preview", preview),
-                ("--show-config", show_config),
-            )
-            if given
-        ]
-        if ignored:
-            raise InputError(
-                f"simulate fit writes a preset and takes --data, -o, --overwrite and --json; "
-                f"not {', '.join(ignored)} (use them when simulating from the preset)"
-            )
-        _fit(data, out, overwrite, json_out, spread)
-        return
-    if spread != "central":
-        raise InputError("--spread is for `simulate fit` (it sets the ranges of the fitted preset)")
-    if preset == FROM_LABELS:
-        data = default_path(data, workdir.REAL, "--data", must_exist=True)
-        out = default_path(out, workdir.SKETCHES, "-o", must_exist=False)
-        with progress_bar(quiet=json_out) as bar:
-            task = bar.add_task("sketches from labels", total=None, status="")
-            results = lib.sketches_from_real(
-                data,
-                out,
-                overwrite=overwrite,
-                resume=resume,
-                preview=preview,
-                on_volume=lambda name: bar.update(task, advance=1, status=name),
-            )
-        _report(results, out, json_out)
-        return
 
     if workers is not None:
         if cluster is not None:
@@ -172,6 +169,79 @@ def simulate(
             overwrite=overwrite,
             resume=resume,
             cluster=cluster,
+            preview=preview,
+            on_volume=lambda name: bar.update(task, advance=1, status=name),
+        )
+    _report(results, out, json_out)
+
+
+@simulate_app.command("fit", cls=SiblingOptionCommand)
+def fit(
+    data: path_option(("--data",), "Real images (no masks needed).", workdir.REAL) = None,
+    out: path_option(
+        ("-o", "--out"),
+        "The preset file to write (default fit-DATA.toml), with a picture of the detections "
+        "beside it (.png).",
+    ) = None,
+    spread: str = typer.Option(
+        "central",
+        "--spread",
+        help="'central' ranges span the usual nucleus (20-80 % of the detected sizes, "
+        "10-90 % of brightness and aspect); 'wide' ones 2-98 % of each, so rare small, large, "
+        "dim and bright nuclei are simulated too.",
+    ),
+    overwrite: Overwrite = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Estimate a preset for the generic `nuclei` simulator from your unannotated images.
+
+    It finds the nuclei (a LoG blob detector, or a watershed for large textured nuclei) and
+    writes radius, aspect ratio, z extent, count per image, brightness on the sketch scale,
+    foreground, shape and voxel size. Check its picture before simulating from it.
+
+    Examples:
+
+        cellsynth simulate fit --data real/ -o mine.toml
+        cellsynth simulate fit --data real/ -o mine.toml --spread wide  # rare nuclei too
+        cellsynth simulate mine.toml -n 50
+    """
+    _fit(data, out, overwrite, json_out, spread)
+
+
+@simulate_app.command("from-labels", cls=SiblingOptionCommand)
+def from_labels(
+    data: path_option(
+        ("--data",),
+        "Real images with masks (zarr, or NAME.tif + NAME_masks.tif).",
+        workdir.REAL,
+    ) = None,
+    out: path_option(
+        ("-o", "--out"), "Output directory of NAME.zarr sketches.", workdir.SKETCHES
+    ) = None,
+    overwrite: Overwrite = False,
+    resume: Resume = False,
+    preview: bool = typer.Option(
+        False, "--preview", help="Also write NAME_preview.png (middle slice / max projection)."
+    ),
+    json_out: JsonOut = False,
+) -> None:
+    """Sketches of real annotations: each cell filled with its mean intensity, masks kept.
+
+    Example:
+
+        cellsynth simulate from-labels --data real/ -o sketches/
+    """
+    from cellsynth_cli.simulate import dataset as lib
+
+    data = default_path(data, workdir.REAL, "--data", must_exist=True)
+    out = default_path(out, workdir.SKETCHES, "-o", must_exist=False)
+    with progress_bar(quiet=json_out) as bar:
+        task = bar.add_task("sketches from labels", total=None, status="")
+        results = lib.sketches_from_real(
+            data,
+            out,
+            overwrite=overwrite,
+            resume=resume,
             preview=preview,
             on_volume=lambda name: bar.update(task, advance=1, status=name),
         )
@@ -242,4 +312,4 @@ def _report(results: list[dict], out: Path, json_out: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("simulate", cls=CellsynthCommand)(simulate)
+    app.add_typer(simulate_app, name="simulate")
