@@ -10,7 +10,7 @@ TORCH_SPEC     ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS    ?=
 
-.PHONY: install demo demo-full bundled-model test test-fast bench bench-gpu lint experiment experiment-3d study clean
+.PHONY: install demo demo-full bundled-model test test-fast bench bench-gpu lint docs experiment experiment-3d study clean
 
 install: $(STAMP)
 
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	@if $(PY) -c "import torch" >/dev/null 2>&1; then \
 	  echo "torch $$($(PY) -c 'import torch; print(torch.__version__)') already installed: left alone"; \
 	else $(PY) -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"; fi
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,docs]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -53,8 +53,12 @@ bench-gpu: $(STAMP)
 	$(PY) bench/bench_gpu.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check cellsynth_cli tests bench scripts
-	$(VENV)/bin/ruff format --check cellsynth_cli tests bench scripts
+	$(VENV)/bin/ruff check cellsynth_cli tests bench scripts docs/hooks
+	$(VENV)/bin/ruff format --check cellsynth_cli tests bench scripts docs/hooks
+
+# the documentation site (mkdocs-material) in site/; --strict: a broken link fails the build
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # `cellsynth pipeline` on the bundled image's left half against a real-label baseline, scored on
 # the held-back right half (scripts/experiment.py). The recipe's defaults are the study's best
@@ -75,4 +79,4 @@ study: $(STAMP)
 	$(PY) scripts/study.py $(STUDY_ARGS)
 
 clean:
-	rm -rf $(VENV) demo_out demo_full_out bundled_build experiment_out experiment_3d_out experiment_study .pytest_cache
+	rm -rf $(VENV) site demo_out demo_full_out bundled_build experiment_out experiment_3d_out experiment_study .pytest_cache

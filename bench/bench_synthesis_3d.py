@@ -11,7 +11,7 @@ z kept at the first level).
 Each configuration runs in its own process (peak RSS = that process's maximum resident
 memory, sketch and network included) and times a few reverse steps of `synthesize_volume`
 at the default plan (tiles, overlap, precision) or a given tile budget; the median step is
-reported and scaled to a volume: 50 steps (respaced DDPM, the README's setting) and 20 steps
+reported and scaled to a volume: 50 steps (respaced DDPM, the 2D default) and 20 steps
 (dpm++2m). Every sampler costs one network evaluation per step, so per-step time is
 sampler-independent.
 

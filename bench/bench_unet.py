@@ -40,7 +40,6 @@ from cellsynth_cli.diffusion.unet import (  # noqa: E402
     UNet,
     default_config,
     tune_cpu_allocator,
-    voxel_shuffle,
 )
 
 # Batch sizes typical for tiled sampling: a few tiles of the paper's patch size per call.
@@ -51,6 +50,16 @@ TILE_3D = (1, 2, 40, 192, 264)
 
 
 # --------------------------------------------------------------------- reference-like UNet
+def voxel_shuffle(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Standalone 3D pixel shuffle (PyTorch's channel order c, r_d, r_h, r_w):
+    [B, C*r^3, D, H, W] -> [B, C, D*r, H*r, W*r]."""
+    b, c, d, h, w = x.shape
+    co = c // r**3
+    x = x.reshape(b, co, r, r, r, d, h, w)
+    x = x.permute(0, 1, 5, 2, 6, 3, 7, 4)
+    return x.reshape(b, co, d * r, h * r, w * r)
+
+
 class _Sinusoidal(nn.Module):
     def __init__(self, dim: int):
         super().__init__()

@@ -1,4 +1,5 @@
-"""The conventional project directory, so short commands chain without paths (DESIGN §8).
+"""The conventional project directory, so short commands chain without paths
+(docs/method.md, The working directory).
 
     real/          the user's real images (zarr or NAME.tif + NAME_masks.tif)
     sim/           `simulate` output (sketches + masks)

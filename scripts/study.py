@@ -244,10 +244,10 @@ def ratio_table(real: dict) -> str:
 
 
 def strict_losses(run: Path, arm: str) -> dict:
-    """matching.strict_iou_losses of one run's predictions (arm: pipeline/pred-score or
+    """error_analysis.strict_iou_losses of one run's predictions (arm: pipeline/pred-score or
     pred_real) on the held-back half, summed over its volumes."""
     from cellsynth_cli import io
-    from cellsynth_cli.measure.matching import background_detections, strict_iou_losses
+    from cellsynth_cli.measure.error_analysis import background_detections, strict_iou_losses
 
     truth = {v.name: v.masks for v in io.read_volumes(run / "real_test")}
     found = [

@@ -198,7 +198,7 @@ def test_tiny_cellpose_trains_from_scratch_and_predicts(tmp_path):
 
 
 def test_strict_iou_losses_name_loose_merged_and_oversized_cells():
-    from cellsynth_cli.measure.matching import strict_iou_losses
+    from cellsynth_cli.measure.error_analysis import strict_iou_losses
 
     ref = np.zeros((40, 60), np.uint16)
     ref[5:15, 5:15] = 1  # found exactly
@@ -218,7 +218,7 @@ def test_strict_iou_losses_name_loose_merged_and_oversized_cells():
 
 
 def test_background_detections_count_predictions_mostly_off_every_cell():
-    from cellsynth_cli.measure.matching import background_detections
+    from cellsynth_cli.measure.error_analysis import background_detections
 
     ref = np.zeros((40, 60), np.uint16)
     ref[5:15, 5:15] = 1

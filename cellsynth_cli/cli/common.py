@@ -113,7 +113,7 @@ Seed = Annotated[
 
 
 def path_option(flags: tuple[str, ...], what: str, default: str | None = None) -> Any:
-    """A path option whose default is a directory of the working directory (DESIGN §8)."""
+    """A path option whose default is a folder of the project directory (docs/method.md)."""
     note = f" Default: {default}/ in the working directory." if default else ""
     return Annotated[Path | None, typer.Option(*flags, help=f"{what}{note}", show_default=False)]
 

@@ -91,7 +91,7 @@ def pipeline(
     A rerun skips every stage whose settings and inputs are unchanged, continues a stage cut
     short (Ctrl-C, a crash, a kill) where it stopped, and after a changed setting reruns that
     stage and the ones that depend on it. The recipe (PROJECT/pipeline.toml) holds the budget
-    and your changes; the defaults are the best row of the study in the README.
+    and your changes; the defaults are the best row of the 2D study (docs/study_2d.md).
 
     Examples:
 

@@ -67,7 +67,7 @@ def synthesize(
         "--sampler",
         help="auto: "
         + ", ".join(f"{s} for a {d}D model" for d, s in defaults.AUTO_SAMPLER.items())
-        + " (measured: README, Benchmarks). ddpm: stochastic, the paper's reverse step "
+        + " (measured: docs/benchmarks.md). ddpm: stochastic, the paper's reverse step "
         "(respaced when --steps < t_start). ddim: deterministic DDIM (eta=0), good at few steps. "
         "dpm++2m: DPM-Solver++(2M), a deterministic second-order solver of the same ODE as "
         "ddim. dpm++2m-sde: its stochastic (SDE) variant, the second-order counterpart of "
@@ -104,7 +104,7 @@ def synthesize(
         "--guidance",
         help="Conditional models (train --condition pseudo-sketch) only: classifier-free "
         "guidance weight w, eps = eps_uncond + w (eps_cond - eps_uncond). Default "
-        f"{defaults.GUIDANCE:g} (the study in the README: far better segmenters than 1); 1: "
+        f"{defaults.GUIDANCE:g} (the 2D study, docs/study_2d.md: far better segmenters than 1); 1: "
         "follow the sketch as trained (one network call per step, not two); 0: ignore it.",
         show_default=False,
     ),

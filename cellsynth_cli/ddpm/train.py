@@ -201,36 +201,46 @@ def train(
     on_checkpoint(step) is called after every checkpoint is on disk (also the one written
     when training is interrupted).
     """
-    from cellsynth_cli.diffusion.unet import (
-        UNet,
-        UNetConfig,
-        anisotropic_factors,
-        default_config,
-        tune_cpu_allocator,
+    run = Path(run)
+    state = _state_to_resume(run, resume, overwrite)
+    if state is not None:
+        config = _resumed_config(config, state)
+    _check_config(config)
+    loop = TrainLoop(config, run, state)
+    loop.write_run_files(resume)
+    return loop.run_loop(time_limit, on_step, on_checkpoint)
+
+
+def _state_to_resume(run: Path, resume: bool, overwrite: bool) -> dict | None:
+    """The checkpoint to continue from (resume), None for a new run; a trained run is not
+    replaced without overwrite."""
+    if not resume:
+        if (run / CHECKPOINT_NAME).exists() and not overwrite:
+            raise InputError(f"{run} already holds a trained model; pass --resume or --overwrite")
+        return None
+    state = read_checkpoint(run)
+    if "optimizer" not in state or "model" not in state:
+        raise InputError(
+            f"{run} holds weights only (a bundled or exported model): it cannot be resumed"
+        )
+    return state
+
+
+def _resumed_config(config: TrainConfig, state: dict) -> TrainConfig:
+    """A resumed run keeps its configuration; only the step budget (and device) may change."""
+    saved = dict(state["config"])
+    return TrainConfig(
+        **{
+            **saved,
+            "steps": config.steps,
+            "device": config.device,
+            "patch": tuple(saved["patch"]),
+            "channels": tuple(saved["channels"]) if saved["channels"] else None,
+        }
     )
 
-    run = Path(run)
-    ckpt = run / CHECKPOINT_NAME
-    state = None
-    if resume:
-        state = read_checkpoint(run)
-        if "optimizer" not in state or "model" not in state:
-            raise InputError(
-                f"{run} holds weights only (a bundled or exported model): it cannot be resumed"
-            )
-        saved = dict(state["config"])
-        # a resumed run keeps its configuration; only the step budget may grow
-        config = TrainConfig(
-            **{
-                **saved,
-                "steps": config.steps,
-                "device": config.device,
-                "patch": tuple(saved["patch"]),
-                "channels": tuple(saved["channels"]) if saved["channels"] else None,
-            }
-        )
-    elif ckpt.exists() and not overwrite:
-        raise InputError(f"{run} already holds a trained model; pass --resume or --overwrite")
+
+def _check_config(config: TrainConfig) -> None:
     if config.steps < 1 or config.batch < 1 or config.lr <= 0:
         raise InputError("--steps and --batch must be >= 1 and --lr > 0")
     if config.condition not in CONDITIONS:
@@ -239,172 +249,254 @@ def train(
         )
     if not 0.0 <= config.condition_dropout < 1.0:
         raise InputError(f"--condition-dropout must be in [0, 1), got {config.condition_dropout}")
-    ranks, device = distributed.setup(pick_device(config.device))
-    if device.type == "cpu":
-        tune_cpu_allocator()  # keeps big feature maps resident: ~1.5x faster steps on CPU
 
-    found = load_training_images(Path(config.data), config.dims)
-    images, dims = found.images, found.dims
-    if state is not None:
-        norm = state["normalization"]
-        lo, hi = norm["low"], norm["high"]
-    else:
-        lo, hi = robust_range(images)
-        norm = {"low": lo, "high": hi, "method": "percentiles 1.0 / 99.8 of the training data"}
-    model_images = [unit_to_model(to_unit(im, lo, hi)) for im in images]
-    conditions, pseudo = None, None
-    if is_conditional(config.to_dict()):
-        pseudo = [pseudo_sketch(im, lo, hi, found.voxel_size) for im in images]
-        conditions = [unit_to_model(sketch) for sketch, _ in pseudo]
 
-    if state is not None:
-        unet_config = UNetConfig.from_dict(state["unet"])
-    else:
-        # z is not down-sampled while it is coarser than y/x (checkpoint says so)
-        voxel_size = found.voxel_size if dims == 3 else None
-        unet_config = default_config(dims, voxel_size)
-        if conditions is not None:  # the sketch is a second input channel
-            unet_config = UNetConfig.from_dict({**unet_config.to_dict(), "in_channels": 2})
-        if config.channels:
-            unet_config = UNetConfig.from_dict(
-                {
-                    **unet_config.to_dict(),
-                    "channels": list(config.channels),
-                    "down_factors": anisotropic_factors(len(config.channels), voxel_size),
-                }
-            )
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG untouched
-        torch.manual_seed(config.seed)
-        model = UNet(unet_config).to(device)
-    multiples = model.multiples
-    if len(config.patch) != dims or any(
-        p % m for p, m in zip(config.patch, multiples, strict=True)
-    ):
-        raise InputError(f"--patch {config.patch} must have {dims} sizes, multiples of {multiples}")
-    check_patch_fits(found, config.patch, multiples, config.data)
-    ema = copy.deepcopy(model).eval()
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    generator = torch.Generator().manual_seed(distributed.rank_seed(config.seed, ranks.rank))
-    step = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        generator.set_state(_rank_generator_state(state, ranks, config.seed, step))
-    network = distributed.wrap(model, ranks, device)  # DDP under torchrun, else the model
+def _unet_config(config: TrainConfig, found: TrainingImages, conditional: bool) -> Any:
+    """The network of a new run: the default for the data (z is not down-sampled while it is
+    coarser than y/x), a sketch input channel when conditional, --channels if given."""
+    from cellsynth_cli.diffusion.unet import UNetConfig, anisotropic_factors, default_config
 
-    sampler = PatchSampler(model_images, config.patch, dims, conditions)
-    schedule = make_schedule(config.schedule, config.T)
-    if ranks.main:
+    voxel_size = found.voxel_size if found.dims == 3 else None
+    unet_config = default_config(found.dims, voxel_size)
+    if conditional:  # the sketch is a second input channel
+        unet_config = UNetConfig.from_dict({**unet_config.to_dict(), "in_channels": 2})
+    if config.channels:
+        unet_config = UNetConfig.from_dict(
+            {
+                **unet_config.to_dict(),
+                "channels": list(config.channels),
+                "down_factors": anisotropic_factors(len(config.channels), voxel_size),
+            }
+        )
+    return unet_config
+
+
+class TrainLoop:
+    """One training run: data, network, EMA, optimizer and generator, built (or restored from
+    a checkpoint) in __init__; run_step / save / run_loop do the work (improved-diffusion's
+    TrainLoop). Under torchrun every rank builds one; rank 0 alone writes."""
+
+    def __init__(self, config: TrainConfig, run: Path, state: dict | None) -> None:
+        from cellsynth_cli.diffusion.unet import UNet, UNetConfig, tune_cpu_allocator
+
+        self.config, self.run, self.step = config, run, 0
+        self.ranks, self.device = distributed.setup(pick_device(config.device))
+        if self.device.type == "cpu":
+            tune_cpu_allocator()  # keeps big feature maps resident: ~1.5x faster steps on CPU
+        self._load_data(state)
+        if state is not None:
+            self.unet_config = UNetConfig.from_dict(state["unet"])
+        else:
+            self.unet_config = _unet_config(config, self.found, self.conditions is not None)
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG untouched
+            torch.manual_seed(config.seed)
+            self.model = UNet(self.unet_config).to(self.device)
+        self._check_patch()
+        self.ema = copy.deepcopy(self.model).eval()
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        seed = distributed.rank_seed(config.seed, self.ranks.rank)
+        self.generator = torch.Generator().manual_seed(seed)
+        if state is not None:
+            self._restore(state)
+        self.network = distributed.wrap(self.model, self.ranks, self.device)  # DDP or the model
+        self.sampler = PatchSampler(
+            self.model_images, config.patch, self.found.dims, self.conditions
+        )
+        self.schedule = make_schedule(config.schedule, config.T)
+
+    def _load_data(self, state: dict | None) -> None:
+        """Images scaled to [-1, 1] by the run's robust range (a resumed run keeps its own),
+        and pseudo-sketches of them for a conditional model."""
+        config = self.config
+        self.found = load_training_images(Path(config.data), config.dims)
+        images = self.found.images
+        if state is not None:
+            self.norm = state["normalization"]
+        else:
+            lo, hi = robust_range(images)
+            self.norm = {
+                "low": lo,
+                "high": hi,
+                "method": "percentiles 1.0 / 99.8 of the training data",
+            }
+        lo, hi = self.norm["low"], self.norm["high"]
+        self.model_images = [unit_to_model(to_unit(im, lo, hi)) for im in images]
+        self.conditions, self.pseudo = None, None
+        if is_conditional(config.to_dict()):
+            voxel_size = self.found.voxel_size
+            self.pseudo = [pseudo_sketch(im, lo, hi, voxel_size) for im in images]
+            self.conditions = [unit_to_model(sketch) for sketch, _ in self.pseudo]
+
+    def _check_patch(self) -> None:
+        patch, dims, multiples = self.config.patch, self.found.dims, self.model.multiples
+        if len(patch) != dims or any(p % m for p, m in zip(patch, multiples, strict=True)):
+            raise InputError(f"--patch {patch} must have {dims} sizes, multiples of {multiples}")
+        check_patch_fits(self.found, patch, multiples, self.config.data)
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        rank_state = _rank_generator_state(state, self.ranks, self.config.seed, self.step)
+        self.generator.set_state(rank_state)
+
+    def write_run_files(self, resume: bool) -> None:
+        """RUN/config.json, the loss log (a resumed run redoes the rows after its
+        checkpoint) and the pseudo-sketch preview; rank 0 only."""
+        if not self.ranks.main:
+            return
+        run = self.run
         run.mkdir(parents=True, exist_ok=True)
         if not resume:
             (run / LOSS_LOG).unlink(missing_ok=True)
         else:
-            _truncate_log(run / LOSS_LOG, step)  # rows after the checkpoint are redone
-        (run / "config.json").write_text(
-            json.dumps(
-                {
-                    "train": config.to_dict(),
-                    "unet": unet_config.to_dict(),
-                    "normalization": norm,
-                    "dims": dims,
-                    "world_size": ranks.world,
-                    **_pseudo_sketch_summary(pseudo),
-                },
-                indent=2,
-            )
-        )
-        if pseudo is not None:
-            _save_pseudo_sketch_preview(run / "pseudo-sketch.png", images[0], pseudo[0])
+            _truncate_log(run / LOSS_LOG, self.step)
+        summary = {
+            "train": self.config.to_dict(),
+            "unet": self.unet_config.to_dict(),
+            "normalization": self.norm,
+            "dims": self.found.dims,
+            "world_size": self.ranks.world,
+            **_pseudo_sketch_summary(self.pseudo),
+        }
+        (run / "config.json").write_text(json.dumps(summary, indent=2))
+        if self.pseudo is not None:
+            preview = run / "pseudo-sketch.png"
+            _save_pseudo_sketch_preview(preview, self.found.images[0], self.pseudo[0])
 
-    def checkpoint() -> None:
-        generators = distributed.gather(generator.get_state(), ranks)  # every rank takes part
-        if not ranks.main:
-            return
+    def save(self) -> bool:
+        """Checkpoint (every rank takes part in gathering the generators; rank 0 writes).
+        True where it was written."""
+        generators = distributed.gather(self.generator.get_state(), self.ranks)
+        if not self.ranks.main:
+            return False
+        dims = self.found.dims
         save_checkpoint(
-            ckpt,
+            self.run / CHECKPOINT_NAME,
             {
-                "config": {**config.to_dict(), "dims": dims},
-                "unet": unet_config.to_dict(),
-                "normalization": norm,
+                "config": {**self.config.to_dict(), "dims": dims},
+                "unet": self.unet_config.to_dict(),
+                "normalization": self.norm,
                 "dims": dims,
-                "step": step,
-                "model": model.state_dict(),
-                "ema": ema.state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "step": self.step,
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
                 "generator": generators[0],
                 "rank_generators": generators,
-                "world_size": ranks.world,
+                "world_size": self.ranks.world,
             },
         )
-        if on_checkpoint:
-            on_checkpoint(step)
+        return True
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    start = time.perf_counter()
-    losses: list[float] = []
-    stopped = False
-    log_new = ranks.main and not (run / LOSS_LOG).exists()
-    log_file = open(run / LOSS_LOG, "a", newline="") if ranks.main else contextlib.nullcontext()
-    with log_file as log:
-        writer = csv.writer(log) if ranks.main else None
-        if log_new:
-            writer.writerow(["step", "loss", "lr", "seconds"])
-        network.train()
-        try:
-            while step < config.steps:
-                if time_limit is not None and distributed.any_rank(
-                    time.perf_counter() - start >= time_limit, ranks, device
-                ):  # every rank stops at the same step
-                    stopped = True
-                    break
-                lr = config.lr * min(1.0, (step + 1) / max(config.warmup, 1))
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                patches = sampler.sample(config.batch, generator).to(device)
-                x0, condition = patches[:, :1], patches[:, 1:] if conditions else None
-                with autocast:
-                    loss = training_loss(
-                        network, x0, schedule, generator, condition, config.condition_dropout
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                _ema_update(ema, model, config.ema_decay if step >= config.warmup else 0.0)
-                step += 1
-                value = distributed.mean(loss, ranks)  # the loss of the global batch
-                if not math.isfinite(value):
-                    raise RuntimeError(f"training diverged at step {step} (loss {value})")
-                losses.append(value)
-                if writer is not None:
-                    writer.writerow(
-                        [step, f"{value:.6g}", f"{lr:.3g}", f"{time.perf_counter() - start:.2f}"]
-                    )
-                if on_step and ranks.main:
-                    on_step(step, value)
-                if step % config.checkpoint_every == 0:
-                    if ranks.main:
-                        log.flush()
-                    checkpoint()
-        except KeyboardInterrupt:
-            # Ctrl-C keeps the work done so far: resume with --resume. Under torchrun the
-            # other ranks may be gone already, so the last periodic checkpoint stands.
-            if not ranks.active:
-                checkpoint()
-            raise
-    checkpoint()
-    if ranks.main:
-        _write_loss_plot(run)
-    return TrainResult(
-        run=run,
-        step=step,
-        final_loss=losses[-1] if losses else float("nan"),
-        seconds=time.perf_counter() - start,
-        stopped_by_time_limit=stopped,
-        device=str(device),
-        losses=losses,
-    )
+    def run_step(self) -> tuple[float, float]:
+        """One optimisation step (warm-up learning rate, loss, clipped gradient, EMA);
+        returns the loss of the global batch and the learning rate."""
+        config = self.config
+        lr = config.lr * min(1.0, (self.step + 1) / max(config.warmup, 1))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        patches = self.sampler.sample(config.batch, self.generator).to(self.device)
+        x0, condition = patches[:, :1], patches[:, 1:] if self.conditions else None
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        with autocast:
+            loss = training_loss(
+                self.network, x0, self.schedule, self.generator, condition, config.condition_dropout
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        _ema_update(self.ema, self.model, config.ema_decay if self.step >= config.warmup else 0.0)
+        self.step += 1
+        value = distributed.mean(loss, self.ranks)
+        if not math.isfinite(value):
+            raise RuntimeError(f"training diverged at step {self.step} (loss {value})")
+        return value, lr
+
+    def run_loop(
+        self,
+        time_limit: float | None,
+        on_step: Callable[[int, float], None] | None,
+        on_checkpoint: Callable[[int], None] | None,
+    ) -> TrainResult:
+        """Steps up to config.steps (or the time limit, the same step on every rank), the loss
+        log, a checkpoint every checkpoint_every steps and at the end (Ctrl-C included)."""
+        ranks, start = self.ranks, time.perf_counter()
+        losses: list[float] = []
+        stopped = False
+
+        def save() -> None:
+            if self.save() and on_checkpoint:
+                on_checkpoint(self.step)
+
+        with self._loss_log() as writer:
+            self.network.train()
+            try:
+                while self.step < self.config.steps:
+                    elapsed = time.perf_counter() - start
+                    if time_limit is not None and distributed.any_rank(
+                        elapsed >= time_limit, ranks, self.device
+                    ):
+                        stopped = True
+                        break
+                    value, lr = self.run_step()
+                    losses.append(value)
+                    if writer is not None:
+                        seconds = f"{time.perf_counter() - start:.2f}"
+                        writer.writerow([self.step, f"{value:.6g}", f"{lr:.3g}", seconds])
+                    if on_step and ranks.main:
+                        on_step(self.step, value)
+                    if self.step % self.config.checkpoint_every == 0:
+                        if writer is not None:
+                            writer.flush()
+                        save()
+            except KeyboardInterrupt:
+                # Ctrl-C keeps the work done so far: resume with --resume. Under torchrun the
+                # other ranks may be gone already, so the last periodic checkpoint stands.
+                if not ranks.active:
+                    save()
+                raise
+        save()
+        if ranks.main:
+            _write_loss_plot(self.run)
+        return TrainResult(
+            run=self.run,
+            step=self.step,
+            final_loss=losses[-1] if losses else float("nan"),
+            seconds=time.perf_counter() - start,
+            stopped_by_time_limit=stopped,
+            device=str(self.device),
+            losses=losses,
+        )
+
+    @contextlib.contextmanager
+    def _loss_log(self) -> Any:
+        """RUN/loss.csv opened for appending (with its header when new) as a csv writer with
+        a flush(); None on ranks other than 0."""
+        if not self.ranks.main:
+            yield None
+            return
+        path = self.run / LOSS_LOG
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            writer = _FlushingWriter(fh)
+            if new:
+                writer.writerow(["step", "loss", "lr", "seconds"])
+            yield writer
+
+
+class _FlushingWriter:
+    """csv.writer with the file's flush: the log is on disk at every checkpoint."""
+
+    def __init__(self, fh: Any) -> None:
+        self._fh, self._writer = fh, csv.writer(fh)
+
+    def writerow(self, row: list) -> None:
+        self._writer.writerow(row)
+
+    def flush(self) -> None:
+        self._fh.flush()

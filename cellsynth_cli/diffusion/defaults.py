@@ -1,6 +1,6 @@
 """Sampling defaults, written once; torch-free so the CLI and the recipe read them at start-up.
 
-Each value is the one a measurement chose (the README's benchmarks and studies say which).
+Each value is the one a measurement chose (docs/benchmarks.md and docs/experiments.md say which).
 """
 
 # Respaced reverse steps from t_start: 50 matched every-step sampling in 2D and 3D (distance
@@ -14,11 +14,11 @@ SAMPLER_STEPS = {"dpm++2m-sde": 20}
 AUTO_STEPS = 0  # `steps` when not given: the sampler's default (default_steps)
 # `auto`: the sampler by the model's dimensionality. 2D: ddpm (dpm++2m-sde at 20 steps lost
 # the texture statistics there); 3D: dpm++2m-sde, 2.7x faster synthesis at the same
-# Cellpose scores (README: the 3D experiment).
+# Cellpose scores (docs/experiments.md: the 3D experiment).
 AUTO_SAMPLER = {2: "ddpm", 3: "dpm++2m-sde"}
 SAMPLER = "auto"
-# Classifier-free guidance weight of a conditional model: the issue-12 study (w = 1 gave
-# AP@0.5 0.52 on real nuclei, w = 2 gave 0.86).
+# Classifier-free guidance weight of a conditional model: the 2D study (docs/study_2d.md;
+# w = 1 gave AP@0.5 0.52 on real nuclei, w = 2 gave 0.86).
 GUIDANCE = 2.0
 # Share of the steps, noisiest first, that use guidance (two network calls); the rest take
 # the conditional prediction alone (w = 1, one call).

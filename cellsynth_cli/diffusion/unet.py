@@ -338,16 +338,6 @@ class UpCat(nn.Module):
         return out
 
 
-def voxel_shuffle(x: torch.Tensor, r: int) -> torch.Tensor:
-    """Standalone 3D pixel shuffle (PyTorch's channel order c, r_d, r_h, r_w):
-    [B, C*r^3, D, H, W] -> [B, C, D*r, H*r, W*r]."""
-    b, c, d, h, w = x.shape
-    co = c // r**3
-    x = x.reshape(b, co, r, r, r, d, h, w)
-    x = x.permute(0, 1, 5, 2, 6, 3, 7, 4)
-    return x.reshape(b, co, d * r, h * r, w * r)
-
-
 class UNet(nn.Module):
     """eps_theta(x_t, t) for 2D ([B, C, H, W]) or 3D ([B, C, D, H, W]) inputs."""
 

@@ -1,10 +1,11 @@
 """The pipeline's recipe: every setting of every stage, in one TOML file of overrides.
 
-A recipe is a section per stage (nanoGPT's config files are the model): the dataclasses below
-hold the defaults, which are the issue-12 study's best row (a pseudo-sketch conditioned DDPM
-sampled with guidance 2, a quarter of the nuclei touching, real background squares for
-Cellpose); a budget by name scales the step counts; PROJECT/pipeline.toml and `--set
-stage.key=value` override single keys. Torch-free, so the CLI can read it at start-up.
+A recipe is a section per stage (nanoGPT's config files are the model): the dataclasses
+below hold the defaults, which are the 2D study's best row (docs/study_2d.md: a pseudo-
+sketch conditioned DDPM sampled with guidance 2, a quarter of the nuclei touching, real
+background squares for Cellpose); a budget by name scales the step counts;
+PROJECT/pipeline.toml and `--set stage.key=value` override single keys. Torch-free, so the
+CLI can read it at start-up.
 """
 
 from __future__ import annotations

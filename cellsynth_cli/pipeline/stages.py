@@ -135,7 +135,7 @@ def conditional_model(run: Path) -> bool:
 def auto_t_start_rule(run: Path) -> str:
     """The `auto` rule for the DDPM in RUN: T for a 2D conditional model, else kld.
 
-    Measured (README, the studies): in 2D a conditional model started at T scored as well as
+    Measured (docs/experiments.md): in 2D a conditional model started at T scored as well as
     the KLD rule; in 3D (the 3D experiment's 1000-step conditional DDPM) T made flat,
     untextured nuclei and Cellpose split the real ones (AP@0.5 0.125 against 0.519 with kld).
     """

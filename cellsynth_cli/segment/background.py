@@ -1,7 +1,7 @@
 """Real background as empty training images for Cellpose, found without annotations.
 
 A Cellpose trained on synthetic images has only ever seen synthetic background; on real
-images it can outline background texture (the issue-12 study: up to 21 fragments on the
+images it can outline background texture (the 2D study, docs/study_2d.md: up to 21 fragments on the
 held-back half). Here the classical segmenter (detect.segment_nuclei, local threshold, as for
 pseudo-sketches) marks the nuclei of unlabelled real images; squares that stay clear of every
 detection by a margin are cut out and used as training images whose masks are empty.

@@ -1,6 +1,6 @@
 """A. thaliana shoot apical meristem: a dome tessellated into cells, sketched as membranes.
 
-Paper rules (DESIGN.md §3): a dome-shaped meristem filled with cells (a Voronoi-like
+Paper rules (docs/method.md, Presets): a dome-shaped meristem filled with cells (a Voronoi-like
 tessellation of seeds that are denser near the surface); the sketch shows the membranes, whose
 signal declines linearly from the surface towards the organism centre.
 

@@ -1,11 +1,12 @@
 """Nuclei as (rotated, deformed) ellipsoids in a foreground region: celegans, hela, mouse-stem.
 
-Paper rules (DESIGN.md §3): ((x-xc)/(sx r))^2 + ((y-yc)/(sy r))^2 + ((z-zc)/(sz r))^2 <= 1, random
-rotation, optional B-spline deformation, a random brightness per nucleus, optional dark
-nucleoli; cells either overlap (a new cell only fills free voxels) or are rejected when they
-would touch an existing one. Without overlap, a share of the cells (touching_fraction) is put
-right against an existing one: real nuclei cluster, and a segmenter that never saw touching
-pairs in training merges them.
+Paper rules (docs/method.md, Presets):
+((x-xc)/(sx r))^2 + ((y-yc)/(sy r))^2 + ((z-zc)/(sz r))^2 <= 1, random rotation, optional
+B-spline deformation, a random brightness per nucleus, optional dark nucleoli; cells either
+overlap (a new cell only fills free voxels) or are rejected when they would touch an
+existing one. Without overlap, a share of the cells (touching_fraction) is put right against
+an existing one: real nuclei cluster, and a segmenter that never saw touching pairs in
+training merges them.
 """
 
 from __future__ import annotations

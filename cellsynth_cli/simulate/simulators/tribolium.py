@@ -1,7 +1,8 @@
 """T. castaneum: nuclei on a sphere, seen through a cartographic (equirectangular) projection.
 
-Paper rules (DESIGN.md §3): a sphere at the image centre, nuclei with r in (5, 6) and scales
-(1, 1, 1) densely on its surface; then for a fixed set of radii around the sphere radius
+Paper rules (docs/method.md, Presets): a sphere at the image centre, nuclei with r in (5, 6)
+and scales (1, 1, 1) densely on its surface; then for a fixed set of radii around the sphere
+radius
 (one per z slice) the spherical shell is mapped to image coordinates:
 
     z = radius index,  y = polar angle theta in [0, pi] over the height,
