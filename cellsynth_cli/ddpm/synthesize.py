@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import secrets
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -34,7 +33,9 @@ from cellsynth_cli.diffusion.process import SAMPLERS, sample, sampling_timesteps
 from cellsynth_cli.diffusion.schedule import make_schedule
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.io.intensity import from_unit, model_to_unit, unit_to_model
+from cellsynth_cli.runtime import model_cache
 from cellsynth_cli.runtime.device import pick_device
+from cellsynth_cli.runtime.per_volume import run_stage
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -337,19 +338,16 @@ class VolumeJob:
     run: str  # token of this run: a re-run task finds what an earlier attempt wrote
 
 
-_MODELS: dict[tuple[str, str], TrainedModel] = {}  # per process: a worker loads a model once
-
-
 def cached_model(path: Path, checksum: str, device: torch.device) -> TrainedModel:
     """The model of checkpoint PATH, loaded once per process and device (keyed by checksum)."""
-    key = (checksum, str(device))
-    if key not in _MODELS:
+
+    def load() -> TrainedModel:
         model = load_model(path, device)
         if model.checksum != checksum:
             raise InputError(f"{path} changed while synthesizing (checksum differs); start again")
-        _MODELS.clear()  # one model at a time: a worker's memory is for the volumes
-        _MODELS[key] = model
-    return _MODELS[key]
+        return model
+
+    return model_cache.cached(("ddpm", checksum, str(device)), load)
 
 
 def synthesize_one(
@@ -437,34 +435,30 @@ def synthesize_dataset(
     device = pick_device(options.device) if cluster is None else torch.device("cpu")
     model = load_model(run, device)
     if cluster is None:
-        _MODELS.clear()
-        _MODELS[(model.checksum, str(device))] = model
+        model_cache.keep(("ddpm", model.checksum, str(device)), model)
     schedule_T = int(model.config.get("T", 1000))  # noqa: N806
     options = with_defaults(model, options)
     check_options(options, schedule_T)
     check_conditioning(model, options)
     paths = io.list_volumes(sketches)
-    names = [io.volume_name(p) for p in paths]
-    kept = io.outputs_to_keep(out_dir, names, overwrite, resume)
     n_steps = len(sampling_timesteps(options.t_start, options.steps, schedule_T))
-    for name in sorted(kept):
-        _check_resumable(io.volume_path(out_dir, name), model, options, n_steps)
-    token = secrets.token_hex(8)
-    jobs = [
-        VolumeJob(
-            model.path, model.checksum, path, name, out_dir, options, n_steps, overwrite, token
-        )
-        for path, name in zip(paths, names, strict=True)
-        if name not in kept
-    ]
-    results = [{"name": name, "skipped": True} for name in names if name in kept]
     # in this process each volume also reports its steps; on a cluster only its completion
     task = (
         synthesize_one
         if cluster
         else functools.partial(synthesize_one, on_volume=on_volume, on_step=on_step)
     )
-    results += dask_cluster.run_per_volume(
-        task, jobs, [job.name for job in jobs], cluster, out_dir, "synthesize", on_done
+    return run_stage(
+        "synthesize",
+        [io.volume_name(p) for p in paths],
+        out_dir,
+        lambda i, name, run: VolumeJob(
+            model.path, model.checksum, paths[i], name, out_dir, options, n_steps, overwrite, run
+        ),
+        task,
+        cluster,
+        overwrite,
+        resume,
+        check_kept=lambda path: _check_resumable(path, model, options, n_steps),
+        on_done=on_done,
     )
-    return sorted(results, key=lambda r: r["name"])

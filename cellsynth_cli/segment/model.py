@@ -12,6 +12,7 @@ import numpy as np
 
 from cellsynth_cli import io
 from cellsynth_cli.errors import InputError, check_choice
+from cellsynth_cli.runtime import model_cache
 from cellsynth_cli.runtime.device import pick_device
 from cellsynth_cli.segment.cellpose_compat import cellpose_modules
 
@@ -65,21 +66,19 @@ def segment_image(
     return np.asarray(masks).astype(np.uint32)
 
 
-_SEGMENTERS: dict[tuple[str, str, str], tuple[Any, dict]] = {}  # per process: load Cellpose once
-
-
 def cached(model_dir: Path, checksum: str, device: str) -> tuple[Any, dict]:
     """The segmenter of MODEL_DIR, loaded once per process (a Dask worker keeps it between
     tasks); a folder whose weights changed since the run began is refused."""
-    key = (str(Path(model_dir).resolve()), checksum, device)
-    if key not in _SEGMENTERS:
+
+    def load() -> tuple[Any, dict]:
         if io.file_checksum(Path(model_dir) / MODEL_FILE) != checksum:
             raise InputError(f"{model_dir} changed while segmenting (checksum differs)")
-        _SEGMENTERS.clear()
-        _SEGMENTERS[key] = load_segmenter(model_dir, device)
-    return _SEGMENTERS[key]
+        return load_segmenter(model_dir, device)
+
+    key = ("cellpose", str(Path(model_dir).resolve()), checksum, device)
+    return model_cache.cached(key, load)
 
 
 def clear_cache() -> None:
-    """Forget loaded segmenters: the next `cached` call loads the folder as it is now."""
-    _SEGMENTERS.clear()
+    """Forget loaded models: the next `cached` call loads the folder as it is now."""
+    model_cache.clear()

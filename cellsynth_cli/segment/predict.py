@@ -3,7 +3,6 @@ against ground truth."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 from cellsynth_cli import io
 from cellsynth_cli.errors import InputError, check_choice
 from cellsynth_cli.measure.matching import segmentation_scores
+from cellsynth_cli.runtime.per_volume import run_stage
 from cellsynth_cli.segment import model as segmenter
 from cellsynth_cli.segment.model import MODEL_FILE, MODES, segment_image, segmenter_config
 from cellsynth_cli.segment.slices import z_anisotropy
@@ -91,27 +91,23 @@ def predict(
     dask_cluster.parse_cluster(cluster)
     paths = io.list_volumes(images)
     names = [io.volume_name(p) for p in paths]
-    kept = io.outputs_to_keep(out, names, overwrite, resume)
+    io.outputs_to_keep(out, names, overwrite, resume)  # refused outputs before the model check
     segmenter_config(model_dir)  # a bad model folder is reported before any work
     checksum = io.file_checksum(Path(model_dir) / MODEL_FILE)
-    token = secrets.token_hex(8)
-    jobs = [
-        PredictJob(model_dir, checksum, path, name, out, mode, device, overwrite, token)
-        for path, name in zip(paths, names, strict=True)
-        if name not in kept
-    ]
-    results = [{"name": name, "skipped": True} for name in names if name in kept]
     segmenter.clear_cache()  # in this process: load the model as it is now, once for this call
-    results += dask_cluster.run_per_volume(
-        predict_one,
-        jobs,
-        [job.name for job in jobs],
-        cluster,
-        out,
+    return run_stage(
         "predict",
+        names,
+        out,
+        lambda i, name, run: PredictJob(
+            model_dir, checksum, paths[i], name, out, mode, device, overwrite, run
+        ),
+        predict_one,
+        cluster,
+        overwrite,
+        resume,
         on_done=lambda result: on_volume(result["name"]) if on_volume else None,
     )
-    return sorted(results, key=lambda r: r["name"])
 
 
 def score(pred_dir: Path, ref_dir: Path) -> dict:

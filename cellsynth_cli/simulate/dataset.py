@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from cellsynth_cli import io
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.runtime import cluster as dask_cluster
 from cellsynth_cli.runtime import memory
+from cellsynth_cli.runtime.per_volume import run_stage
 from cellsynth_cli.simulate.config import SimulationConfig
 from cellsynth_cli.simulate.simulators import get_simulator
 from cellsynth_cli.simulate.sketch_from_labels import sketch_from_labels
@@ -146,29 +146,23 @@ def simulate_dataset(
     if n <= 0:
         raise InputError(f"-n must be a positive number of volumes, got {n}")
     dask_cluster.parse_cluster(cluster)  # a bad --cluster is reported before any work
-    names = volume_names(config.preset, n)
-    kept = io.outputs_to_keep(out_dir, names, overwrite, resume)
-    for name in sorted(kept):
-        _check_resumable(io.volume_path(out_dir, name), config, seed)
     children = np.random.SeedSequence(seed).spawn(n)
-    run = secrets.token_hex(8)
-    jobs = [
-        VolumeJob(config, name, child, out_dir, overwrite, preview, seed, i, run)
-        for i, (name, child) in enumerate(zip(names, children, strict=True))
-        if name not in kept
-    ]
-    check_memory(config, _volumes_at_once(cluster, len(jobs)))
-    results = _kept_results(sorted(kept), on_volume)
-    results += dask_cluster.run_per_volume(
-        _simulate_one,
-        jobs,
-        [job.name for job in jobs],
-        cluster,
-        out_dir,
+    return run_stage(
         "simulate",
+        volume_names(config.preset, n),
+        out_dir,
+        lambda i, name, run: VolumeJob(
+            config, name, children[i], out_dir, overwrite, preview, seed, i, run
+        ),
+        _simulate_one,
+        cluster,
+        overwrite,
+        resume,
+        check_kept=lambda path: _check_resumable(path, config, seed),
+        check_jobs=lambda jobs: check_memory(config, _volumes_at_once(cluster, len(jobs))),
+        on_kept=on_volume,
         on_done=lambda result: on_volume(result["name"]) if on_volume else None,
     )
-    return sorted(results, key=lambda r: r["name"])
 
 
 def _kept_results(names: list[str], on_volume: Progress | None) -> list[dict]:
