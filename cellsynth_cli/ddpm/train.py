@@ -64,15 +64,10 @@ class TrainingImages:
 
 def load_training_images(data: Path, dims: int | None) -> TrainingImages:
     """All real images of a directory (zarr or TIFF), the model dims and the voxel size."""
-    volumes = [v for v in io.read_volumes(data)]
-    images = [v.image for v in volumes if v.image is not None]
-    names = [v.name for v in volumes if v.image is not None]
-    if not images:
-        raise InputError(f"{data}: no real intensity images found (simulated sketches only?)")
-    ndims = {im.ndim for im in images}
-    if len(ndims) > 1:
-        raise InputError(f"{data}: mixes 2D and 3D images; train on one kind")
-    data_dims = ndims.pop()
+    volumes = io.read_images(data, "train on")
+    images = [v.image for v in volumes]
+    names = [v.name for v in volumes]
+    data_dims = images[0].ndim
     dims = dims or data_dims
     if dims not in (2, 3):
         raise InputError(f"--dims must be 2 or 3, got {dims}")

@@ -461,6 +461,17 @@ def read_volumes(directory: Path) -> Iterator[Volume]:
         yield read_volume(path)
 
 
+def read_images(directory: Path, purpose: str) -> list[Volume]:
+    """The volumes of DIRECTORY that have an intensity image, all 2D or all 3D; PURPOSE ("train
+    on", "fit") names the work in the message when there is none or they mix."""
+    volumes = [v for v in read_volumes(directory) if v.image is not None]
+    if not volumes:
+        raise InputError(f"{directory}: no intensity images to {purpose} (only sketches?)")
+    if len({v.image.ndim for v in volumes}) > 1:
+        raise InputError(f"{directory}: mixes 2D and 3D images; {purpose} one kind")
+    return volumes
+
+
 def read_volume(path: Path) -> Volume:
     """Read one volume from a *.zarr group or a *.tif/*.tiff file (with NAME_masks.tif beside)."""
     path = Path(path)

@@ -135,20 +135,14 @@ def fit_nuclei(
     if spread not in SPREADS:
         raise InputError(f"spread must be one of {', '.join(SPREADS)}, got {spread!r}")
     size_pct, bright_pct, other_pct = SPREADS[spread]
-    volumes = [v for v in io.read_volumes(data)]
-    images = [v.image for v in volumes if v.image is not None]
-    if not images:
-        raise InputError(f"{data}: no intensity images to fit (sketches only?)")
-    dims = {im.ndim for im in images}
-    if len(dims) > 1:
-        raise InputError(f"{data}: mixes 2D and 3D images; fit one kind")
+    volumes = io.read_images(data, "fit")
+    images = [v.image for v in volumes]
     lo, hi = robust_range(images)
     detect_kwargs = {} if radius_range is None else {"radius_range": radius_range}
-    with_images = [v for v in volumes if v.image is not None]
     # one detector for the whole set, chosen on all of its images
-    method = choose_method([(to_unit(v.image, lo, hi), v.voxel_size) for v in with_images])
+    method = choose_method([(to_unit(v.image, lo, hi), v.voxel_size) for v in volumes])
     found, names = [], []
-    for volume in with_images:
+    for volume in volumes:
         unit = to_unit(volume.image, lo, hi)
         found.append(detect_nuclei(unit, volume.voxel_size, method, **detect_kwargs))
         names.append(volume.name)
@@ -163,10 +157,7 @@ def fit_nuclei(
     radii = np.concatenate([d.equivalent_radius[d.complete] for d in found])
     brightness = np.concatenate([d.brightness for d in found])
     aspects = np.concatenate(
-        [
-            _aspect_ratios(to_unit(v.image, lo, hi), d)
-            for v, d in zip([v for v in volumes if v.image is not None], found, strict=True)
-        ]
+        [_aspect_ratios(to_unit(v.image, lo, hi), d) for v, d in zip(volumes, found, strict=True)]
     )
     aspect_lo, aspect_hi = (
         tuple(float(v) for v in np.percentile(aspects, other_pct)) if len(aspects) else (1.0, 1.0)
