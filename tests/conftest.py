@@ -45,6 +45,16 @@ def dsb_dir() -> Path:
     return DSB_DIR
 
 
+def run(*args):
+    """`cellsynth ARGS` in this process (Typer's CliRunner): fast, and monkeypatches apply.
+    run_cellsynth below runs the real executable."""
+    from typer.testing import CliRunner
+
+    from cellsynth_cli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
 def cellsynth_command() -> list[str]:
     """The installed `cellsynth` entry point (the real executable users type)."""
     import shutil

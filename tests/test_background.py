@@ -5,17 +5,13 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import run_cellsynth
+from conftest import run, run_cellsynth
 from scipy import ndimage
-from typer.testing import CliRunner
 
 from cellsynth_cli import io
-from cellsynth_cli.cli import app
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.segment.background import background_crops, normalize_like_cellpose
 from cellsynth_cli.segment.cellpose_compat import empty_masks_allowed
-
-runner = CliRunner()
 
 
 def discs(shape, centres, radius=6, seed=0):
@@ -107,7 +103,7 @@ def test_segment_train_with_background_through_the_entry_point(tmp_path):
     assert (out / "cellpose_model").is_file()
 
     # in-process: cellpose's own normalisation default is left as it was
-    result = runner.invoke(app, [str(a) for a in args[:-1]] + ["-o", str(tmp_path / "seg2")])
+    result = run(*[str(a) for a in args[:-1]] + ["-o", str(tmp_path / "seg2")])
     assert result.exit_code == 0, result.output
     assert models.normalize_default["normalize"] is True
 

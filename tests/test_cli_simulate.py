@@ -6,22 +6,15 @@ import re
 import numpy as np
 import pytest
 import tifffile
-from conftest import run_cellsynth
-from typer.testing import CliRunner
+from conftest import run, run_cellsynth
 
 from cellsynth_cli import io
-from cellsynth_cli.cli import app
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.runtime import memory
 from cellsynth_cli.simulate import dataset as lib
 from cellsynth_cli.simulate.config import load_preset, replace
 
-runner = CliRunner()
 HELA_SMALL = ["--shape", "128,160", "--set", "radius=6,9", "--set", "n_cells=10,20"]
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def test_simulate_writes_volumes_and_json(tmp_path):
@@ -109,7 +102,7 @@ def test_celegans_3d_small(tmp_path):
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
-    result = runner.invoke(app, args + ["-o", str(tmp_path / "o")])
+    result = run(*args + ["-o", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output

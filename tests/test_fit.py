@@ -6,21 +6,13 @@ import tomllib
 import numpy as np
 import pytest
 import tifffile
-from conftest import DSB_DIR, REPO
+from conftest import DSB_DIR, REPO, run
 from scipy import ndimage
-from typer.testing import CliRunner
 
 from cellsynth_cli import io
-from cellsynth_cli.cli import app
 from cellsynth_cli.simulate.config import load_preset, replace
 from cellsynth_cli.simulate.fit import fit_nuclei
 from cellsynth_cli.simulate.simulators import get_simulator
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def microscope(sketch: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -5,17 +5,10 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from typer.testing import CliRunner
+from conftest import run
 
 from cellsynth_cli import io
-from cellsynth_cli.cli import app
 from cellsynth_cli.measure.evaluate import score_pair
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,12 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from conftest import DSB_DIR
+from conftest import DSB_DIR, run
 from scipy import ndimage
-from typer.testing import CliRunner
 
-from cellsynth_cli.cli import app
 from cellsynth_cli.io.intensity import robust_range, to_unit
 from cellsynth_cli.measure.detect import detect_nuclei
 from cellsynth_cli.measure.realism import compare_sets
-
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +93,8 @@ def test_cli_unpaired_json_and_csv(tmp_path, real_image):
     noisy = real_image + np.random.default_rng(0).normal(0, 20, real_image.shape)
     pred = image_set(tmp_path, "noisy", noisy)
     csv_path = tmp_path / "realism.csv"
-    result = runner.invoke(
-        app,
-        [
+    result = run(
+        *[
             "evaluate",
             "--pred",
             str(pred),
@@ -117,17 +112,14 @@ def test_cli_unpaired_json_and_csv(tmp_path, real_image):
     assert texture["ratio"] == pytest.approx(texture["value"] / texture["floor"])
     rows = csv_path.read_text().splitlines()
     assert rows[0] == "distance,value,floor,ratio" and len(rows) == 1 + len(report["scores"])
-    again = runner.invoke(
-        app, ["evaluate", "--pred", str(pred), "--ref", str(DSB_DIR), "--csv", str(csv_path)]
-    )
+    again = run("evaluate", "--pred", pred, "--ref", DSB_DIR, "--csv", csv_path)
     assert again.exit_code == 2 and "--overwrite" in again.output
     assert csv_path.read_text().splitlines() == rows  # untouched
 
 
 def test_unpaired_flag_compares_sets_even_when_names_pair(tmp_path):
-    result = runner.invoke(
-        app,
-        [
+    result = run(
+        *[
             "evaluate",
             "--pred",
             str(DSB_DIR),

@@ -4,17 +4,10 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from conftest import run
 
 from cellsynth_cli import io
-from cellsynth_cli.cli import app
 from cellsynth_cli.measure.matching import match, segmentation_scores
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def three_cells():
@@ -101,100 +94,86 @@ def test_score_cli_and_errors(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.slow
-def test_tiny_cellpose_trains_from_scratch_and_predicts(tmp_path):
-    # synthetic training data: bright discs on a dark background with their masks
+@pytest.fixture(scope="module")
+def tiny_segmenter(tmp_path_factory):
+    """Cellpose trained from scratch (120 epochs) on 8 simulated 96 x 96 images: bright discs
+    on a dark background with their masks. Shared by the tests below (it is the slow part)."""
+    tmp_path = tmp_path_factory.mktemp("tiny_segmenter")
     sim = tmp_path / "sim"
-    assert (
-        run(
-            "simulate",
-            "hela",
-            "-n",
-            8,
-            "-o",
-            sim,
-            "--shape",
-            "96,96",
-            "--set",
-            "radius=7,9",
-            "--set",
-            "n_cells=6,10",
-            "--set",
-            "intensity=0.8,1.0",
-            "--set",
-            "deform_strength=0",
-        ).exit_code
-        == 0
-    )
+    simulated = run(
+        "simulate", "hela", "-n", 8, "-o", sim, "--shape", "96,96",
+        "--set", "radius=7,9", "--set", "n_cells=6,10",
+        "--set", "intensity=0.8,1.0", "--set", "deform_strength=0",
+    )  # fmt: skip
+    assert simulated.exit_code == 0, simulated.output
     data = tmp_path / "data"
     for path in io.list_volumes(sim):
         v = io.read_volume(path)
         io.write_volume(data, io.Volume(name=v.name, image=v.sketch * 200 + 10, masks=v.masks))
     result = run(
-        "segment",
-        "train",
-        "--data",
-        data,
-        "-o",
-        tmp_path / "seg",
-        "--epochs",
-        120,
-        "--bsize",
-        64,
-        "--batch",
-        4,
-        "--json",
-    )
+        "segment", "train", "--data", data, "-o", tmp_path / "seg",
+        "--epochs", 120, "--bsize", 64, "--batch", 4, "--json",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
-    config = json.loads(result.stdout)
+    return data, tmp_path / "seg", json.loads(result.stdout)
+
+
+@pytest.mark.slow
+def test_tiny_cellpose_trains_from_scratch(tiny_segmenter):
+    _, seg, config = tiny_segmenter
     assert config["n_training_images"] == 8 and 10 < config["diameter"] < 20
     # cellpose's per-epoch reports reach us (progress bar) and training made progress
     epochs_logged = [epoch for epoch, _ in config["loss_log"]]
     assert epochs_logged[:3] == [0, 5, 10] and epochs_logged[-1] == 110
     assert config["loss_log"][-1][1] < 0.7 * config["loss_log"][0][1]
-    assert not (tmp_path / "seg" / ".training").exists()
-    result = run(
-        "segment", "predict", "--model", tmp_path / "seg", "--images", data, "-o", tmp_path / "pred"
-    )
+    assert not (seg / ".training").exists()
+
+
+def _predict(seg, data, out, *cluster):
+    result = run("segment", "predict", "--model", seg, "--images", data, "-o", out, *cluster)
     assert result.exit_code == 0, result.output
+
+
+def _qc(seg, data, *cluster):
+    qc = run(
+        "segment", "qc", "--model", seg, "--data", data, "--max-vanished", "0.0", "--json",
+        *cluster,
+    )  # fmt: skip
+    assert qc.exit_code == 0, qc.output
+    return json.loads(qc.stdout)
+
+
+@pytest.mark.slow
+def test_tiny_cellpose_predicts_and_scores(tiny_segmenter, tmp_path):
+    data, seg, _ = tiny_segmenter
+    _predict(seg, data, tmp_path / "pred")
     pred = io.read_volume(io.list_volumes(tmp_path / "pred")[0])
     assert pred.masks.shape == (96, 96)
     scored = run("segment", "score", "--pred", tmp_path / "pred", "--ref", data, "--json")
     assert scored.exit_code == 0
     assert json.loads(scored.stdout)["summary"]["dice"]["mean"] > 0.5
-    qc = run(
-        "segment",
-        "qc",
-        "--model",
-        tmp_path / "seg",
-        "--data",
-        data,
-        "--max-vanished",
-        "0.0",
-        "--json",
-    )
-    assert qc.exit_code == 0, qc.output
-    report = json.loads(qc.stdout)
+
+
+@pytest.mark.slow
+def test_tiny_cellpose_qc_reports_every_volume(tiny_segmenter):
+    data, seg, _ = tiny_segmenter
+    report = _qc(seg, data)
     assert len(report["volumes"]) == 8
     assert all(0 <= r["phantom"] <= 1 and 0 <= r["vanished"] <= 1 for r in report["volumes"])
     assert set(report["passed"]) | set(report["failed"]) == {v["name"] for v in report["volumes"]}
 
-    # the same on a Dask cluster (one worker: Cellpose loads once there): the same cells
-    result = run(
-        "segment", "predict", "--model", tmp_path / "seg", "--images", data,
-        "-o", tmp_path / "pred-dask", "--cluster", "local:1",
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
+
+@pytest.mark.slow
+def test_predict_and_qc_on_dask_find_the_same_cells(tiny_segmenter, tmp_path):
+    """On a Dask cluster (one worker: Cellpose loads once there): the same cells as here."""
+    data, seg, _ = tiny_segmenter
+    _predict(seg, data, tmp_path / "pred")
+    _predict(seg, data, tmp_path / "pred-dask", "--cluster", "local:1")
     for path in io.list_volumes(tmp_path / "pred"):
         here = io.read_volume(path).masks
         there = io.read_volume(tmp_path / "pred-dask" / path.name).masks
         assert segmentation_scores(there, here)["f1"] == 1.0, path.name
-    qc_dask = run(
-        "segment", "qc", "--model", tmp_path / "seg", "--data", data,
-        "--max-vanished", "0.0", "--json", "--cluster", "local:1",
-    )  # fmt: skip
-    assert qc_dask.exit_code == 0, qc_dask.output
-    assert json.loads(qc_dask.stdout)["passed"] == report["passed"]
+    assert _qc(seg, data, "--cluster", "local:1")["passed"] == _qc(seg, data)["passed"]
 
 
 def test_strict_iou_losses_name_loose_merged_and_oversized_cells():

@@ -4,19 +4,13 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from conftest import run
 
 from cellsynth_cli import io
-from cellsynth_cli.cli import app
 from cellsynth_cli.segment import model as segmenter
 from cellsynth_cli.segment import slices as training
 
-runner = CliRunner()
 VOXEL = (2.0, 0.5, 0.5)  # z steps 4x the x steps
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def two_boxes() -> io.Volume:

@@ -8,21 +8,14 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import run_cellsynth
-from typer.testing import CliRunner
+from conftest import run, run_cellsynth
 
 from cellsynth_cli import io
-from cellsynth_cli.cli import app
 from cellsynth_cli.ddpm.config import TrainConfig
 from cellsynth_cli.ddpm.train import train
 from cellsynth_cli.errors import InputError
 
-runner = CliRunner()
 TINY = ["--channels", "8,16", "--batch", "4", "--lr", "2e-3"]
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

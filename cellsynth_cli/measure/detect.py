@@ -186,15 +186,6 @@ def log_blobs(
     scales = np.geomspace(lo / root, hi / root, N_SCALES)  # in-plane sigma per scale
     step = np.log(scales[1] / scales[0])
 
-    def response(k: int) -> np.ndarray:
-        sigma = np.maximum(scales[k] * scale, MIN_SIGMA)
-        smooth = ndimage.gaussian_filter(image, sigma, mode="reflect")
-        out = np.zeros_like(smooth)
-        for axis in range(ndim):
-            d2 = ndimage.correlate1d(smooth, [1.0, -2.0, 1.0], axis=axis, mode="reflect")
-            out -= (sigma[axis] ** 2) * d2
-        return out
-
     # a sliding window of three scales keeps memory at a few copies of the image
     maps: dict[int, np.ndarray] = {}
     local_max: dict[int, np.ndarray] = {}
@@ -202,7 +193,7 @@ def log_blobs(
     for k in range(N_SCALES):
         for j in (k, k + 1):
             if j < N_SCALES and j not in maps:
-                maps[j] = response(j)
+                maps[j] = _log_response(image, np.maximum(scales[j] * scale, MIN_SIGMA))
                 local_max[j] = ndimage.maximum_filter(maps[j], size=3, mode="nearest")
         here = maps[k]
         if k == 0:  # a maximum at the smallest scale is unresolved (noise peaks live there)
@@ -214,14 +205,8 @@ def log_blobs(
         idx = np.nonzero(peak)
         if len(idx[0]):
             values = here[idx]
-            below = maps[k - 1][idx] if k - 1 in maps else values
-            above = maps[k + 1][idx] if k + 1 in maps else values
-            curvature = below - 2 * values + above
-            offset = np.where(
-                curvature < 0, 0.5 * (below - above) / np.minimum(curvature, -1e-12), 0
-            )
             found_at.append(np.stack(idx, axis=1))
-            found_scale.append(np.log(scales[k]) + np.clip(offset, -0.5, 0.5) * step)
+            found_scale.append(np.log(scales[k]) + _scale_offset(maps, k, idx, values) * step)
             found_value.append(values)
         maps.pop(k - 1, None)
         local_max.pop(k - 1, None)
@@ -244,6 +229,27 @@ def log_blobs(
         axis_scale=tuple(float(v) for v in scale),
         method="log",
     )
+
+
+def _log_response(image: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """-sum_i sigma_i^2 d2/dx_i^2 of IMAGE smoothed by SIGMA (per axis): the scale-normalised
+    Laplacian of Gaussian, bright blobs positive."""
+    smooth = ndimage.gaussian_filter(image, sigma, mode="reflect")
+    out = np.zeros_like(smooth)
+    for axis in range(image.ndim):
+        d2 = ndimage.correlate1d(smooth, [1.0, -2.0, 1.0], axis=axis, mode="reflect")
+        out -= (sigma[axis] ** 2) * d2
+    return out
+
+
+def _scale_offset(maps: dict, k: int, idx: tuple, values: np.ndarray) -> np.ndarray:
+    """Where between the neighbouring scales the peaks at scale K lie (a parabola through the
+    three responses), in steps of the scale grid, within +-0.5."""
+    below = maps[k - 1][idx] if k - 1 in maps else values
+    above = maps[k + 1][idx] if k + 1 in maps else values
+    curvature = below - 2 * values + above
+    offset = np.where(curvature < 0, 0.5 * (below - above) / np.minimum(curvature, -1e-12), 0)
+    return np.clip(offset, -0.5, 0.5)
 
 
 def segment_nuclei(

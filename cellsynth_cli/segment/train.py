@@ -9,6 +9,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,12 @@ from cellsynth_cli.errors import InputError, check_choice
 from cellsynth_cli.segment.cellpose_compat import EpochLog, cellpose_modules, empty_masks_allowed
 from cellsynth_cli.segment.config import TRAINING
 from cellsynth_cli.segment.model import CONFIG_FILE, DIAM_MEAN, MODEL_FILE, use_gpu
-from cellsynth_cli.segment.slices import SLICES, median_diameter, training_slices
+from cellsynth_cli.segment.slices import (
+    SLICES,
+    TrainingSlices,
+    median_diameter,
+    training_slices,
+)
 
 
 def train_segmenter(
@@ -45,33 +51,21 @@ def train_segmenter(
     join the training set as images with empty masks (see background.py).
     on_epoch(epoch, loss) is called whenever cellpose reports (epoch 0, 5, then every 10).
     """
-    if epochs < 1 or bsize < 16 or batch < 1 or learning_rate <= 0:
-        raise InputError("--epochs and --batch must be >= 1, --bsize >= 16, --lr > 0")
-    if images_per_epoch is not None and images_per_epoch < 1:
-        raise InputError(f"--images-per-epoch must be >= 1, got {images_per_epoch}")
-    check_choice(slices, SLICES, "--slices")
+    _check_options(epochs, learning_rate, bsize, batch, images_per_epoch, slices)
     if (out / CONFIG_FILE).exists() and not overwrite:
         raise InputError(f"{out} already holds a segmentation model; pass --overwrite")
     gpu = use_gpu(device)
     found = training_slices(data, slices)
-    images, masks = found.images, found.masks
     # the diameter prediction rescales by is measured in xy: the xz / yz slices only teach
     # the network how cells look across z
     diameter = diameter or median_diameter(found.xy_masks())
     # at least one full batch per epoch: a single training image would otherwise give
     # batch-1 steps (images are drawn with replacement when this differs from their number)
-    images_per_epoch = images_per_epoch or max(len(images), batch)
+    images_per_epoch = images_per_epoch or max(len(found.images), batch)
     models, train = cellpose_modules(out)
-    # cellpose's own normalisation (per image, 1-99 %) unless background crops need theirs
-    normalize: bool | dict = True
-    crops = []
-    if background is not None:
-        from cellsynth_cli.segment.background import background_crops, normalize_like_cellpose
-
-        crops = background_crops(background, diameter, n_background_crops, seed)
-        images = [normalize_like_cellpose(im) for im in images] + [c.image for c in crops]
-        masks = masks + [np.zeros(c.image.shape, np.int32) for c in crops]
-        normalize = {"normalize": False}  # a dict: a bool would change cellpose's defaults
+    images, masks, normalize, crops = _with_background(
+        found, background, diameter, n_background_crops, seed
+    )
     out.mkdir(parents=True, exist_ok=True)  # after the checks: a refused run leaves nothing
     import torch
 
@@ -80,35 +74,12 @@ def train_segmenter(
     np.random.seed(seed)
     start = time.perf_counter()
     net = models.CellposeModel(
-        gpu=gpu,
-        pretrained_model=False,
-        model_type=None,
-        diam_mean=DIAM_MEAN,
-        nchan=2,
+        gpu=gpu, pretrained_model=False, model_type=None, diam_mean=DIAM_MEAN, nchan=2
     )
-    work = out / ".training"
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "models").mkdir(parents=True)
-    with EpochLog(on_epoch) as epoch_log, empty_masks_allowed(diameter):
-        path, train_losses, _ = train.train_seg(
-            net.net,
-            train_data=images,
-            train_labels=masks,
-            channels=[0, 0],
-            normalize=normalize,
-            n_epochs=epochs,
-            SGD=True,  # cellpose's own CLI default (momentum 0.9); AdamW wants ~50x lower rates
-            learning_rate=learning_rate,
-            weight_decay=1e-5,
-            nimg_per_epoch=images_per_epoch,
-            batch_size=batch,
-            bsize=bsize,
-            save_path=str(work),
-            model_name=MODEL_FILE,
-            min_train_masks=0 if crops else 1,
-        )
-    os.replace(path, out / MODEL_FILE)
-    shutil.rmtree(work, ignore_errors=True)
+    losses, epoch_losses = _train_cellpose(
+        train, net, out, images, masks, normalize, epochs, learning_rate, images_per_epoch,
+        batch, bsize, diameter, on_epoch, min_train_masks=0 if crops else 1,
+    )  # fmt: skip
     config = {
         "format": "cellsynth-cellpose",
         "dims": found.dims,
@@ -125,15 +96,96 @@ def train_segmenter(
         "data": str(data),
         "n_training_images": len(found.images),
         "n_slices": found.counts(),
-        "background": None if background is None else str(background),
-        "background_crops": [
-            {"source": c.source, "plane": c.plane, "corner": list(c.corner), "side": len(c.image)}
-            for c in crops
-        ],
-        "final_loss": float(train_losses[-1]),
-        "loss_log": epoch_log.losses,
+        **_background_record(background, crops),
+        "final_loss": float(losses[-1]),
+        "loss_log": epoch_losses,
         "seconds": round(time.perf_counter() - start, 1),
         "provenance": io.provenance("segment-train"),
     }
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     return config
+
+
+def _train_cellpose(
+    train: Any,
+    net: Any,
+    out: Path,
+    images: list[np.ndarray],
+    masks: list[np.ndarray],
+    normalize: bool | dict,
+    epochs: int,
+    learning_rate: float,
+    images_per_epoch: int,
+    batch: int,
+    bsize: int,
+    diameter: float,
+    on_epoch: Callable[[int, float], None] | None,
+    min_train_masks: int,
+) -> tuple[list[float], list[tuple[int, float]]]:
+    """cellpose's train_seg in a scratch folder OUT/.training, the weights moved to
+    OUT/MODEL_FILE; returns its losses and the per-epoch log it reported."""
+    work = out / ".training"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "models").mkdir(parents=True)
+    with EpochLog(on_epoch) as epoch_log, empty_masks_allowed(diameter):
+        path, losses, _ = train.train_seg(
+            net.net,
+            train_data=images,
+            train_labels=masks,
+            channels=[0, 0],
+            normalize=normalize,
+            n_epochs=epochs,
+            SGD=True,  # cellpose's own CLI default (momentum 0.9); AdamW wants ~50x lower rates
+            learning_rate=learning_rate,
+            weight_decay=1e-5,
+            nimg_per_epoch=images_per_epoch,
+            batch_size=batch,
+            bsize=bsize,
+            save_path=str(work),
+            model_name=MODEL_FILE,
+            min_train_masks=min_train_masks,
+        )
+    os.replace(path, out / MODEL_FILE)
+    shutil.rmtree(work, ignore_errors=True)
+    return losses, epoch_log.losses
+
+
+def _check_options(
+    epochs: int,
+    learning_rate: float,
+    bsize: int,
+    batch: int,
+    images_per_epoch: int | None,
+    slices: str,
+) -> None:
+    if epochs < 1 or bsize < 16 or batch < 1 or learning_rate <= 0:
+        raise InputError("--epochs and --batch must be >= 1, --bsize >= 16, --lr > 0")
+    if images_per_epoch is not None and images_per_epoch < 1:
+        raise InputError(f"--images-per-epoch must be >= 1, got {images_per_epoch}")
+    check_choice(slices, SLICES, "--slices")
+
+
+def _with_background(
+    found: TrainingSlices, background: Path | None, diameter: float, n_crops: int, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray], bool | dict, list]:
+    """The training images and masks, with up to N_CROPS nucleus-free squares of BACKGROUND
+    as images without cells; how cellpose should normalise them; the crops."""
+    if background is None:
+        # cellpose's own normalisation (per image, 1-99 %)
+        return found.images, found.masks, True, []
+    from cellsynth_cli.segment.background import background_crops, normalize_like_cellpose
+
+    crops = background_crops(background, diameter, n_crops, seed)
+    images = [normalize_like_cellpose(im) for im in found.images] + [c.image for c in crops]
+    masks = found.masks + [np.zeros(c.image.shape, np.int32) for c in crops]
+    return images, masks, {"normalize": False}, crops  # a dict: a bool changes its defaults
+
+
+def _background_record(background: Path | None, crops: list) -> dict:
+    return {
+        "background": None if background is None else str(background),
+        "background_crops": [
+            {"source": c.source, "plane": c.plane, "corner": list(c.corner), "side": len(c.image)}
+            for c in crops
+        ],
+    }

@@ -138,16 +138,8 @@ def fit_nuclei(
     volumes = io.read_images(data, "fit")
     images = [v.image for v in volumes]
     lo, hi = robust_range(images)
-    detect_kwargs = {} if radius_range is None else {"radius_range": radius_range}
-    # one detector for the whole set, chosen on all of its images
-    method = choose_method([(to_unit(v.image, lo, hi), v.voxel_size) for v in volumes])
-    found, names = [], []
-    for volume in volumes:
-        unit = to_unit(volume.image, lo, hi)
-        found.append(detect_nuclei(unit, volume.voxel_size, method, **detect_kwargs))
-        names.append(volume.name)
-        if on_volume:
-            on_volume(volume.name)
+    method, found = _detect_all(volumes, lo, hi, radius_range, on_volume)
+    names = [v.name for v in volumes]
     n_found = sum(len(d) for d in found)
     if n_found < MIN_DETECTIONS or not any(d.complete.any() for d in found):
         raise InputError(
@@ -198,25 +190,63 @@ def fit_nuclei(
         # nuclei clearly flatter in z than in-plane lie flat (adherent cells): keep them so
         changes["rotate_in_plane_only"] = bool((z_lo + z_hi) / 2 < FLAT_Z)
     config = replace(load_preset(GENERIC_PRESET), changes, source="simulate fit")
+    ranges = {"radius": radius_pct, "aspect": (aspect_lo, aspect_hi), "z": (z_lo, z_hi)}
+    estimates = _estimates(found, method, spread, radii, ranges, changes, (lo, hi))
+    return Fit(config=config, estimates=estimates, detections=found, names=names)
+
+
+def _detect_all(
+    volumes: list[io.Volume],
+    lo: float,
+    hi: float,
+    radius_range: tuple[float, float] | None,
+    on_volume: Callable[[str], None] | None,
+) -> tuple[str, list]:
+    """The detector chosen on all images (one for the whole set) and its nuclei per image."""
+    detect_kwargs = {} if radius_range is None else {"radius_range": radius_range}
+    method = choose_method([(to_unit(v.image, lo, hi), v.voxel_size) for v in volumes])
+    found = []
+    for volume in volumes:
+        unit = to_unit(volume.image, lo, hi)
+        found.append(detect_nuclei(unit, volume.voxel_size, method, **detect_kwargs))
+        if on_volume:
+            on_volume(volume.name)
+    return method, found
+
+
+def _estimates(
+    found: list,
+    method: str,
+    spread: str,
+    radii: np.ndarray,
+    ranges: dict,
+    changes: dict,
+    intensity_scale: tuple[float, float],
+) -> dict:
+    """What was estimated, for people (the table `simulate fit` prints, the preset's header)."""
+    size_pct, bright_pct, other_pct = SPREADS[spread]
+    counts = [d.count for d in found]
+    (aspect_lo, aspect_hi), (z_lo, z_hi) = ranges["aspect"], ranges["z"]
+    region, region_size = changes["region"], changes["region_size"]
     estimates = {
         "images": len(found),
         "detector": method,
         "spread": spread,
-        "nuclei found": n_found,
+        "nuclei found": sum(len(d) for d in found),
         "nuclei per image": f"{min(counts):.0f}-{max(counts):.0f}",
         "radius (px, median)": round(float(np.median(radii)), 2),
-        f"radius (px, {size_pct[0]}-{size_pct[1]} %)": "{:.1f}-{:.1f}".format(*radius_pct),
+        f"radius (px, {size_pct[0]}-{size_pct[1]} %)": "{:.1f}-{:.1f}".format(*ranges["radius"]),
         f"aspect ratio ({other_pct[0]}-{other_pct[1]} %)": f"{aspect_lo:.2f}-{aspect_hi:.2f}",
         f"brightness ({bright_pct[0]}-{bright_pct[1]} %)": (
             f"{changes['intensity'][0]:.2f}-{changes['intensity'][1]:.2f}"
         ),
-        "foreground": region if region == "full" else f"ellipsoid {region_size}",
-        "intensity scale (1-99.8 %)": f"{lo:.4g}-{hi:.4g}",
+        "foreground": region if region == "full" else f"ellipsoid {tuple(region_size)}",
+        "intensity scale (1-99.8 %)": "{:.4g}-{:.4g}".format(*intensity_scale),
     }
-    if ndim == 3:
+    if "anisotropy" in changes:
         estimates["z squeeze (in-plane / z voxel)"] = changes["anisotropy"]
         estimates[f"z / in-plane extent ({size_pct[0]}-{size_pct[1]} %)"] = f"{z_lo:.2f}-{z_hi:.2f}"
-    return Fit(config=config, estimates=estimates, detections=found, names=names)
+    return estimates
 
 
 def to_toml(fit: Fit, data: Path) -> str:

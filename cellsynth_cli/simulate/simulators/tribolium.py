@@ -23,6 +23,8 @@ voxels, instead of a 500^3 volume with index grids.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.spatial import cKDTree
 
@@ -108,55 +110,15 @@ def simulate_tribolium(config: SimulationConfig, rng: np.random.Generator) -> Si
     centres, radii = _place_nuclei(config, rng, sphere_r, n_target)
     brightness = rng.uniform(*config.intensity, len(centres)).astype(np.float32)
 
-    # pixel-centre angles of every row and column
-    theta = (np.arange(height) + 0.5) * np.pi / height
-    phi = (np.arange(width) + 0.5) * 2.0 * np.pi / width
-    sin_t, cos_t = np.sin(theta), np.cos(theta)
-    sin_p, cos_p = np.sin(phi), np.cos(phi)
-    rows_per_rad = height / np.pi
-    cols_per_rad = width / (2.0 * np.pi)
-
+    grid = _Grid.of(rho, height, width)
     masks = np.zeros(config.shape, dtype=np.uint32)
     sketch = np.zeros(config.shape, dtype=np.float32)
     label = 0
     for centre, r, value in zip(centres, radii, brightness, strict=True):
-        rc = float(np.linalg.norm(centre))
-        # radii (z slices) the ball reaches
-        k0 = int(np.searchsorted(rho, rc - r, side="left"))
-        k1 = int(np.searchsorted(rho, rc + r, side="right"))
-        if k1 <= k0:
+        found = grid.ball(centre, r)
+        if found is None:
             continue
-        tc = float(np.arccos(np.clip(centre[2] / rc, -1.0, 1.0)))
-        pc = float(np.arctan2(centre[1], centre[0]) % (2.0 * np.pi))
-        alpha = float(np.arcsin(min(r / rc, 1.0)))  # half-angle of the cone seen from the origin
-        i0 = max(int(np.floor((tc - alpha) * rows_per_rad - 0.5)), 0)
-        i1 = min(int(np.ceil((tc + alpha) * rows_per_rad - 0.5)), height - 1)
-        if i1 < i0:
-            continue
-        over_pole = tc - alpha <= 0.0 or tc + alpha >= np.pi
-        cols: slice | np.ndarray
-        if over_pole:
-            cols = slice(0, width)
-            cp, sp = cos_p, sin_p
-        else:
-            # half-width in phi of a spherical cap: widens as 1/sin(theta) towards the poles
-            dphi = float(np.arcsin(min(np.sin(alpha) / np.sin(tc), 1.0)))
-            j0 = int(np.floor((pc - dphi) * cols_per_rad - 0.5))
-            j1 = int(np.ceil((pc + dphi) * cols_per_rad - 0.5))
-            if j1 - j0 + 1 >= width:
-                cols = slice(0, width)
-            elif j0 >= 0 and j1 < width:
-                cols = slice(j0, j1 + 1)
-            else:
-                cols = np.arange(j0, j1 + 1) % width  # straddles the x = 0 / W-1 seam
-            cp, sp = cos_p[cols], sin_p[cols]
-        st, ct = sin_t[i0 : i1 + 1, None], cos_t[i0 : i1 + 1, None]
-        # cosine of the angle between each (theta, phi) direction and the centre direction
-        u = centre / rc
-        cos_g = st * (cp * u[0] + sp * u[1]) + ct * u[2]
-        rr = rho[k0:k1, None, None]
-        inside = rr**2 + rc**2 - 2.0 * rr * rc * cos_g[None] <= r**2
-        box = (slice(k0, k1), slice(i0, i1 + 1), cols)
+        box, inside = found
         block = masks[box]
         new = inside & (block == 0)  # nuclei barely touch (min_distance); first come keeps
         if not new.any():
@@ -177,3 +139,67 @@ def simulate_tribolium(config: SimulationConfig, rng: np.random.Generator) -> Si
         "projection": "equirectangular: z = radius, y = theta in [0, pi], x = phi in [0, 2 pi)",
     }
     return Simulated(sketch=sketch, masks=masks, info=info)
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The projected image: radius rho per z slice, pixel-centre angles theta per row and phi
+    per column (equirectangular)."""
+
+    rho: np.ndarray
+    sin_t: np.ndarray
+    cos_t: np.ndarray
+    sin_p: np.ndarray
+    cos_p: np.ndarray
+    height: int
+    width: int
+
+    @classmethod
+    def of(cls, rho: np.ndarray, height: int, width: int) -> _Grid:
+        theta = (np.arange(height) + 0.5) * np.pi / height
+        phi = (np.arange(width) + 0.5) * 2.0 * np.pi / width
+        return cls(rho, np.sin(theta), np.cos(theta), np.sin(phi), np.cos(phi), height, width)
+
+    def ball(self, centre: np.ndarray, r: float) -> tuple[tuple, np.ndarray] | None:
+        """The box of the image a ball (CENTRE, R) reaches and which of its pixels it covers;
+        None when it reaches no projected radius or row."""
+        rho, height = self.rho, self.height
+        rc = float(np.linalg.norm(centre))
+        # radii (z slices) the ball reaches
+        k0 = int(np.searchsorted(rho, rc - r, side="left"))
+        k1 = int(np.searchsorted(rho, rc + r, side="right"))
+        if k1 <= k0:
+            return None
+        tc = float(np.arccos(np.clip(centre[2] / rc, -1.0, 1.0)))
+        alpha = float(np.arcsin(min(r / rc, 1.0)))  # half-angle of the cone seen from the origin
+        rows_per_rad = height / np.pi
+        i0 = max(int(np.floor((tc - alpha) * rows_per_rad - 0.5)), 0)
+        i1 = min(int(np.ceil((tc + alpha) * rows_per_rad - 0.5)), height - 1)
+        if i1 < i0:
+            return None
+        cols = self._columns(centre, tc, alpha)
+        cp, sp = self.cos_p[cols], self.sin_p[cols]
+        st, ct = self.sin_t[i0 : i1 + 1, None], self.cos_t[i0 : i1 + 1, None]
+        # cosine of the angle between each (theta, phi) direction and the centre direction
+        u = centre / rc
+        cos_g = st * (cp * u[0] + sp * u[1]) + ct * u[2]
+        rr = rho[k0:k1, None, None]
+        inside = rr**2 + rc**2 - 2.0 * rr * rc * cos_g[None] <= r**2
+        return (slice(k0, k1), slice(i0, i1 + 1), cols), inside
+
+    def _columns(self, centre: np.ndarray, tc: float, alpha: float) -> slice | np.ndarray:
+        """The columns (phi) a spherical cap of half-angle ALPHA around theta TC reaches."""
+        width = self.width
+        if tc - alpha <= 0.0 or tc + alpha >= np.pi:  # over a pole: every column
+            return slice(0, width)
+        pc = float(np.arctan2(centre[1], centre[0]) % (2.0 * np.pi))
+        cols_per_rad = width / (2.0 * np.pi)
+        # half-width in phi of a spherical cap: widens as 1/sin(theta) towards the poles
+        dphi = float(np.arcsin(min(np.sin(alpha) / np.sin(tc), 1.0)))
+        j0 = int(np.floor((pc - dphi) * cols_per_rad - 0.5))
+        j1 = int(np.ceil((pc + dphi) * cols_per_rad - 0.5))
+        if j1 - j0 + 1 >= width:
+            return slice(0, width)
+        if j0 >= 0 and j1 < width:
+            return slice(j0, j1 + 1)
+        return np.arange(j0, j1 + 1) % width  # straddles the x = 0 / W-1 seam
