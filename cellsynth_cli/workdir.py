@@ -74,3 +74,12 @@ def point_latest(run: Path) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return link
+
+
+def link_latest(run: Path) -> Path | None:
+    """runs/latest -> RUN when RUN lives in a directory called `runs` (as given, so a `runs`
+    that is itself a link counts); None elsewhere. OSError when the link cannot be made."""
+    run = Path(os.path.abspath(run))
+    if run.parent.name != RUNS:
+        return None
+    return point_latest(run)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -127,7 +125,7 @@ def train(
     """
     import torch
 
-    from cellsynth_cli.ddpm.train import train as run_training
+    from cellsynth_cli.ddpm.train import load_training_images, new_run, train_in_project
     from cellsynth_cli.diffusion.unet import default_config
     from cellsynth_cli.runtime import distributed
     from cellsynth_cli.runtime.device import pick_device
@@ -140,7 +138,7 @@ def train(
     ranks, _ = distributed.setup(pick_device(device))
     if not ranks.main:
         console.quiet = True
-    claimed = None  # a run directory made here, removed again if nothing was saved into it
+    claimed = False  # a run directory made here, removed again if nothing was saved into it
     if resume:
         # a resumed run keeps its own data and settings (from its checkpoint)
         data = data or Path(workdir.REAL)
@@ -151,12 +149,9 @@ def train(
         if out is None:
             if not Path(data).exists():
                 raise InputError(f"--data {data}: no such file or directory")
-            new_run = workdir.new_run_dir(data) if ranks.main else None
-            out = default_path(None, distributed.broadcast(new_run, ranks), "-o", False)
-            claimed = out if ranks.main else None
+            out = default_path(None, new_run(data, ranks), "-o", False)
+            claimed = ranks.main
     if dims is None and not resume:
-        from cellsynth_cli.ddpm.train import load_training_images
-
         dims = load_training_images(data, None).dims
     dims = dims or 2
     config = TrainConfig(
@@ -192,27 +187,18 @@ def train(
             rate = step / max(time.perf_counter() - started, 1e-9)
             progress.update(task, completed=step, loss=f"{loss:.4f}", rate=f"{rate:.2f}")
 
-        linked: list[Path | None] = []
         saved: list[int] = []
-
-        def on_checkpoint(step: int) -> None:
-            saved.append(step)
-            # runs/latest follows the newest run from its first checkpoint on, so a run
-            # stopped any way (time limit, Ctrl-C, SIGTERM from a scheduler) is found by
-            # `train --resume` and `synthesize`
-            if not linked:
-                linked.append(_point_latest(out))
-
         try:
             with sigterm_as_interrupt():
-                result = run_training(
+                project_run = train_in_project(
                     config,
                     out,
+                    claimed,
                     resume=resume,
                     overwrite=overwrite,
                     time_limit=parse_duration(time_limit),
                     on_step=on_step,
-                    on_checkpoint=on_checkpoint,
+                    on_checkpoint=saved.append,
                 )
         except KeyboardInterrupt:
             distributed.shutdown()
@@ -220,13 +206,12 @@ def train(
             where = f"checkpoint at step {saved[-1]} in {out}" if saved else "nothing saved"
             console.print(f"interrupted: {where}; continue with --resume")
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        finally:
-            if claimed is not None and not saved:
-                shutil.rmtree(claimed, ignore_errors=True)  # refused or failed before a step
-        latest = linked[0] if linked else None
     distributed.shutdown()
     if not ranks.main:
         return
+    for warning in project_run.warnings:
+        console.print(f"[yellow]{warning}")
+    result, latest = project_run.result, project_run.latest
     summary = {
         "run": str(result.run),
         "step": result.step,
@@ -247,18 +232,6 @@ def train(
             f"{result.device}, last loss {result.final_loss:.4f}{note}; "
             f"checkpoint in {result.run}"
         )
-
-
-def _point_latest(run: Path) -> Path | None:
-    """runs/latest -> RUN when RUN lives in a directory called `runs` (as given, so a `runs`
-    that is itself a link counts)."""
-    if Path(os.path.abspath(run)).parent.name != workdir.RUNS:
-        return None
-    try:
-        return workdir.point_latest(Path(os.path.abspath(run)))
-    except OSError as exc:
-        console.print(f"[yellow]could not point {workdir.RUNS}/{workdir.LATEST} at {run}: {exc}")
-        return None
 
 
 def register(app: typer.Typer) -> None:

@@ -18,6 +18,7 @@ import copy
 import csv
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cellsynth_cli import io
+from cellsynth_cli import io, workdir
 from cellsynth_cli.ddpm.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from cellsynth_cli.ddpm.config import TrainConfig
 from cellsynth_cli.ddpm.patches import PatchSampler
@@ -204,6 +205,56 @@ def train(
     loop = TrainLoop(config, run, state)
     loop.write_run_files(resume)
     return loop.run_loop(time_limit, on_step, on_checkpoint)
+
+
+@dataclass
+class ProjectRun:
+    """A training run in a project: its result, runs/latest when it was pointed at the run,
+    and what could not be done on the way (e.g. the link)."""
+
+    result: TrainResult
+    latest: Path | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def new_run(data: Path, ranks: distributed.Ranks) -> Path:
+    """A new runs/DATA-TIME/ claimed by rank 0 (created, so it is unique), the same path on
+    every rank."""
+    return distributed.broadcast(workdir.new_run_dir(data) if ranks.main else None, ranks)
+
+
+def train_in_project(
+    config: TrainConfig,
+    run: Path,
+    claimed: bool,
+    resume: bool = False,
+    overwrite: bool = False,
+    time_limit: float | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
+) -> ProjectRun:
+    """train() as `cellsynth train` runs it: runs/latest follows the run from its first
+    checkpoint on (so a run stopped any way is found by --resume and synthesize), and a run
+    directory made for this run (CLAIMED) is removed again when nothing was saved into it."""
+    latest: list[Path | None] = []
+    warnings: list[str] = []
+
+    def checkpointed(step: int) -> None:
+        if not latest:
+            try:
+                latest.append(workdir.link_latest(run))
+            except OSError as exc:
+                latest.append(None)
+                warnings.append(f"could not point {workdir.RUNS}/{workdir.LATEST} at {run}: {exc}")
+        if on_checkpoint:
+            on_checkpoint(step)
+
+    try:
+        result = train(config, run, resume, overwrite, time_limit, on_step, checkpointed)
+    finally:
+        if claimed and not latest:
+            shutil.rmtree(run, ignore_errors=True)  # refused or failed before a step
+    return ProjectRun(result, latest[0] if latest else None, warnings)
 
 
 def _state_to_resume(run: Path, resume: bool, overwrite: bool) -> dict | None:
