@@ -26,7 +26,7 @@ from cellsynth_cli.cli.common import (
     progress_bar,
 )
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.segment.config import TRAINING
+from cellsynth_cli.segment.config import JUDGE, MAX_SHARE, MODE, TRAINING
 
 Mode = Annotated[
     str,
@@ -166,7 +166,7 @@ def predict(
     model: path_option(("--model",), "Folder of `segment train`.", workdir.SEG) = None,
     images: path_option(("--images",), "Images to segment (zarr or TIFF).", workdir.REAL) = None,
     out: path_option(("-o", "--out"), "Output directory of NAME.zarr.", workdir.PRED) = None,
-    mode: Mode = "3d",
+    mode: Mode = MODE,
     device: Device = "auto",
     cluster: Cluster = None,
     resume: Resume = False,
@@ -251,25 +251,25 @@ def qc(
     model: path_option(("--model",), "Folder of `segment train`.", workdir.SEG) = None,
     data: path_option(("--data",), "Synthetic volumes with simulated masks.", workdir.SYNTH) = None,
     max_phantom: float = typer.Option(
-        1.0,
+        MAX_SHARE,
         "--max-phantom",
         help="Fail volumes with a larger fraction of predicted cells absent from the masks.",
     ),
     max_vanished: float = typer.Option(
-        1.0,
+        MAX_SHARE,
         "--max-vanished",
         help="Fail volumes with a larger fraction of simulated cells not found.",
     ),
     move_failed: Path = typer.Option(None, "--move-failed", help="Move failing volumes here."),
     out: Path = typer.Option(None, "-o", "--out", help="Write qc.json here (a file path)."),
     judge: str = typer.Option(
-        "model",
+        JUDGE,
         "--judge",
         help="Who segments the synthetic images: model = the Cellpose of --model; classical "
         "= local threshold + watershed at the masks' own cell size (no model, no labels: "
         "cleans an annotation-free training set before any Cellpose exists).",
     ),
-    mode: Mode = "3d",
+    mode: Mode = MODE,
     device: Device = "auto",
     cluster: Cluster = None,
     overwrite: Overwrite = False,

@@ -40,7 +40,7 @@ def synthesize(
         ("-o", "--out"), "Output directory of NAME.zarr volumes.", workdir.SYNTH
     ) = None,
     t_start: int = typer.Option(
-        600,
+        defaults.T_START,
         "--t-start",
         help="Noise level the sketch is pushed to before denoising (1..T). "
         "Small keeps the sketch's structure, large looks more like real data; the paper uses "
@@ -84,7 +84,7 @@ def synthesize(
         None, "--overlap", help="Tile overlap. Default: a quarter of the training patch."
     ),
     batch: int = typer.Option(
-        4,
+        defaults.TILE_BATCH,
         "--batch",
         help="Tiles per network call (pays on a GPU; on a CPU cost is per voxel). With "
         "automatic tiles, capped so one call stays within the 4M-voxel budget.",
@@ -92,7 +92,7 @@ def synthesize(
     seed: Seed = 0,
     device: Device = "auto",
     precision: str = typer.Option(
-        "auto",
+        defaults.PRECISION,
         "--precision",
         help="auto: bf16 (a bf16 copy of the network) where the device computes bf16 "
         "natively (CUDA GPUs since Ampere, CPUs with AVX512-BF16 or AMX; ~1.6x faster on "

@@ -42,16 +42,16 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 @dataclass(frozen=True)
 class SynthesisOptions:
-    t_start: int = 600
+    t_start: int = defaults.T_START
     # AUTO_STEPS: the sampler's default (defaults.default_steps); None: every step (the paper)
     steps: int | None = defaults.AUTO_STEPS
     sampler: str = defaults.SAMPLER  # auto: by the model's dimensionality
     tile: tuple[int, ...] | None = None  # None: whole volume up to AUTO_TILE_VOXELS
     overlap: tuple[int, ...] | None = None  # None: a quarter of the training patch
-    batch: int = 4
+    batch: int = defaults.TILE_BATCH
     seed: int = 0
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16 where the device has native bf16, else fp32
+    precision: str = defaults.PRECISION  # auto: bf16 where native, else fp32
     guidance: float | None = None  # classifier-free guidance weight w; None: see below
     guidance_share: float = defaults.GUIDANCE_SHARE  # of the steps, noisiest first
 

@@ -3,6 +3,13 @@
 Each value is the one a measurement chose (docs/benchmarks.md and docs/experiments.md say which).
 """
 
+# The noise level a sketch is pushed to: the paper's 600 of T = 1000 (the pipeline picks its
+# own without labels; `noise-analysis` recommends one for your data).
+T_START = 600
+# Tiles per network call: pays on a GPU; on a CPU the cost is per voxel.
+TILE_BATCH = 4
+PRECISION = "auto"  # bf16 where the device computes it natively, else fp32
+
 # Respaced reverse steps from t_start: 50 matched every-step sampling in 2D and 3D (distance
 # to the every-step sample within that sampler's own seed-to-seed spread, texture statistics
 # kept) at 1/12 of the network calls from t_start 600. Every step stays `--every-step`.

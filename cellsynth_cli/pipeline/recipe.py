@@ -58,7 +58,7 @@ class TStartSection:
     # noise analysis of the real images against the *simulated* sketches (histograms need
     # no pairing, so no labels); T; fixed: `value`
     rule: str = "auto"
-    value: int = 600
+    value: int = defaults.T_START
     kld_threshold: float = DEFAULT_KLD_THRESHOLD
     sketches: int = DEFAULT_SIMULATED_SKETCHES  # simulated, compared with the real images
 

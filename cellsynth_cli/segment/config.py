@@ -21,3 +21,11 @@ class SegmenterTraining:
 
 
 TRAINING = SegmenterTraining()
+
+
+MODES = ("3d", "stitch")  # 3D prediction: Cellpose's 3D mode, or 2D masks stitched across z
+MODE = "3d"
+# QC judges: a trained Cellpose folder, or the classical segmenter (no model, no labels)
+JUDGES = ("model", "classical")
+JUDGE = "model"
+MAX_SHARE = 1.0  # QC: the largest phantom / vanished share a volume may have (1: keep all)

@@ -15,11 +15,11 @@ from cellsynth_cli.errors import InputError, check_choice
 from cellsynth_cli.runtime import model_cache
 from cellsynth_cli.runtime.device import pick_device
 from cellsynth_cli.segment.cellpose_compat import cellpose_modules
+from cellsynth_cli.segment.config import MODE, MODES
 
 MODEL_FILE = "cellpose_model"
 CONFIG_FILE = "segmenter.json"
 DIAM_MEAN = 30.0  # cellpose rescales every training image so cells have this diameter
-MODES = ("3d", "stitch")  # 3D prediction: Cellpose's 3D mode, or 2D masks stitched across z
 STITCH_THRESHOLD = 0.5  # IoU that joins 2D masks of neighbouring z slices into one cell
 
 
@@ -50,7 +50,7 @@ def load_segmenter(model_dir: Path, device: str = "auto") -> tuple[Any, dict]:
 
 
 def segment_image(
-    model: Any, config: dict, image: np.ndarray, mode: str = "3d", anisotropy: float = 1.0
+    model: Any, config: dict, image: np.ndarray, mode: str = MODE, anisotropy: float = 1.0
 ) -> np.ndarray:
     """Instance masks of a 2D or 3D image (3D: mode "3d" or "stitch", see MODES)."""
     check_choice(mode, MODES, "--mode")

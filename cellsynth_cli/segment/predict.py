@@ -14,7 +14,8 @@ from cellsynth_cli.errors import InputError, check_choice
 from cellsynth_cli.measure.matching import segmentation_scores
 from cellsynth_cli.runtime.per_volume import run_stage
 from cellsynth_cli.segment import model as segmenter
-from cellsynth_cli.segment.model import MODEL_FILE, MODES, segment_image, segmenter_config
+from cellsynth_cli.segment.config import MODE, MODES
+from cellsynth_cli.segment.model import MODEL_FILE, segment_image, segmenter_config
 from cellsynth_cli.segment.slices import z_anisotropy
 
 
@@ -72,7 +73,7 @@ def predict(
     images: Path,
     out: Path,
     overwrite: bool = False,
-    mode: str = "3d",
+    mode: str = MODE,
     on_volume: Callable[[str], None] | None = None,
     resume: bool = False,
     device: str = "auto",

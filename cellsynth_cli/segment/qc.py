@@ -13,11 +13,9 @@ from cellsynth_cli.errors import InputError, check_choice
 from cellsynth_cli.measure.matching import match_counts
 from cellsynth_cli.measure.qc import phantom_vanished
 from cellsynth_cli.segment import model as segmenter
-from cellsynth_cli.segment.model import MODEL_FILE, MODES, segment_image, segmenter_config
+from cellsynth_cli.segment.config import JUDGE, JUDGES, MAX_SHARE, MODE, MODES
+from cellsynth_cli.segment.model import MODEL_FILE, segment_image, segmenter_config
 from cellsynth_cli.segment.slices import z_anisotropy
-
-# QC judges: a trained Cellpose folder, or the classical segmenter (no model, no labels)
-JUDGES = ("model", "classical")
 
 
 @dataclass(frozen=True)
@@ -49,14 +47,14 @@ def qc_one(job: QCJob) -> dict:
 def quality_control(
     model_dir: Path | None,
     data: Path,
-    max_phantom: float = 1.0,
-    max_vanished: float = 1.0,
+    max_phantom: float = MAX_SHARE,
+    max_vanished: float = MAX_SHARE,
     move_failed: Path | None = None,
     on_volume: Callable[[str], None] | None = None,
     device: str = "auto",
-    mode: str = "3d",
+    mode: str = MODE,
     cluster: str | None = None,
-    judge: str = "model",
+    judge: str = JUDGE,
 ) -> dict:
     """Segment each synthetic image; compare with its own simulated masks (IoU >= 0.5).
 
