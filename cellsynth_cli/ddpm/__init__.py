@@ -1,0 +1,2 @@
+"""The DDPM stages: train, synthesize, noise analysis (t_start); checkpoints, bundled models,
+tiling, patches, pseudo-sketches."""

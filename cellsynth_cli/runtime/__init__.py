@@ -1,0 +1,2 @@
+"""Where work runs: the Dask cluster and the per-volume stage runner, torchrun, the device,
+free memory, the model cache."""

@@ -1,0 +1,2 @@
+"""Simulated sketches and masks: presets and their config, shapes, simulators, fit, sketches
+from labels."""
