@@ -104,10 +104,12 @@ def real_arm(recipe: recipes.Recipe, train: Path, out: Path, reuse: bool) -> flo
     return time.perf_counter() - start
 
 
-def scored(model: Path, test: Path, out: Path, mode: str) -> dict:
+def scored(model: Path, test: Path, out: Path, section: recipes.PredictSection) -> dict:
+    """The real-label arm predicts as the pipeline does (the recipe's [predict] settings)."""
     from cellsynth_cli.segment.predict import predict, score
 
-    predict(model, test, out, overwrite=True, mode=mode)
+    fraction = section.fraction()
+    predict(model, test, out, overwrite=True, mode=section.mode, min_size_fraction=fraction)
     return score(out, test)
 
 
@@ -153,7 +155,7 @@ def main() -> None:
     mode = recipe.predict.mode
     scores = {
         "synthetic": json.loads((project / "report.json").read_text())["scores"],
-        "real": scored(out / "seg_real", folders["real_test"], out / "pred_real", mode),
+        "real": scored(out / "seg_real", folders["real_test"], out / "pred_real", recipe.predict),
     }
     qc = quality(out / "seg_real", project / "synth", mode)
     write_report(out, args.dataset, recipe, summary, scores, qc, seconds)

@@ -289,3 +289,51 @@ def test_tiny_3d_set_trains_on_all_planes_and_predicts_in_3d(tmp_path):
         assert pred.masks.shape == (8, 36, 68) and pred.masks.dtype.kind == "u"
         assert pred.voxel_size == VOXEL and pred.provenance["mode"] == mode
         assert pred.provenance["anisotropy"] == 4.0
+
+
+class FragmentingModel(FakeModel):
+    """One cell (6 x 10 x 10 voxels) and, beside it, a 1-voxel fragment labelled 2."""
+
+    def eval(self, x, **kwargs):
+        self.calls.append(kwargs)
+        masks = np.zeros(x.shape, np.int32)
+        masks[..., 2:12, 2:12] = 1
+        masks[(0,) * (x.ndim - 2) + (20, 20)] = 2
+        return masks, None, None
+
+
+def test_3d_predict_drops_fragments_by_default_and_keeps_them_when_asked(tmp_path, monkeypatch):
+    """A typical cell of diameter 12 at anisotropy 4 is pi/6 * 12^3 / 4 = 226 voxels: 0.1 of
+    it (23) drops a one-voxel fragment (and renumbers), 0 keeps it; 2D keeps it by default."""
+    assert segmenter.min_cell_size(12.0, 3, 4.0, 0.1) == 23
+    assert segmenter.min_cell_size(12.0, 2, 1.0, 0.5) == round(0.5 * np.pi / 4 * 144)
+    model_dir = tmp_path / "seg"
+    model_dir.mkdir()
+    (model_dir / segmenter.CONFIG_FILE).write_text(json.dumps({"diameter": 12.0, "dims": 3}))
+    (model_dir / segmenter.MODEL_FILE).write_bytes(b"")
+    model = FragmentingModel()
+    monkeypatch.setattr(
+        segmenter, "load_segmenter", lambda d, device="auto": (model, segmenter.segmenter_config(d))
+    )
+    v = two_boxes()
+    io.write_volume(tmp_path / "real", v)
+    io.write_volume(tmp_path / "flat", io.Volume(name="flat", image=v.image[2]))
+
+    def predicted(images, out, *options):
+        result = run(
+            "segment", "predict", "--model", model_dir, "--images", images, "-o", out, *options
+        )
+        assert result.exit_code == 0, result.output
+        return io.read_volume(io.list_volumes(out)[0])
+
+    dropped = predicted(tmp_path / "real", tmp_path / "p3")
+    assert set(np.unique(dropped.masks)) == {0, 1}
+    assert dropped.provenance["min_size_fraction"] == 0.1
+    kept = predicted(tmp_path / "real", tmp_path / "p0", "--min-size-fraction", 0)
+    assert set(np.unique(kept.masks)) == {0, 1, 2}
+    flat = predicted(tmp_path / "flat", tmp_path / "p2")
+    assert set(np.unique(flat.masks)) == {0, 1, 2} and flat.provenance["min_size_fraction"] == 0
+    bad = run("segment", "predict", "--model", model_dir, "--images", tmp_path / "real",
+              "-o", tmp_path / "bad", "--min-size-fraction", 1.5)  # fmt: skip
+    assert bad.exit_code == 2 and "--min-size-fraction must be in [0, 1)" in bad.output
+    assert not (tmp_path / "bad").exists()

@@ -26,7 +26,7 @@ from cellsynth_cli.cli.common import (
     progress_bar,
 )
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.segment.config import JUDGE, MAX_SHARE, MODE, TRAINING
+from cellsynth_cli.segment.config import JUDGE, MAX_SHARE, MIN_SIZE_FRACTION, MODE, TRAINING
 
 Mode = Annotated[
     str,
@@ -167,6 +167,15 @@ def predict(
     images: path_option(("--images",), "Images to segment (zarr or TIFF).", workdir.REAL) = None,
     out: path_option(("-o", "--out"), "Output directory of NAME.zarr.", workdir.PRED) = None,
     mode: Mode = MODE,
+    min_size_fraction: float = typer.Option(
+        None,
+        "--min-size-fraction",
+        help="Drop predicted objects smaller than this share of a typical cell (a disc or "
+        "ball of the model's training diameter). Default: "
+        + ", ".join(f"{f:g} in {d}D" for d, f in MIN_SIZE_FRACTION.items())
+        + " (Cellpose's 3D mode leaves fragments inside and beside nuclei).",
+        show_default=False,
+    ),
     device: Device = "auto",
     cluster: Cluster = None,
     resume: Resume = False,
@@ -197,6 +206,7 @@ def predict(
             device=device,
             cluster=cluster,
             on_volume=lambda name: status.update(f"segmented {name}"),
+            min_size_fraction=min_size_fraction,
         )
     if json_out:
         print_json({"out": str(out), "volumes": rows})

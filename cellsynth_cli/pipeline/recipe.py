@@ -19,8 +19,10 @@ from cellsynth_cli.ddpm.config import TrainConfig
 from cellsynth_cli.ddpm.noise_defaults import DEFAULT_KLD_THRESHOLD, DEFAULT_SIMULATED_SKETCHES
 from cellsynth_cli.diffusion import defaults
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.segment.config import TRAINING
+from cellsynth_cli.segment.config import MODE, TRAINING
 from cellsynth_cli.simulate.config import toml_value
+
+AUTO_FRACTION = -1.0  # [predict] min_size_fraction: the default for the data (TOML has no None)
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,13 @@ class SegmentSection:
 
 @dataclass(frozen=True)
 class PredictSection:
-    mode: str = "3d"  # 3D volumes: Cellpose's 3D mode, or stitch
+    mode: str = MODE  # 3D volumes: Cellpose's 3D mode, or stitch
+    # drop objects under this share of a typical cell; AUTO: segment.config.MIN_SIZE_FRACTION
+    min_size_fraction: float = AUTO_FRACTION
+
+    def fraction(self) -> float | None:
+        """The min_size_fraction for predict (None: the default for the images' dims)."""
+        return None if self.min_size_fraction == AUTO_FRACTION else self.min_size_fraction
 
 
 @dataclass(frozen=True)

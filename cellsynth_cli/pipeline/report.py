@@ -63,6 +63,7 @@ def _score(ctx: Context, reference: Path) -> dict:
         out,
         overwrite=True,
         mode=ctx.recipe.predict.mode,
+        min_size_fraction=ctx.recipe.predict.fraction(),
         device=ctx.device,
         cluster=ctx.cluster,
     )

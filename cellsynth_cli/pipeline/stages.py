@@ -349,6 +349,7 @@ def predict(ctx: Context) -> dict:
         overwrite=not ctx.resume,
         resume=ctx.resume,
         mode=ctx.recipe.predict.mode,
+        min_size_fraction=ctx.recipe.predict.fraction(),
         on_volume=on_volume,
         device=ctx.device,
         cluster=ctx.cluster,

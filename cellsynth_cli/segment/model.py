@@ -50,9 +50,15 @@ def load_segmenter(model_dir: Path, device: str = "auto") -> tuple[Any, dict]:
 
 
 def segment_image(
-    model: Any, config: dict, image: np.ndarray, mode: str = MODE, anisotropy: float = 1.0
+    model: Any,
+    config: dict,
+    image: np.ndarray,
+    mode: str = MODE,
+    anisotropy: float = 1.0,
+    min_size_fraction: float = 0.0,
 ) -> np.ndarray:
-    """Instance masks of a 2D or 3D image (3D: mode "3d" or "stitch", see MODES)."""
+    """Instance masks of a 2D or 3D image (3D: mode "3d" or "stitch", see MODES), without
+    the objects smaller than MIN_SIZE_FRACTION of a typical cell (min_cell_size)."""
     check_choice(mode, MODES, "--mode")
     kwargs: dict[str, Any] = dict(channels=[0, 0], diameter=config["diameter"])
     if image.ndim == 3:
@@ -63,7 +69,26 @@ def segment_image(
         else:
             kwargs.update(do_3D=False, stitch_threshold=STITCH_THRESHOLD)
     masks, _, _ = model.eval(image.astype(np.float32), **kwargs)
-    return np.asarray(masks).astype(np.uint32)
+    masks = np.asarray(masks).astype(np.uint32)
+    if min_size_fraction > 0:
+        from skimage.segmentation import relabel_sequential
+
+        smallest = min_cell_size(config["diameter"], image.ndim, anisotropy, min_size_fraction)
+        sizes = np.bincount(masks.ravel())
+        small = np.flatnonzero(sizes < smallest)
+        masks[np.isin(masks, small[small > 0])] = 0
+        masks = relabel_sequential(masks)[0]
+    return masks
+
+
+def min_cell_size(diameter: float, ndim: int, anisotropy: float, fraction: float) -> int:
+    """FRACTION of the pixels (2D) or voxels (3D, z steps ANISOTROPY times the x step) of a
+    disc or ball of DIAMETER (in x pixels): the smallest object prediction keeps."""
+    if ndim == 2:
+        typical = np.pi / 4 * diameter**2
+    else:
+        typical = np.pi / 6 * diameter**3 / anisotropy
+    return max(1, int(round(fraction * typical)))
 
 
 def cached(model_dir: Path, checksum: str, device: str) -> tuple[Any, dict]:

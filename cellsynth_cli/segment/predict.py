@@ -14,7 +14,7 @@ from cellsynth_cli.errors import InputError, check_choice
 from cellsynth_cli.measure.matching import segmentation_scores
 from cellsynth_cli.runtime.per_volume import run_stage
 from cellsynth_cli.segment import model as segmenter
-from cellsynth_cli.segment.config import MODE, MODES
+from cellsynth_cli.segment.config import MIN_SIZE_FRACTION, MODE, MODES
 from cellsynth_cli.segment.model import MODEL_FILE, segment_image, segmenter_config
 from cellsynth_cli.segment.slices import z_anisotropy
 
@@ -32,6 +32,7 @@ class PredictJob:
     device: str
     overwrite: bool
     run: str  # token of this run: a re-run task finds what an earlier attempt wrote
+    min_size_fraction: float | None = None  # None: MIN_SIZE_FRACTION for the image's dims
 
 
 def predict_one(job: PredictJob) -> dict:
@@ -44,8 +45,12 @@ def predict_one(job: PredictJob) -> dict:
         raise InputError(f"{job.image}: no intensity image to segment")
     model, config = segmenter.cached(job.model_dir, job.model_checksum, job.device)
     anisotropy = z_anisotropy(volume.voxel_size)
-    masks = segment_image(model, config, volume.image, job.mode, anisotropy)
+    fraction = job.min_size_fraction
+    if fraction is None:
+        fraction = MIN_SIZE_FRACTION[volume.image.ndim]
+    masks = segment_image(model, config, volume.image, job.mode, anisotropy, fraction)
     settings = {"mode": job.mode, "anisotropy": anisotropy} if volume.image.ndim == 3 else {}
+    settings["min_size_fraction"] = fraction
     n_cells = int(len(np.unique(masks)) - 1)
     io.write_volume(
         job.out_dir,
@@ -78,17 +83,22 @@ def predict(
     resume: bool = False,
     device: str = "auto",
     cluster: str | None = None,
+    min_size_fraction: float | None = None,
 ) -> list[dict]:
     """Segment every image of IMAGES into OUT (the image with labels/cells).
 
     3D images: mode "3d" is Cellpose's 3D mode with anisotropy = z step / x step of the
     voxel size (1 when unknown); "stitch" joins 2D masks of the z slices. 2D: mode is unused.
+    Objects smaller than MIN_SIZE_FRACTION of a typical cell are dropped (None: the default
+    for the image's dimensionality, config.MIN_SIZE_FRACTION).
     In this process, or one task per image on a Dask cluster (`cluster`, see cluster.py);
     Cellpose is loaded once per process, and only when something is left to segment.
     """
     from cellsynth_cli.runtime import cluster as dask_cluster
 
     check_choice(mode, MODES, "--mode")
+    if min_size_fraction is not None and not 0.0 <= min_size_fraction < 1.0:
+        raise InputError(f"--min-size-fraction must be in [0, 1), got {min_size_fraction}")
     dask_cluster.parse_cluster(cluster)
     paths = io.list_volumes(images)
     names = [io.volume_name(p) for p in paths]
@@ -101,8 +111,17 @@ def predict(
         names,
         out,
         lambda i, name, run: PredictJob(
-            model_dir, checksum, paths[i], name, out, mode, device, overwrite, run
-        ),
+            model_dir,
+            checksum,
+            paths[i],
+            name,
+            out,
+            mode,
+            device,
+            overwrite,
+            run,
+            min_size_fraction,
+        ),  # fmt: skip
         predict_one,
         cluster,
         overwrite,
