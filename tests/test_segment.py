@@ -143,37 +143,57 @@ def _qc(seg, data, *cluster):
     return json.loads(qc.stdout)
 
 
-@pytest.mark.slow
-def test_tiny_cellpose_predicts_and_scores(tiny_segmenter, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_predictions(tiny_segmenter, tmp_path_factory):
+    """The tiny segmenter's masks of its own training images, in this process."""
     data, seg, _ = tiny_segmenter
-    _predict(seg, data, tmp_path / "pred")
-    pred = io.read_volume(io.list_volumes(tmp_path / "pred")[0])
+    out = tmp_path_factory.mktemp("tiny_pred") / "pred"
+    _predict(seg, data, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_qc(tiny_segmenter):
+    data, seg, _ = tiny_segmenter
+    return _qc(seg, data)
+
+
+@pytest.mark.slow
+def test_tiny_cellpose_predicts_and_scores(tiny_segmenter, tiny_predictions):
+    data, _, _ = tiny_segmenter
+    pred = io.read_volume(io.list_volumes(tiny_predictions)[0])
     assert pred.masks.shape == (96, 96)
-    scored = run("segment", "score", "--pred", tmp_path / "pred", "--ref", data, "--json")
+    scored = run("segment", "score", "--pred", tiny_predictions, "--ref", data, "--json")
     assert scored.exit_code == 0
     assert json.loads(scored.stdout)["summary"]["dice"]["mean"] > 0.5
 
 
 @pytest.mark.slow
-def test_tiny_cellpose_qc_reports_every_volume(tiny_segmenter):
-    data, seg, _ = tiny_segmenter
-    report = _qc(seg, data)
+def test_tiny_cellpose_qc_reports_every_volume(tiny_qc):
+    report = tiny_qc
     assert len(report["volumes"]) == 8
     assert all(0 <= r["phantom"] <= 1 and 0 <= r["vanished"] <= 1 for r in report["volumes"])
     assert set(report["passed"]) | set(report["failed"]) == {v["name"] for v in report["volumes"]}
 
 
 @pytest.mark.slow
-def test_predict_and_qc_on_dask_find_the_same_cells(tiny_segmenter, tmp_path):
-    """On a Dask cluster (one worker: Cellpose loads once there): the same cells as here."""
+def test_predict_and_qc_on_dask_find_the_same_cells(
+    tiny_segmenter, tiny_predictions, tiny_qc, tmp_path
+):
+    """On a Dask cluster (one worker, kept warm for both commands: Cellpose loads once
+    there): the same cells as in this process."""
+    from distributed import LocalCluster
+
     data, seg, _ = tiny_segmenter
-    _predict(seg, data, tmp_path / "pred")
-    _predict(seg, data, tmp_path / "pred-dask", "--cluster", "local:1")
-    for path in io.list_volumes(tmp_path / "pred"):
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        address = cluster.scheduler_address
+        _predict(seg, data, tmp_path / "pred-dask", "--cluster", address)
+        qc_dask = _qc(seg, data, "--cluster", address)
+    for path in io.list_volumes(tiny_predictions):
         here = io.read_volume(path).masks
         there = io.read_volume(tmp_path / "pred-dask" / path.name).masks
         assert segmentation_scores(there, here)["f1"] == 1.0, path.name
-    assert _qc(seg, data, "--cluster", "local:1")["passed"] == _qc(seg, data)["passed"]
+    assert qc_dask["passed"] == tiny_qc["passed"]
 
 
 def test_strict_iou_losses_name_loose_merged_and_oversized_cells():
