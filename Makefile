@@ -9,6 +9,9 @@ STAMP  := $(VENV)/.cellsynth-installed
 TORCH_SPEC     ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS    ?=
+# test files run on this many processes (pytest-xdist, a file's tests stay together so its
+# module fixtures are made once): 394 tests in 527 s instead of 626 s on 2 cores
+TEST_WORKERS   ?= 2
 
 .PHONY: install demo demo-full bundled-model test test-fast bench bench-gpu lint docs experiment experiment-3d study clean
 
@@ -41,10 +44,10 @@ bundled-model: $(STAMP)
 	$(PY) scripts/bundled_model.py $(BUNDLED_ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
