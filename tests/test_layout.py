@@ -18,6 +18,7 @@ LAYERS = {
     "io": 1,
     "errors": 0,
     "workdir": 0,
+    "defaults": 0,
 }
 
 

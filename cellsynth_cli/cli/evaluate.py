@@ -16,6 +16,7 @@ from cellsynth_cli.cli.common import (
     path_option,
     print_json,
 )
+from cellsynth_cli.defaults import SEED
 
 
 def evaluate(
@@ -48,7 +49,7 @@ def evaluate(
         "prediction's) in both images before scoring.",
     ),
     csv_path: path_option(("--csv",), "Also write the scores to this CSV file.") = None,
-    seed: Seed = 0,
+    seed: Seed = SEED,
     overwrite: Overwrite = False,
     json_out: JsonOut = False,
 ) -> None:

@@ -29,6 +29,7 @@ from cellsynth_cli.ddpm.noise_defaults import (
     DEFAULT_TIMESTEPS,
     HIST_RANGE,
 )
+from cellsynth_cli.defaults import DEVICE, SEED
 from cellsynth_cli.errors import InputError
 
 
@@ -56,7 +57,7 @@ def noise_analysis(
         help=f"Recommend the smallest t with KLD below this. {DEFAULT_KLD_THRESHOLD} "
         "picks t=600 on the paper's A. thaliana curve (KLD 0.053 at 400, 0.004 at 600).",
     ),
-    seed: Seed = 0,
+    seed: Seed = SEED,
     model: Path = typer.Option(
         None,
         "--model",
@@ -83,7 +84,7 @@ def noise_analysis(
         "--qc-max-kld",
         help="With --qc: the largest KLD a candidate t may have.",
     ),
-    device: Device = "auto",
+    device: Device = DEVICE,
     out: Path = typer.Option(
         None, "-o", "--out", help="Directory for noise_analysis.json and noise_analysis.png."
     ),

@@ -21,6 +21,7 @@ from cellsynth_cli.cli.common import (
     print_json,
     sigterm_as_interrupt,
 )
+from cellsynth_cli.defaults import DEVICE
 from cellsynth_cli.pipeline import recipe as recipes
 from cellsynth_cli.pipeline.recipe import RECIPE_FILE, STAGE_NAMES
 
@@ -75,7 +76,7 @@ def pipeline(
         False, "--show-recipe", help="Print every setting of the recipe as TOML and exit."
     ),
     cluster: Cluster = None,
-    device: Device = "auto",
+    device: Device = DEVICE,
     overwrite: Overwrite = False,
     json_out: JsonOut = False,
 ) -> None:

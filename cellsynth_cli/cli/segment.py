@@ -25,6 +25,7 @@ from cellsynth_cli.cli.common import (
     print_json,
     progress_bar,
 )
+from cellsynth_cli.defaults import DEVICE
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.segment.config import JUDGE, MAX_SHARE, MIN_SIZE_FRACTION, MODE, TRAINING
 
@@ -95,7 +96,7 @@ def train(
         show_default=False,
     ),
     seed: Seed = TRAINING.seed,
-    device: Device = "auto",
+    device: Device = DEVICE,
     overwrite: Overwrite = False,
     json_out: JsonOut = False,
 ) -> None:
@@ -176,7 +177,7 @@ def predict(
         + " (Cellpose's 3D mode leaves fragments inside and beside nuclei).",
         show_default=False,
     ),
-    device: Device = "auto",
+    device: Device = DEVICE,
     cluster: Cluster = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
@@ -280,7 +281,7 @@ def qc(
         "cleans an annotation-free training set before any Cellpose exists).",
     ),
     mode: Mode = MODE,
-    device: Device = "auto",
+    device: Device = DEVICE,
     cluster: Cluster = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = False,

@@ -23,6 +23,7 @@ from cellsynth_cli.cli.common import (
     print_json,
     progress_bar,
 )
+from cellsynth_cli.defaults import SEED
 from cellsynth_cli.errors import InputError
 
 PRESET_COMMAND = "preset"  # hidden: `simulate PRESET ...` runs it
@@ -99,7 +100,7 @@ def simulate(
     ),
     n: int = typer.Option(None, "-n", "--n", help="Number of volumes to simulate."),
     out: path_option(("-o", "--out"), "Output directory of NAME.zarr volumes.", workdir.SIM) = None,
-    seed: Seed = 0,
+    seed: Seed = SEED,
     shape: str = typer.Option(
         None, "--shape", help="Volume size Z,Y,X (or Y,X for 2D presets); default the paper's."
     ),

@@ -21,6 +21,7 @@ from cellsynth_cli.cli.common import (
     path_option,
     print_json,
 )
+from cellsynth_cli.defaults import DEVICE, SEED
 from cellsynth_cli.diffusion import defaults
 from cellsynth_cli.errors import InputError
 
@@ -89,8 +90,8 @@ def synthesize(
         help="Tiles per network call (pays on a GPU; on a CPU cost is per voxel). With "
         "automatic tiles, capped so one call stays within the 4M-voxel budget.",
     ),
-    seed: Seed = 0,
-    device: Device = "auto",
+    seed: Seed = SEED,
+    device: Device = DEVICE,
     precision: str = typer.Option(
         defaults.PRECISION,
         "--precision",

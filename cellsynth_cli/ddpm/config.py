@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cellsynth_cli.defaults import DEVICE, SEED
+
 DEFAULT_PATCH = {2: (256, 256), 3: (32, 128, 128)}
 
 
@@ -24,12 +26,12 @@ class TrainConfig:
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     warmup: int = 100  # linear learning-rate warm-up steps
-    seed: int = 0
+    seed: int = SEED
     schedule: str = "cosine"
     T: int = 1000  # noqa: N815 - the paper's name
     checkpoint_every: int = 500
     channels: tuple[int, ...] | None = None  # None: the UNet's defaults for `dims`
-    device: str = "auto"
+    device: str = DEVICE
     condition: str = "none"  # "pseudo-sketch": conditioned on sketches (conditioning.py)
     condition_dropout: float = 0.1  # classifier-free guidance: P(sketch replaced by null)
 

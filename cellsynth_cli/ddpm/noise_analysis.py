@@ -28,6 +28,7 @@ from cellsynth_cli.ddpm.noise_defaults import (
     DEFAULT_TIMESTEPS,
     HIST_RANGE,
 )
+from cellsynth_cli.defaults import DEVICE, SEED
 from cellsynth_cli.diffusion.process import q_sample
 from cellsynth_cli.diffusion.schedule import cosine_schedule
 from cellsynth_cli.errors import InputError
@@ -211,12 +212,12 @@ def noise_analysis(
     timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
     bins: int = DEFAULT_BINS,
     kld_threshold: float = DEFAULT_KLD_THRESHOLD,
-    seed: int = 0,
+    seed: int = SEED,
     model_run: Path | None = None,
     backward_steps: int | None = DEFAULT_BACKWARD_STEPS,
     max_volumes: int | None = None,
     crop: tuple[int, ...] | None = None,
-    device: str = "auto",
+    device: str = DEVICE,
     on_progress: Callable[[str], None] | None = None,
     qc_sketches: Path | None = None,
     qc_max_kld: float = DEFAULT_QC_MAX_KLD,

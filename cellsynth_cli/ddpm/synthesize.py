@@ -27,6 +27,7 @@ from cellsynth_cli.ddpm.tiling import (
     round_up,
     tile_grid,
 )
+from cellsynth_cli.defaults import DEVICE, SEED
 from cellsynth_cli.diffusion import defaults
 from cellsynth_cli.diffusion.conditioning import guided, is_conditional
 from cellsynth_cli.diffusion.process import SAMPLERS, sample, sampling_timesteps
@@ -49,8 +50,8 @@ class SynthesisOptions:
     tile: tuple[int, ...] | None = None  # None: whole volume up to AUTO_TILE_VOXELS
     overlap: tuple[int, ...] | None = None  # None: a quarter of the training patch
     batch: int = defaults.TILE_BATCH
-    seed: int = 0
-    device: str = "auto"
+    seed: int = SEED
+    device: str = DEVICE
     precision: str = defaults.PRECISION  # auto: bf16 where native, else fp32
     guidance: float | None = None  # classifier-free guidance weight w; None: see below
     guidance_share: float = defaults.GUIDANCE_SHARE  # of the steps, noisiest first

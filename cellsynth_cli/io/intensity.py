@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from cellsynth_cli.defaults import SEED
 from cellsynth_cli.errors import InputError
 
 LOW_PERCENTILE = 1.0  # background level
@@ -21,7 +22,7 @@ def robust_range(
     images: Iterable[np.ndarray],
     low: float = LOW_PERCENTILE,
     high: float = HIGH_PERCENTILE,
-    seed: int = 0,
+    seed: int = SEED,
 ) -> tuple[float, float]:
     """(low, high) percentiles over all images together (subsampled when huge)."""
     rng = np.random.default_rng(seed)

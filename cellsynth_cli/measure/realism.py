@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage, stats
 
 from cellsynth_cli import io
+from cellsynth_cli.defaults import SEED
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.measure.detect import Detections, choose_method, detect_nuclei
 from cellsynth_cli.measure.metrics import bhattacharyya_distance, histogram, kl_divergence
@@ -218,7 +219,7 @@ def _units(
 def compare_sets(
     pred_dir: Path,
     ref_dir: Path,
-    seed: int = 0,
+    seed: int = SEED,
     on_volume: Callable[[str], None] | None = None,
 ) -> Realism:
     """Distances between the synthetic set PRED_DIR and the real set REF_DIR, with floors."""

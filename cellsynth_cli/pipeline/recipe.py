@@ -17,6 +17,7 @@ from typing import Any
 
 from cellsynth_cli.ddpm.config import TrainConfig
 from cellsynth_cli.ddpm.noise_defaults import DEFAULT_KLD_THRESHOLD, DEFAULT_SIMULATED_SKETCHES
+from cellsynth_cli.defaults import SEED
 from cellsynth_cli.diffusion import defaults
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.segment.config import MODE, TRAINING
@@ -50,7 +51,7 @@ class TrainSection:
 class SimulateSection:
     n: int = 16
     touching_fraction: float = 0.25  # share of nuclei placed against another one
-    seed: int = 0
+    seed: int = SEED
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class SynthesizeSection:
     sampler: str = defaults.SAMPLER  # auto: ddpm in 2D, dpm++2m-sde in 3D
     guidance: float = defaults.GUIDANCE  # conditional models only
     guidance_share: float = defaults.GUIDANCE_SHARE  # of the steps, noisiest first
-    seed: int = 0
+    seed: int = SEED
 
 
 @dataclass(frozen=True)

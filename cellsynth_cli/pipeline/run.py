@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cellsynth_cli import io, workdir
+from cellsynth_cli.defaults import DEVICE
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.pipeline import recipe as recipes
 from cellsynth_cli.pipeline import report as reporting
@@ -96,7 +97,7 @@ def run_pipeline(
     from_stage: str | None = None,
     score_against: Path | None = None,
     cluster: str | None = None,
-    device: str = "auto",
+    device: str = DEVICE,
     overwrite: bool = False,
     on_stage: Callable[[str, str], None] | None = None,
     on_progress: Progress | None = None,

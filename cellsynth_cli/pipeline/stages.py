@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cellsynth_cli import io, workdir
+from cellsynth_cli.defaults import DEVICE
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.pipeline.recipe import Recipe
 
@@ -39,7 +40,7 @@ class Context:
     data: Path
     recipe: Recipe
     cluster: str | None = None
-    device: str = "auto"
+    device: str = DEVICE
     resume: bool = False  # an earlier attempt of this stage with the same stamp was cut short
     on_progress: Callable[[str, float | None, float | None], None] = lambda *a: None
     results: dict[str, dict] = field(default_factory=dict)  # what earlier stages returned

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from cellsynth_cli import io
+from cellsynth_cli.defaults import SEED
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.io.intensity import robust_range, to_unit
 from cellsynth_cli.measure.detect import segment_nuclei
@@ -56,7 +57,7 @@ def _free_squares(clearance: np.ndarray, side: int) -> np.ndarray:
 
 
 def background_crops(
-    data: Path, diameter: float, n_crops: int, seed: int = 0
+    data: Path, diameter: float, n_crops: int, seed: int = SEED
 ) -> list[BackgroundCrop]:
     """Up to N_CROPS non-overlapping nucleus-free squares of DATA's images (2D, or the xy
     planes of 3D volumes), those farthest from any detected nucleus first.

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cellsynth_cli.defaults import SEED
+
 
 @dataclass(frozen=True)
 class SegmenterTraining:
@@ -17,7 +19,7 @@ class SegmenterTraining:
     batch: int = 8  # crops per step
     slices: str = "all"  # 3D: xy + resampled xz / yz slices ("xy": xy slices only)
     background_crops: int = 4  # with --background: nucleus-free squares of real images
-    seed: int = 0
+    seed: int = SEED
 
 
 TRAINING = SegmenterTraining()

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from cellsynth_cli import io
+from cellsynth_cli.defaults import DEVICE
 from cellsynth_cli.errors import InputError, check_choice
 from cellsynth_cli.runtime import model_cache
 from cellsynth_cli.runtime.device import pick_device
@@ -41,7 +42,7 @@ def segmenter_config(model_dir: Path) -> dict:
         raise InputError(f"{config_path}: unreadable ({exc})") from None
 
 
-def load_segmenter(model_dir: Path, device: str = "auto") -> tuple[Any, dict]:
+def load_segmenter(model_dir: Path, device: str = DEVICE) -> tuple[Any, dict]:
     config = segmenter_config(model_dir)
     gpu = use_gpu(device)
     models, _ = cellpose_modules(Path(model_dir))

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cellsynth_cli import io
+from cellsynth_cli.defaults import DEVICE
 from cellsynth_cli.errors import InputError, check_choice
 from cellsynth_cli.measure.matching import segmentation_scores
 from cellsynth_cli.runtime.per_volume import run_stage
@@ -81,7 +82,7 @@ def predict(
     mode: str = MODE,
     on_volume: Callable[[str], None] | None = None,
     resume: bool = False,
-    device: str = "auto",
+    device: str = DEVICE,
     cluster: str | None = None,
     min_size_fraction: float | None = None,
 ) -> list[dict]:

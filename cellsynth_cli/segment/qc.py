@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cellsynth_cli import io
+from cellsynth_cli.defaults import DEVICE
 from cellsynth_cli.errors import InputError, check_choice
 from cellsynth_cli.measure.matching import match_counts
 from cellsynth_cli.measure.qc import phantom_vanished
@@ -51,7 +52,7 @@ def quality_control(
     max_vanished: float = MAX_SHARE,
     move_failed: Path | None = None,
     on_volume: Callable[[str], None] | None = None,
-    device: str = "auto",
+    device: str = DEVICE,
     mode: str = MODE,
     cluster: str | None = None,
     judge: str = JUDGE,

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cellsynth_cli import io
+from cellsynth_cli.defaults import DEVICE
 from cellsynth_cli.errors import InputError, check_choice
 from cellsynth_cli.segment.cellpose_compat import EpochLog, cellpose_modules, empty_masks_allowed
 from cellsynth_cli.segment.config import TRAINING
@@ -38,7 +39,7 @@ def train_segmenter(
     slices: str = TRAINING.slices,
     overwrite: bool = False,
     seed: int = TRAINING.seed,
-    device: str = "auto",
+    device: str = DEVICE,
     on_epoch: Callable[[int, float], None] | None = None,
     background: Path | None = None,
     n_background_crops: int = TRAINING.background_crops,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cellsynth_cli import io
+from cellsynth_cli.defaults import SEED
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.runtime import cluster as dask_cluster
 from cellsynth_cli.runtime import memory
@@ -130,7 +131,7 @@ def simulate_dataset(
     config: SimulationConfig,
     n: int,
     out_dir: Path,
-    seed: int = 0,
+    seed: int = SEED,
     overwrite: bool = False,
     cluster: str | None = None,
     preview: bool = False,
