@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.table import Table
 
@@ -84,17 +86,7 @@ def evaluate(
 
         raise InputError(f"{csv_path} already exists (pass --overwrite to replace it)")
     if unpaired or not names_pair(pred, ref):
-        paired_only = [
-            flag
-            for flag, given in (
-                ("--scale", scale != "ref-percentiles"),
-                ("--data-range", data_range is not None),
-                ("--mask-labels", mask_labels),
-            )
-            if given
-        ]
-        if paired_only:
-            console.print(f"[yellow]{', '.join(paired_only)}: only for paired volumes; ignored[/]")
+        _warn_paired_only(scale, data_range, mask_labels)
         if not unpaired:
             console.print(
                 f"[dim]no volume names pair between {pred} and {ref}: comparing "
@@ -117,7 +109,22 @@ def evaluate(
         write_csv(result, csv_path, overwrite=overwrite)
     if json_out:
         print_json({"mode": "paired", **result.to_dict()})
-        return
+    else:
+        _print_paired(result, pred, ref, scale)
+
+
+def _warn_paired_only(scale: str, data_range: float | None, mask_labels: bool) -> None:
+    given = (
+        ("--scale", scale != "ref-percentiles"),
+        ("--data-range", data_range is not None),
+        ("--mask-labels", mask_labels),
+    )
+    paired_only = [flag for flag, was_given in given if was_given]
+    if paired_only:
+        console.print(f"[yellow]{', '.join(paired_only)}: only for paired volumes; ignored[/]")
+
+
+def _print_paired(result, pred: Path, ref: Path, scale: str) -> None:
     table = Table(title=f"evaluate {pred} against {ref} (scale: {scale})")
     for col in ("volume", "PSNR (dB)", "SSIM", "MAE"):
         table.add_column(col, justify="right")

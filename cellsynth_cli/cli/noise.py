@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -30,7 +29,6 @@ from cellsynth_cli.ddpm.noise_defaults import (
     HIST_RANGE,
 )
 from cellsynth_cli.defaults import DEVICE, SEED
-from cellsynth_cli.errors import InputError
 
 
 def noise_analysis(
@@ -113,26 +111,13 @@ def noise_analysis(
 
     With --qc the QC-aware choice is printed on stdout instead (see --qc).
     """
-    from cellsynth_cli import io
-    from cellsynth_cli.ddpm.noise_analysis import BACKWARD_SCORES, save_plot
-    from cellsynth_cli.ddpm.noise_analysis import noise_analysis as analyse
+    from cellsynth_cli.ddpm import noise_analysis as analysis
 
     images = default_path(images, workdir.REAL, "--images", must_exist=True)
-    files = []
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise InputError(f"-o {out} exists and is not a directory")
-        files = [out / "noise_analysis.json", out / "noise_analysis.png"]
-        existing = [f for f in files if f.exists()]
-        if existing and not overwrite:
-            raise InputError(f"{existing[0]} already exists (pass --overwrite to replace it)")
-
-    try:
-        timesteps = [int(v) for v in t.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"--t expects integers like 0,100,200, got {t!r}") from None
+    files = analysis.result_files(out, overwrite)
+    timesteps = analysis.parse_timesteps(t)
     with console.status("noise analysis", spinner="dots") as status:
-        result = analyse(
+        result = analysis.noise_analysis(
             images,
             sketches,
             timesteps,
@@ -148,6 +133,20 @@ def noise_analysis(
             qc_sketches=qc,
             qc_max_kld=qc_max_kld,
         )
+    _say_where_sketches_came_from(result, images, sketches)
+    data = analysis.write_result(result, files)
+    if json_out:
+        print_json(data)
+        return
+    console.print(_forward_table(result))
+    if result.backward:
+        console.print(_backward_table(result, analysis.BACKWARD_SCORES))
+    if result.qc:
+        console.print(_qc_table(result))
+    typer.echo(str(_print_choice(result, kld_threshold, qc is not None, qc_max_kld)))
+
+
+def _say_where_sketches_came_from(result, images: Path, sketches: Path | None) -> None:
     if sketches is None:
         made = (
             f"made from the masks of {images}"
@@ -157,54 +156,46 @@ def noise_analysis(
         console.print(f"[dim]--sketches {made} (default)[/]", highlight=False)
     elif not result.paired:
         console.print(f"[dim]{sketches} and {images} share no names: compared as sets[/]")
-    data = result.to_dict()
-    if files:
-        io.write_text(files[0], json.dumps(data, indent=2), overwrite=True)
-        with io.atomic_file(files[1], overwrite=True) as tmp:
-            save_plot(result, tmp)
-        data["files"] = [str(f) for f in files]
-    if json_out:
-        print_json(data)
-        return
+
+
+def _forward_table(result) -> Table:
     table = Table(title=f"forward noise analysis ({result.n_volumes} volume(s))")
     for col in ("t", "KLD", "Bhattacharyya"):
         table.add_column(col, justify="right")
     for ti, k, b in zip(result.timesteps, result.kld, result.bhattacharyya, strict=True):
         mark = " <" if ti == result.recommended_t_start else ""
         table.add_row(str(ti), f"{k:.4f}{mark}", f"{b:.4f}")
-    console.print(table)
-    if result.backward:
-        back = Table(title="backward: denoised from t, scored against the real image")
-        for col in (
-            "t",
-            "PSNR real",
-            "SSIM real",
-            "MAE real",
-            "PSNR sketch",
-            "SSIM sketch",
-            "MAE sketch",
-        ):
-            back.add_column(col, justify="right")
-        for row in result.backward:
-            back.add_row(
-                str(row["t"]),
-                *(f"{row[k]:.3f}" for k in BACKWARD_SCORES),
-            )
-        console.print(back)
-    if result.qc:
-        qc_table = Table(title="QC: simulated sketches synthesized from t, cells kept")
-        for col in ("t", "KLD", "phantom", "vanished"):
-            qc_table.add_column(col, justify="right")
-        kld_at = dict(zip(result.timesteps, result.kld, strict=True))
-        for row in result.qc:
-            mark = " <" if row["t"] == result.qc_t_start else ""
-            qc_table.add_row(
-                str(row["t"]),
-                f"{kld_at[row['t']]:.4f}",
-                f"{row['phantom']:.1%}{mark}",
-                f"{row['vanished']:.1%}",
-            )
-        console.print(qc_table)
+    return table
+
+
+def _backward_table(result, scores: tuple[str, ...]) -> Table:
+    table = Table(title="backward: denoised from t, scored against the real image")
+    columns = ("PSNR real", "SSIM real", "MAE real", "PSNR sketch", "SSIM sketch", "MAE sketch")
+    for col in ("t", *columns):
+        table.add_column(col, justify="right")
+    for row in result.backward:
+        table.add_row(str(row["t"]), *(f"{row[k]:.3f}" for k in scores))
+    return table
+
+
+def _qc_table(result) -> Table:
+    table = Table(title="QC: simulated sketches synthesized from t, cells kept")
+    for col in ("t", "KLD", "phantom", "vanished"):
+        table.add_column(col, justify="right")
+    kld_at = dict(zip(result.timesteps, result.kld, strict=True))
+    for row in result.qc:
+        mark = " <" if row["t"] == result.qc_t_start else ""
+        table.add_row(
+            str(row["t"]),
+            f"{kld_at[row['t']]:.4f}",
+            f"{row['phantom']:.1%}{mark}",
+            f"{row['vanished']:.1%}",
+        )
+    return table
+
+
+def _print_choice(result, kld_threshold: float, with_qc: bool, qc_max_kld: float) -> int | None:
+    """Say which t_start is recommended and why; return the one stdout gets."""
     if result.recommended_t_start is None:
         console.print(f"no t has KLD below {kld_threshold}; try a higher --kld-threshold")
     else:
@@ -212,14 +203,13 @@ def noise_analysis(
             f"recommended t_start: [bold]{result.recommended_t_start}[/] "
             f"(smallest t with KLD < {kld_threshold})"
         )
-    if qc is not None:
-        console.print(
-            f"QC-aware t_start: [bold]{result.qc_t_start}[/] (fewest phantom + vanished cells "
-            f"with KLD <= {qc_max_kld}); printed on stdout"
-        )
-        typer.echo(str(result.qc_t_start))
-        return
-    typer.echo(str(result.recommended_t_start))
+    if not with_qc:
+        return result.recommended_t_start
+    console.print(
+        f"QC-aware t_start: [bold]{result.qc_t_start}[/] (fewest phantom + vanished cells "
+        f"with KLD <= {qc_max_kld}); printed on stdout"
+    )
+    return result.qc_t_start
 
 
 def register(app: typer.Typer) -> None:

@@ -127,19 +127,8 @@ def pipeline(
         console=console,
         disable=json_out,
     )
-    current = ["pipeline"]
     with progress, erase_on_error(progress):
-        task = progress.add_task("pipeline", total=None, status="")
-
-        def on_stage(name: str, status: str) -> None:
-            current[0] = name
-            if not json_out:
-                progress.console.print(f"{name}: {status}", highlight=False)
-            progress.reset(task, total=None, description=name, status="")
-
-        def on_progress(name: str, message: str, done: float | None, total: float | None):
-            progress.update(task, completed=done or 0, total=total, status=message)
-
+        reporter = _StageReporter(progress, json_out)
         try:
             with sigterm_as_interrupt():
                 summary = run_pipeline(
@@ -151,32 +140,60 @@ def pipeline(
                     cluster=cluster,
                     device=device,
                     overwrite=overwrite,
-                    on_stage=on_stage,
-                    on_progress=on_progress,
+                    on_stage=reporter.on_stage,
+                    on_progress=reporter.on_progress,
                 )
         except KeyboardInterrupt:
             progress.stop()
             # the stage's started-stamp stays: the same command continues inside it
-            console.print(f"interrupted in {current[0]}; run the same command again to continue")
+            console.print(
+                f"interrupted in {reporter.stage}; run the same command again to continue"
+            )
             raise typer.Exit(EXIT_INTERRUPTED) from None
-    result = {
-        "project": str(project),
-        "budget": recipe.budget,
-        "seconds": round(time.perf_counter() - started, 1),
-        "stages": {
+    _print_result(project, recipe.budget, summary, time.perf_counter() - started, score, json_out)
+
+
+class _StageReporter:
+    """One bar for the stage running now, a line when a stage starts, is skipped or ends."""
+
+    def __init__(self, progress: Progress, json_out: bool):
+        self.progress, self.json_out = progress, json_out
+        self.task = progress.add_task("pipeline", total=None, status="")
+        self.stage = "pipeline"
+
+    def on_stage(self, name: str, status: str) -> None:
+        self.stage = name
+        if not self.json_out:
+            self.progress.console.print(f"{name}: {status}", highlight=False)
+        self.progress.reset(self.task, total=None, description=name, status="")
+
+    def on_progress(self, name: str, message: str, done: float | None, total: float | None):
+        self.progress.update(self.task, completed=done or 0, total=total, status=message)
+
+
+def _print_result(
+    project: Path, budget: str, summary: dict, seconds: float, score: Path | None, json_out: bool
+) -> None:
+    if json_out:
+        stages = {
             name: {k: row.get(k) for k in ("status", "seconds", "result")}
             for name, row in summary.items()
-        },
-        "report": str(project / "report.md"),
-    }
-    if json_out:
-        print_json(result)
+        }
+        print_json(
+            {
+                "project": str(project),
+                "budget": budget,
+                "seconds": round(seconds, 1),
+                "stages": stages,
+                "report": str(project / "report.md"),
+            }
+        )
         return
-    scores = summary["report"]["result"]["scores"]
     console.print(
-        f"done in {result['seconds']:.0f} s: the segmenter is {project / workdir.SEG}, your "
+        f"done in {seconds:.0f} s: the segmenter is {project / workdir.SEG}, your "
         f"images segmented in {project / workdir.PRED}, the report {project / 'report.md'}"
     )
+    scores = summary["report"]["result"]["scores"]
     if scores:
         console.print(
             f"scored on {score}: "

@@ -145,21 +145,25 @@ def train(
     if json_out:
         print_json(config)
     else:
-        planes = ""
-        if config["dims"] == 3:
-            counts = ", ".join(f"{n} {plane}" for plane, n in config["n_slices"].items())
-            planes = f" ({counts} slices)"
+        _print_training(config, out, background)
+
+
+def _print_training(config: dict, out: Path, background: Path | None) -> None:
+    planes = ""
+    if config["dims"] == 3:
+        counts = ", ".join(f"{n} {plane}" for plane, n in config["n_slices"].items())
+        planes = f" ({counts} slices)"
+    console.print(
+        f"trained on {config['n_training_images']} image(s){planes} in "
+        f"{config['seconds']} s, final loss {config['final_loss']:.4f}, cell "
+        f"diameter {config['diameter']:.1f} px; model in {out}"
+    )
+    if config["background_crops"]:
+        side = config["background_crops"][0]["side"]
         console.print(
-            f"trained on {config['n_training_images']} image(s){planes} in "
-            f"{config['seconds']} s, final loss {config['final_loss']:.4f}, cell "
-            f"diameter {config['diameter']:.1f} px; model in {out}"
+            f"with {len(config['background_crops'])} nucleus-free {side} px square(s) of "
+            f"{background} as empty images"
         )
-        if config["background_crops"]:
-            side = config["background_crops"][0]["side"]
-            console.print(
-                f"with {len(config['background_crops'])} nucleus-free {side} px square(s) of "
-                f"{background} as empty images"
-            )
 
 
 @segment_app.command("predict", cls=CellsynthCommand)

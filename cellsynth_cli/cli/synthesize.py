@@ -148,15 +148,9 @@ def synthesize(
     sketches = default_path(sketches, workdir.SIM, "--sketches", must_exist=True)
     out = default_path(out, workdir.SYNTH, "-o", must_exist=False)
 
-    if every_step and steps is not None:
-        raise InputError("give --steps or --every-step, not both")
-    if steps is not None and steps < 1:
-        raise InputError(f"--steps must be >= 1, got {steps}")
-    if steps is None and not every_step:  # the sampler's default (every step below it)
-        steps = defaults.AUTO_STEPS
     options = SynthesisOptions(
         t_start=t_start,
-        steps=steps,
+        steps=_steps(steps, every_step),
         sampler=sampler,
         tile=parse_sizes(tile, "--tile"),
         overlap=parse_sizes(overlap, "--overlap", minimum=0),
@@ -182,17 +176,6 @@ def synthesize(
 
             total = len(list_volumes(sketches))
             progress.update(task, description=f"synthesize on {cluster}", total=total)
-
-        def on_volume(name: str, n_steps: int, plan: dict) -> None:
-            tile = "x".join(map(str, plan["tile"]))
-            progress.reset(task, total=n_steps, description=f"synthesize {name}")
-            if not json_out:
-                progress.console.print(
-                    f"{name}: {plan['n_tiles']} tile(s) of {tile}, {plan['precision']}, "
-                    f"{n_steps} steps",
-                    highlight=False,
-                )
-
         results = synthesize_dataset(
             model,
             sketches,
@@ -200,20 +183,45 @@ def synthesize(
             options,
             resume=resume,
             overwrite=overwrite,
-            on_volume=on_volume,
+            on_volume=_volume_reporter(progress, task, json_out),
             on_step=lambda t: progress.advance(task),
             cluster=cluster,
             on_done=(lambda result: progress.advance(task)) if cluster is not None else None,
         )
     if json_out:
         print_json({"out": str(out), "volumes": results})
-    else:
-        done = sum(1 for r in results if not r.get("skipped"))
-        skipped = len(results) - done
-        console.print(
-            f"synthesized {done} volume(s) into {out}"
-            + (f", skipped {skipped} already done" if skipped else "")
-        )
+        return
+    done = sum(1 for r in results if not r.get("skipped"))
+    skipped = len(results) - done
+    console.print(
+        f"synthesized {done} volume(s) into {out}"
+        + (f", skipped {skipped} already done" if skipped else "")
+    )
+
+
+def _steps(steps: int | None, every_step: bool) -> int | None:
+    """--steps, the sampler's default, or None for --every-step (every step below t_start)."""
+    if every_step and steps is not None:
+        raise InputError("give --steps or --every-step, not both")
+    if steps is not None and steps < 1:
+        raise InputError(f"--steps must be >= 1, got {steps}")
+    return None if every_step else (steps or defaults.AUTO_STEPS)
+
+
+def _volume_reporter(progress: Progress, task, json_out: bool):
+    """on_volume for the library: a bar per volume and one line on its tiles and steps."""
+
+    def on_volume(name: str, n_steps: int, plan: dict) -> None:
+        tile = "x".join(map(str, plan["tile"]))
+        progress.reset(task, total=n_steps, description=f"synthesize {name}")
+        if not json_out:
+            progress.console.print(
+                f"{name}: {plan['n_tiles']} tile(s) of {tile}, {plan['precision']}, "
+                f"{n_steps} steps",
+                highlight=False,
+            )
+
+    return on_volume
 
 
 def register(app: typer.Typer) -> None:

@@ -125,38 +125,23 @@ def train(
     """
     import torch
 
-    from cellsynth_cli.ddpm.train import load_training_images, new_run, train_in_project
-    from cellsynth_cli.diffusion.unet import default_config
+    from cellsynth_cli.ddpm.train import train_in_project
     from cellsynth_cli.runtime import distributed
     from cellsynth_cli.runtime.device import pick_device
 
     if dims is not None and dims not in (2, 3):
         raise InputError(f"--dims must be 2 or 3, got {dims}")
+    # bad sizes are refused before a run directory is claimed
     patch_size = parse_sizes(patch, "--patch")
+    channel_sizes = parse_sizes(channels, "--channels")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     # under torchrun: join the process group; only rank 0 prints, links and cleans up
     ranks, _ = distributed.setup(pick_device(device))
-    if not ranks.main:
-        console.quiet = True
-    claimed = False  # a run directory made here, removed again if nothing was saved into it
-    if resume:
-        # a resumed run keeps its own data and settings (from its checkpoint)
-        data = data or Path(workdir.REAL)
-        if out is None:
-            out = default_path(None, workdir.latest_run(), "-o", must_exist=True).resolve()
-    else:
-        data = default_path(data, workdir.REAL, "--data", must_exist=True)
-        if out is None:
-            if not Path(data).exists():
-                raise InputError(f"--data {data}: no such file or directory")
-            out = default_path(None, new_run(data, ranks), "-o", False)
-            claimed = ranks.main
-    if dims is None and not resume:
-        dims = load_training_images(data, None).dims
-    dims = dims or 2
+    console.quiet = console.quiet or not ranks.main
+    data, out, claimed = _run_directory(data, out, resume, ranks)
     config = TrainConfig(
         data=str(data),
-        dims=dims,
+        dims=(dims := _dims(dims, data, resume)),
         patch=patch_size or DEFAULT_PATCH[dims],
         steps=steps,
         batch=batch,
@@ -166,27 +151,11 @@ def train(
         checkpoint_every=checkpoint_every,
         condition=condition,
         condition_dropout=condition_dropout,
-        channels=parse_sizes(channels, "--channels") or tuple(default_config(dims).channels),
+        channels=channel_sizes or _default_channels(dims),
     )
-    progress = Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        TextColumn("step {task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[rate]} it/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=json_out or not ranks.main,
-    )
-    started = time.perf_counter()
+    progress = _progress_bar(disable=json_out or not ranks.main)
     with progress, erase_on_error(progress):
-        task = progress.add_task("train", total=steps, loss="-", rate="-")
-
-        def on_step(step: int, loss: float) -> None:
-            rate = step / max(time.perf_counter() - started, 1e-9)
-            progress.update(task, completed=step, loss=f"{loss:.4f}", rate=f"{rate:.2f}")
-
+        on_step = _step_reporter(progress, steps)
         saved: list[int] = []
         try:
             with sigterm_as_interrupt():
@@ -207,31 +176,91 @@ def train(
             console.print(f"interrupted: {where}; continue with --resume")
             raise typer.Exit(EXIT_INTERRUPTED) from None
     distributed.shutdown()
-    if not ranks.main:
-        return
+    if ranks.main:
+        _print_result(project_run, json_out)
+
+
+def _run_directory(data: Path | None, out: Path | None, resume: bool, ranks) -> tuple:
+    """(data, run directory, whether it was claimed here and is removed if nothing is saved)."""
+    from cellsynth_cli.ddpm.train import new_run
+
+    if resume:
+        # a resumed run keeps its own data and settings (from its checkpoint)
+        if out is None:
+            out = default_path(None, workdir.latest_run(), "-o", must_exist=True).resolve()
+        return data or Path(workdir.REAL), out, False
+    data = default_path(data, workdir.REAL, "--data", must_exist=True)
+    if out is not None:
+        return data, out, False
+    if not Path(data).exists():
+        raise InputError(f"--data {data}: no such file or directory")
+    return data, default_path(None, new_run(data, ranks), "-o", False), ranks.main
+
+
+def _dims(dims: int | None, data: Path, resume: bool) -> int:
+    """--dims, else the data's (a resumed run takes its own from the checkpoint)."""
+    from cellsynth_cli.ddpm.train import load_training_images
+
+    if dims is None and not resume:
+        return load_training_images(data, None).dims
+    return dims or 2
+
+
+def _default_channels(dims: int) -> tuple[int, ...]:
+    from cellsynth_cli.diffusion.unet import default_config
+
+    return tuple(default_config(dims).channels)
+
+
+def _progress_bar(disable: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("step {task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[rate]} it/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disable,
+    )
+
+
+def _step_reporter(progress: Progress, steps: int):
+    """on_step for the library: moves the bar, shows the loss and the steps per second."""
+    task = progress.add_task("train", total=steps, loss="-", rate="-")
+    started = time.perf_counter()
+
+    def on_step(step: int, loss: float) -> None:
+        rate = step / max(time.perf_counter() - started, 1e-9)
+        progress.update(task, completed=step, loss=f"{loss:.4f}", rate=f"{rate:.2f}")
+
+    return on_step
+
+
+def _print_result(project_run, json_out: bool) -> None:
     for warning in project_run.warnings:
         console.print(f"[yellow]{warning}")
     result, latest = project_run.result, project_run.latest
-    summary = {
-        "run": str(result.run),
-        "step": result.step,
-        "final_loss": result.final_loss,
-        "seconds": round(result.seconds, 2),
-        "device": result.device,
-        "stopped_by_time_limit": result.stopped_by_time_limit,
-        "latest": str(latest) if latest else None,
-    }
     if json_out:
-        print_json(summary)
-    else:
-        note = (
-            " (time limit reached; continue with --resume)" if result.stopped_by_time_limit else ""
+        print_json(
+            {
+                "run": str(result.run),
+                "step": result.step,
+                "final_loss": result.final_loss,
+                "seconds": round(result.seconds, 2),
+                "device": result.device,
+                "stopped_by_time_limit": result.stopped_by_time_limit,
+                "latest": str(latest) if latest else None,
+            }
         )
-        console.print(
-            f"trained to step {result.step} in {result.seconds:.0f} s on "
-            f"{result.device}, last loss {result.final_loss:.4f}{note}; "
-            f"checkpoint in {result.run}"
-        )
+        return
+    note = " (time limit reached; continue with --resume)" if result.stopped_by_time_limit else ""
+    console.print(
+        f"trained to step {result.step} in {result.seconds:.0f} s on "
+        f"{result.device}, last loss {result.final_loss:.4f}{note}; "
+        f"checkpoint in {result.run}"
+    )
 
 
 def register(app: typer.Typer) -> None:

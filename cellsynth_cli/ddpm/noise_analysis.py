@@ -11,6 +11,7 @@ result against the real image (PSNR / SSIM / MAE), as the paper's Fig. 2 (bottom
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -419,3 +420,36 @@ def save_plot(result: NoiseAnalysis, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def result_files(out: Path | None, overwrite: bool) -> list[Path]:
+    """The JSON and plot that -o OUT will hold; refused before any work when they exist."""
+    if out is None:
+        return []
+    if out.exists() and not out.is_dir():
+        raise InputError(f"-o {out} exists and is not a directory")
+    files = [out / "noise_analysis.json", out / "noise_analysis.png"]
+    existing = [f for f in files if f.exists()]
+    if existing and not overwrite:
+        raise InputError(f"{existing[0]} already exists (pass --overwrite to replace it)")
+    return files
+
+
+def write_result(result: NoiseAnalysis, files: list[Path]) -> dict:
+    """Write the result's JSON and plot to FILES (from result_files); its dict, with the files."""
+    data = result.to_dict()
+    if files:
+        json_file, plot_file = files
+        io.write_text(json_file, json.dumps(data, indent=2), overwrite=True)
+        with io.atomic_file(plot_file, overwrite=True) as tmp:
+            save_plot(result, tmp)
+        data["files"] = [str(f) for f in files]
+    return data
+
+
+def parse_timesteps(text: str) -> list[int]:
+    """--t: comma-separated integers."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--t expects integers like 0,100,200, got {text!r}") from None
