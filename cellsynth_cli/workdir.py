@@ -8,6 +8,7 @@
     synth/         `synthesize` output
     seg/           `segment train` output (a Cellpose model)
     pred/          `segment predict` output
+    pseudo/        `segment pseudo-label` output (real images, masks, the confident cells)
 
 Every path can still be given explicitly; the CLI prints each default it uses.
 """
@@ -27,6 +28,7 @@ LATEST = "latest"
 SYNTH = "synth"
 SEG = "seg"
 PRED = "pred"
+PSEUDO = "pseudo"
 
 
 def latest_run(root: Path = Path(".")) -> Path:

@@ -82,7 +82,7 @@ def split(dataset: str, out: Path) -> dict[str, Path]:
 
 
 def real_arm(recipe: recipes.Recipe, train: Path, out: Path, reuse: bool) -> float:
-    """The same Cellpose recipe on the real labels (seed 0, no background squares)."""
+    """The same Cellpose recipe on the real labels (the recipe's seed, no background squares)."""
     from cellsynth_cli.segment.train import train_segmenter
 
     if reuse and (out / "segmenter.json").exists():
@@ -99,7 +99,7 @@ def real_arm(recipe: recipes.Recipe, train: Path, out: Path, reuse: bool) -> flo
         bsize=section.bsize,
         images_per_epoch=section.images_per_epoch,
         overwrite=True,
-        seed=0,
+        seed=section.seed,
     )
     return time.perf_counter() - start
 
@@ -205,10 +205,17 @@ def write_report(
         + " | ".join(f"{scores[arm]['summary'][m]['mean']:.3f}" for m in metrics)
         + " |"
         for arm, label in (
-            ("synthetic", "synthetic only (no human labels)"),
+            ("synthetic", "no human labels (the kept round)"),
             ("real", "real labelled training part"),
         )
     ]
+    rounds = summary["rounds"]["result"]
+    for r in rounds["rounds"] if len(rounds["rounds"]) > 1 else []:
+        means = scores["synthetic"]["rounds"][str(r["round"])]
+        label = f"no human labels, round {r['round']}" + (
+            " (kept)" if r["round"] == rounds["kept"] else ""
+        )
+        rows.append(f"| {label} | " + " | ".join(f"{means[m]['mean']:.3f}" for m in metrics) + " |")
     t_start = summary["t_start"]["result"]
     text = f"""# Annotation-free segmentation experiment ({dataset})
 
@@ -238,6 +245,10 @@ simulated masks at IoU 0.5): phantom {qc["phantom"]:.1%}, vanished {qc["vanished
         "t_start": t_start["t_start"],
         "ddpm": summary["train"].get("result"),
         "scores": {arm: scores[arm]["summary"] for arm in scores},
+        "rounds": {
+            **rounds,
+            "scores": scores["synthetic"].get("rounds", {}),
+        },
         "qc": qc,
         "seconds": seconds,
     }

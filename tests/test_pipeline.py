@@ -80,12 +80,12 @@ def test_rerun_skips_and_a_change_reruns_only_downstream(smoke_2d, tmp_path):
     changed = _statuses(_pipeline(project, "--set", "simulate.n=3"))
     rerun = {name for name in STAGE_NAMES if changed[name] == "ran"}
     # t_start reads the simulated sketches; fit and the DDPM do not depend on them
-    assert rerun == {"simulate", "t_start", "synthesize", "clean", "segment", "predict"}
+    assert rerun == {"simulate", "t_start", "synthesize", "clean", "segment", "predict", "rounds"}
     assert len(io.list_volumes(project / "synth")) == 3
     assert "n = 3" in (project / "pipeline.toml").read_text()  # kept for the next run
 
     forced = _statuses(_pipeline(project, "--from", "segment"))
-    assert {n for n in STAGE_NAMES if forced[n] == "ran"} == {"segment", "predict"}
+    assert {n for n in STAGE_NAMES if forced[n] == "ran"} == {"segment", "predict", "rounds"}
 
     # a DDPM made elsewhere: the fit and the sketches stay, the conditional model starts at T
     shipped = _pipeline(project, "--set", "train.model=bundled:dsb2018-nuclei-conditional")
@@ -93,6 +93,28 @@ def test_rerun_skips_and_a_change_reruns_only_downstream(smoke_2d, tmp_path):
     assert ran == set(STAGE_NAMES) - {"fit", "simulate"} | {"report"}
     assert (project / "runs" / "ddpm").is_symlink()
     assert json.loads((project / "t_start.json").read_text())["t_start"] == 1000
+
+
+def test_self_training_round_2_reruns_only_the_rounds(smoke_2d, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(smoke_2d, project, symlinks=True)
+    result = _pipeline(project, "--rounds", "2")
+    ran = {name for name, status in _statuses(result).items() if status == "ran"}
+    assert ran == {"rounds", "report"}
+    rounds = json.loads((project / "rounds.json").read_text())
+    assert [r["round"] for r in rounds["rounds"]] == [1, 2]
+    assert rounds["kept"] in (1, 2) and rounds["seg"] == rounds["rounds"][rounds["kept"] - 1]["seg"]
+    for r in rounds["rounds"]:  # the guard's counts of every round's segmenter
+        assert 0 <= r["n_confident"] <= r["n_cells"]
+    assert (project / "rounds" / "r2" / "seg" / "segmenter.json").exists()
+    predicted = io.read_volume(project / "rounds" / "r2" / "pred" / "dsb.zarr")
+    assert predicted.masks.shape == (128, 160)
+    # round 2 trains on every synthetic image (and the crops, none from a smoke segmenter)
+    assert len(io.list_volumes(project / "rounds" / "r2" / "train")) >= 2
+    assert "Self-training rounds" in (project / "report.md").read_text()
+    assert "n = 2" in (project / "pipeline.toml").read_text()
+    again = _statuses(_pipeline(project))
+    assert again["rounds"] == "up to date"
 
 
 def test_killed_in_every_stage_then_rerun_ends_like_one_run(smoke_2d, tmp_path):

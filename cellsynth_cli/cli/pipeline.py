@@ -53,6 +53,17 @@ def pipeline(
         help="Change one setting, SECTION.KEY=VALUE (repeatable), e.g. --set train.steps=2000 "
         "--set simulate.n=32; kept in the project's recipe. --show-recipe lists them all.",
     ),
+    rounds: int = typer.Option(
+        None,
+        "--rounds",
+        help="Self-training: 1 trains the segmenter on synthetic images only; N > 1 adds "
+        "rounds 2..N, each trained on the synthetic images plus crops of your images "
+        "pseudo-labelled by the round before (cells it finds again in the mirrored image). "
+        "A round that finds fewer such cells than the one before is not kept. Same as --set "
+        "rounds.n=N; kept in the project's recipe.",
+        show_default=False,
+        min=1,
+    ),
     recipe_file: Path = typer.Option(
         None,
         "--recipe",
@@ -109,7 +120,10 @@ def pipeline(
         save_recipe,
     )
 
-    overrides = project_recipe(project, recipe_file, recipes.parse_settings(settings), budget)
+    changes = recipes.parse_settings(settings)
+    if rounds is not None:
+        changes = recipes.merge(changes, {"rounds": {"n": rounds}})
+    overrides = project_recipe(project, recipe_file, changes, budget)
     recipe = recipes.resolve(overrides, "recipe")
     if show_recipe:
         typer.echo(recipes.full_toml(recipe), nl=False)
@@ -189,9 +203,12 @@ def _print_result(
             }
         )
         return
+    kept = summary["rounds"]["result"]
+    chosen = kept["rounds"][kept["kept"] - 1]
+    rounds = f" (self-training round {kept['kept']})" if len(kept["rounds"]) > 1 else ""
     console.print(
-        f"done in {seconds:.0f} s: the segmenter is {project / workdir.SEG}, your "
-        f"images segmented in {project / workdir.PRED}, the report {project / 'report.md'}"
+        f"done in {seconds:.0f} s: the segmenter is {project / chosen['seg']}{rounds}, your "
+        f"images segmented in {project / chosen['pred']}, the report {project / 'report.md'}"
     )
     scores = summary["report"]["result"]["scores"]
     if scores:

@@ -27,7 +27,15 @@ from cellsynth_cli.cli.common import (
 )
 from cellsynth_cli.defaults import DEVICE
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.segment.config import JUDGE, MAX_SHARE, MIN_SIZE_FRACTION, MODE, TRAINING
+from cellsynth_cli.segment.config import (
+    JUDGE,
+    MAX_SHARE,
+    MIN_SIZE_FRACTION,
+    MODE,
+    PSEUDO_LABELS,
+    TRAINING,
+    PseudoLabelling,
+)
 
 Mode = Annotated[
     str,
@@ -222,6 +230,90 @@ def predict(
             f"segmented {done} volume(s) into {out}"
             + (f", kept {kept} already there (--resume)" if kept else "")
         )
+
+
+@segment_app.command("pseudo-label", cls=CellsynthCommand)
+def pseudo_label(
+    model: path_option(("--model",), "Folder of `segment train`.", workdir.SEG) = None,
+    images: path_option(
+        ("--images",), "Unlabelled real images (zarr or TIFF).", workdir.REAL
+    ) = None,
+    out: path_option(("-o", "--out"), "Output directory of NAME.zarr.", workdir.PSEUDO) = None,
+    crops: Path = typer.Option(
+        None,
+        "--crops",
+        help="Also write the training crops here: squares of --tile-cells cell diameters "
+        "that hold confident cells and no other predicted cell (for `segment train --data`).",
+        show_default=False,
+    ),
+    min_iou: float = typer.Option(
+        PSEUDO_LABELS.min_iou,
+        "--min-iou",
+        help="A cell is confident when the mirrored image gives it again with this IoU.",
+    ),
+    min_size: float = typer.Option(
+        PSEUDO_LABELS.min_size, "--min-size", help="Smallest confident cell, in typical cells."
+    ),
+    max_size: float = typer.Option(
+        PSEUDO_LABELS.max_size, "--max-size", help="Largest confident cell, in typical cells."
+    ),
+    tile_cells: float = typer.Option(
+        PSEUDO_LABELS.tile_cells, "--tile-cells", help="Crop side in cell diameters (--crops)."
+    ),
+    mode: Mode = MODE,
+    device: Device = DEVICE,
+    cluster: Cluster = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Pseudo-label unlabelled real images with a trained segmenter (self-training).
+
+    Each image is segmented as it is and mirrored; a cell is confident when both find it
+    (IoU >= --min-iou) and its size is plausible (a typical cell is a disc or ball of the
+    model's training diameter). The output keeps every predicted cell and lists the
+    confident ones in its provenance; --crops cuts training squares that hold no
+    unconfident cell, since Cellpose trains on masks alone and would learn an unconfident
+    cell as background.
+
+    Examples:
+
+        cellsynth segment pseudo-label --crops crops/      # seg/ on real/ -> pseudo/, crops/
+        cellsynth segment train --data crops/ -o seg-r2/   # (with synthetic images beside)
+        cellsynth pipeline --rounds 2                      # all of it, with a drift guard
+    """
+    from cellsynth_cli.segment.pseudo_labels import pseudo_label as run_pseudo_label
+    from cellsynth_cli.segment.pseudo_labels import write_training_crops
+
+    settings = PseudoLabelling(min_iou, min_size, max_size, tile_cells)
+    settings.check()  # before the default paths: a bad value is the one line shown
+    model = default_path(model, workdir.SEG, "--model", must_exist=True)
+    images = default_path(images, workdir.REAL, "--images", must_exist=True)
+    out = default_path(out, workdir.PSEUDO, "-o", must_exist=False)
+    with console.status("pseudo-labelling", spinner="dots") as status:
+        rows = run_pseudo_label(
+            model,
+            images,
+            out,
+            settings,
+            mode=mode,
+            resume=resume,
+            overwrite=overwrite,
+            device=device,
+            cluster=cluster,
+            on_volume=lambda name: status.update(f"pseudo-labelled {name}"),
+        )
+    n_crops = write_training_crops(out, crops, tile_cells, overwrite) if crops else None
+    if json_out:
+        print_json({"out": str(out), "volumes": rows, "crops": n_crops})
+        return
+    made = [r for r in rows if not r.get("skipped")]
+    cells = sum(r["n_cells"] for r in made)
+    confident = sum(r["n_confident"] for r in made)
+    console.print(
+        f"pseudo-labelled {len(made)} image(s) into {out}: {confident} of {cells} cells "
+        "confident" + (f"; {n_crops} training crop(s) in {crops}" if crops else "")
+    )
 
 
 @segment_app.command("score", cls=CellsynthCommand)

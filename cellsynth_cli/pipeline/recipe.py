@@ -20,7 +20,7 @@ from cellsynth_cli.ddpm.noise_defaults import DEFAULT_KLD_THRESHOLD, DEFAULT_SIM
 from cellsynth_cli.defaults import SEED
 from cellsynth_cli.diffusion import defaults
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.segment.config import MODE, TRAINING
+from cellsynth_cli.segment.config import MODE, PSEUDO_LABELS, TRAINING, PseudoLabelling
 from cellsynth_cli.simulate.config import toml_value
 
 AUTO_FRACTION = -1.0  # [predict] min_size_fraction: the default for the data (TOML has no None)
@@ -105,6 +105,20 @@ class PredictSection:
 
 
 @dataclass(frozen=True)
+class RoundsSection:
+    # self-training (pipeline/rounds.py): round k trains on synthetic images + crops of real
+    # images pseudo-labelled by round k-1's segmenter; 1: synthetic only
+    n: int = 1
+    min_iou: float = PSEUDO_LABELS.min_iou  # a cell found again in the mirrored image
+    min_size: float = PSEUDO_LABELS.min_size  # of a typical cell
+    max_size: float = PSEUDO_LABELS.max_size
+    tile_cells: float = PSEUDO_LABELS.tile_cells  # crop side in cell diameters
+
+    def settings(self) -> PseudoLabelling:
+        return PseudoLabelling(self.min_iou, self.min_size, self.max_size, self.tile_cells)
+
+
+@dataclass(frozen=True)
 class Recipe:
     budget: str = "full"
     fit: FitSection = FitSection()
@@ -115,6 +129,7 @@ class Recipe:
     clean: CleanSection = CleanSection()
     segment: SegmentSection = SegmentSection()
     predict: PredictSection = PredictSection()
+    rounds: RoundsSection = RoundsSection()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

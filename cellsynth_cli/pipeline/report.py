@@ -24,7 +24,9 @@ def report(ctx: Context, score_against: Path | None = None) -> dict:
 
     real = io.read_volume(io.list_volumes(ctx.data)[0])
     synth = io.read_volume(io.list_volumes(ctx.path(CLEAN))[0])
-    pred = io.read_volume(io.volume_path(ctx.path(workdir.PRED), real.name))
+    kept = ctx.results["rounds"]
+    pred_dir = ctx.path(kept["rounds"][kept["kept"] - 1]["pred"])
+    pred = io.read_volume(io.volume_path(pred_dir, real.name))
     save_panels(
         ctx.path("report.png"),
         [
@@ -53,12 +55,20 @@ def report(ctx: Context, score_against: Path | None = None) -> dict:
 
 
 def _score(ctx: Context, reference: Path) -> dict:
-    """Segment the labelled set with the pipeline's model and score it (reporting only)."""
+    """Segment the labelled set with the kept round's segmenter and score it (reporting only);
+    with self-training rounds, every round's segmenter is scored too."""
+    rounds = ctx.results["rounds"]["rounds"]
+    kept = ctx.results["rounds"]["kept"]
+    scores = {r["round"]: _score_model(ctx, r["seg"], reference, r["round"]) for r in rounds}
+    return {**scores[kept], "rounds": {k: s["summary"] for k, s in scores.items()}}
+
+
+def _score_model(ctx: Context, seg: str, reference: Path, round_number: int) -> dict:
     from cellsynth_cli.segment.predict import predict, score
 
-    out = ctx.path(SCORED)
+    out = ctx.path(SCORED if round_number == 1 else f"{SCORED}-r{round_number}")
     predict(
-        ctx.path(workdir.SEG),
+        ctx.path(seg),
         reference,
         out,
         overwrite=True,
@@ -92,6 +102,7 @@ def _markdown(ctx: Context, summary: dict) -> str:
     for row in summary["realism"]:
         cells = [_fmt(row.get(k)) for k in ("value", "floor", "ratio")]
         lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    lines += _rounds_lines(results["rounds"], summary["scores"])
     if summary["scores"]:
         mean = summary["scores"]["summary"]
         lines += ["", "## Scored against labelled images (not used for training)", ""]
@@ -100,6 +111,28 @@ def _markdown(ctx: Context, summary: dict) -> str:
     lines += ["", "## Stage times", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in summary["seconds"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _rounds_lines(rounds: dict, scores: dict | None) -> list[str]:
+    """Self-training: per round, the confident share of real cells (the guard) and, with
+    --score, the held-back scores."""
+    if len(rounds["rounds"]) < 2:
+        return []
+    scored = (scores or {}).get("rounds", {})
+    head = ["round", "pseudo-label crops", "real cells", "confident share", *METRICS]
+    lines = ["", f"## Self-training rounds (kept: round {rounds['kept']})", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rounds["rounds"]:
+        means = scored.get(r["round"]) or scored.get(str(r["round"])) or {}
+        cells = [
+            str(r["round"]),
+            str(r.get("pseudo_crops", "-")),
+            str(r.get("n_cells", "-")),
+            _fmt(r.get("confident_share")),
+            *(_fmt(means[m]["mean"]) if m in means else "-" for m in METRICS),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _fmt(value: float | None) -> str:

@@ -18,7 +18,7 @@ from cellsynth_cli.defaults import DEVICE
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.pipeline import recipe as recipes
 from cellsynth_cli.pipeline import report as reporting
-from cellsynth_cli.pipeline import stages, stamps
+from cellsynth_cli.pipeline import rounds, stages, stamps
 from cellsynth_cli.pipeline.recipe import RECIPE_FILE, STAGE_NAMES, Recipe
 
 DATA = "data"  # the real images, an input of the stages that read them
@@ -61,6 +61,14 @@ STAGES = (
         (DATA, "segment"),
         ("predict",),
         (workdir.PRED,),
+        resumable=True,
+    ),
+    Stage(
+        "rounds",
+        rounds.self_train,
+        (DATA, "clean", "segment"),
+        ("rounds", "segment", "predict"),
+        (rounds.ROUNDS, rounds.ROUNDS_REPORT),
         resumable=True,
     ),
 )

@@ -299,18 +299,29 @@ def clean(ctx: Context) -> dict:
 
 
 def segment(ctx: Context) -> dict:
+    result, note = train_cellpose(ctx, ctx.path(CLEAN), ctx.path(workdir.SEG))
+    ctx.midpoint("segment")
+    return {"diameter": result.get("diameter"), "note": note}
+
+
+def train_cellpose(
+    ctx: Context, data: Path, out: Path, diameter: float | None = None
+) -> tuple[dict, str | None]:
+    """Cellpose from scratch on DATA into OUT with the recipe's budget, plus nucleus-free
+    squares of the real images (without them when the images are too dense for one)."""
     from cellsynth_cli.segment.train import train_segmenter
 
     section = ctx.recipe.segment
 
     def run(background: Path | None) -> dict:
         return train_segmenter(
-            ctx.path(CLEAN),
-            ctx.path(workdir.SEG),
+            data,
+            out,
             epochs=section.epochs,
             learning_rate=section.learning_rate,
             bsize=section.bsize,
             images_per_epoch=section.images_per_epoch,
+            diameter=diameter,
             overwrite=True,
             seed=section.seed,
             device=ctx.device,
@@ -319,17 +330,12 @@ def segment(ctx: Context) -> dict:
             n_background_crops=max(section.background_crops, 1),
         )
 
-    note = None
-    if section.background_crops > 0:
-        try:
-            result = run(ctx.data)
-        except InputError as exc:  # images too dense for a nucleus-free square
-            note = f"trained without background squares: {exc}"
-            result = run(None)
-    else:
-        result = run(None)
-    ctx.midpoint("segment")
-    return {"diameter": result.get("diameter"), "note": note}
+    if section.background_crops <= 0:
+        return run(None), None
+    try:
+        return run(ctx.data), None
+    except InputError as exc:  # images too dense for a nucleus-free square
+        return run(None), f"trained without background squares: {exc}"
 
 
 def predict(ctx: Context) -> dict:

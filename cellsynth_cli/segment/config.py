@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cellsynth_cli.defaults import SEED
+from cellsynth_cli.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -36,3 +37,27 @@ MAX_SHARE = 1.0  # QC: the largest phantom / vanished share a volume may have (1
 # inside and beside nuclei; 0.1 lifted AP@0.5 of every model of the 3D experiment, synthetic
 # and real-label, on both halves (docs/experiments.md). 2D: off (not measured).
 MIN_SIZE_FRACTION = {2: 0.0, 3: 0.1}
+
+
+@dataclass(frozen=True)
+class PseudoLabelling:
+    """Which predicted cells of a real image count as labels (segment/pseudo_labels.py)."""
+
+    min_iou: float = 0.8  # IoU with the same cell found in the flipped image
+    min_size: float = 0.25  # of a typical cell (a disc / ball of the training diameter)
+    max_size: float = 4.0
+    tile_cells: float = 4.0  # training crops are this many cell diameters on a side
+
+    def check(self) -> None:
+        if not 0.0 < self.min_iou <= 1.0:
+            raise InputError(f"pseudo-label min_iou must be in (0, 1], got {self.min_iou}")
+        if not 0.0 <= self.min_size < self.max_size:
+            raise InputError(
+                f"pseudo-label sizes need 0 <= min_size < max_size, got "
+                f"{self.min_size} and {self.max_size}"
+            )
+        if self.tile_cells < 1.0:
+            raise InputError(f"pseudo-label tile_cells must be >= 1, got {self.tile_cells}")
+
+
+PSEUDO_LABELS = PseudoLabelling()

@@ -1,0 +1,154 @@
+"""The self-training stage: the user's unlabelled images teach the segmenter (rounds 2..N).
+
+Round 1 is the segmenter trained on synthetic images (seg/, pred/). Round k pseudo-labels the
+real images with round k-1's segmenter (segment/pseudo_labels.py: the cells it finds again
+in the mirrored image), cuts crops that hold only such cells, trains Cellpose from scratch on
+the synthetic images plus those crops (the same step budget as round 1) and segments the
+real images again. Everything of round k lives in rounds/rK/.
+
+Guard against drift, without labels: a round's segmenter is judged by how many cells of the
+real images it finds again in the mirrored images (its confident cells). A round with fewer
+confident cells than the round before is not kept, nor any after it; rounds.json says which
+round is kept and where its segmenter and masks are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from cellsynth_cli import io, workdir
+from cellsynth_cli.pipeline.stages import CLEAN, Context, train_cellpose
+
+ROUNDS = "rounds"
+ROUNDS_REPORT = "rounds.json"
+ROUND_DONE = "round.json"
+
+
+def self_train(ctx: Context) -> dict:
+    section = ctx.recipe.rounds
+    ctx.path(ROUNDS).mkdir(exist_ok=True)  # an output even with one round: the stage is done
+    rounds = [{"round": 1, "seg": workdir.SEG, "pred": workdir.PRED}]
+    diameter = _diameter(ctx.path(workdir.SEG))
+    for k in range(2, section.n + 1):
+        rounds[-1].update(_confidence(ctx, rounds[-1]["seg"], f"{ROUNDS}/r{k}/pseudo"))
+        rounds.append(_round(ctx, k, diameter))
+    if section.n > 1:  # the last round's own confidence, for the guard
+        rounds[-1].update(_confidence(ctx, rounds[-1]["seg"], f"{ROUNDS}/check"))
+    kept = kept_round(rounds)
+    summary = {"kept": kept, **rounds[kept - 1], "rounds": rounds}
+    io.write_text(ctx.path(ROUNDS_REPORT), json.dumps(summary, indent=2) + "\n", overwrite=True)
+    return {"kept": kept, "rounds": rounds}
+
+
+def kept_round(rounds: list[dict]) -> int:
+    """The last round before the first one with fewer confident cells than its predecessor."""
+    kept = 1
+    for before, after in zip(rounds, rounds[1:], strict=False):
+        if after.get("n_confident", 0) < before.get("n_confident", 0):
+            break
+        kept = after["round"]
+    return kept
+
+
+def _round(ctx: Context, k: int, diameter: float) -> dict:
+    """Round K: train on synthetic + crops of round k-1's pseudo-labels, segment the real
+    images. A round finished by an earlier attempt is read back, not trained again."""
+    from cellsynth_cli.segment.predict import predict
+
+    folder = f"{ROUNDS}/r{k}"
+    done = ctx.path(folder) / ROUND_DONE
+    if ctx.resume and done.is_file():
+        return json.loads(done.read_text())
+    ctx.on_progress(f"round {k}: training set", None, None)
+    n_crops = _training_set(
+        ctx.path(folder),
+        ctx.path(CLEAN),
+        ctx.path(f"{folder}/pseudo"),
+        ctx.recipe.rounds.tile_cells,
+    )
+    result, note = train_cellpose(
+        ctx, ctx.path(f"{folder}/train"), ctx.path(f"{folder}/seg"), diameter
+    )
+    predict(
+        ctx.path(f"{folder}/seg"),
+        ctx.data,
+        ctx.path(f"{folder}/pred"),
+        overwrite=True,
+        mode=ctx.recipe.predict.mode,
+        min_size_fraction=ctx.recipe.predict.fraction(),
+        device=ctx.device,
+        cluster=ctx.cluster,
+    )
+    record = {
+        "round": k,
+        "seg": f"{folder}/seg",
+        "pred": f"{folder}/pred",
+        "pseudo_crops": n_crops,
+        "note": note,
+    }
+    io.write_text(done, json.dumps(record, indent=2) + "\n", overwrite=True)
+    ctx.midpoint("rounds")
+    return record
+
+
+def _confidence(ctx: Context, seg: str, out: str) -> dict:
+    """Pseudo-label the real images with SEG into OUT: its confident cells."""
+    from cellsynth_cli.segment.pseudo_labels import pseudo_label
+
+    section = ctx.recipe.rounds
+    rows = pseudo_label(
+        ctx.path(seg),
+        ctx.data,
+        ctx.path(out),
+        section.settings(),
+        mode=ctx.recipe.predict.mode,
+        resume=ctx.resume,
+        overwrite=not ctx.resume,
+        device=ctx.device,
+        cluster=ctx.cluster,
+        on_volume=lambda name: ctx.on_progress(f"pseudo-labels of {name}", None, None),
+    )
+    cells = sum(_count(ctx.path(out), r, "n_cells") for r in rows)
+    confident = sum(_count(ctx.path(out), r, "n_confident") for r in rows)
+    return {
+        "n_cells": cells,
+        "n_confident": confident,
+        "confident_share": confident / max(cells, 1),
+    }
+
+
+def _count(folder: Path, row: dict, key: str) -> int:
+    """A count of a pseudo-label row (a volume kept by --resume is read back)."""
+    if key in row:
+        return int(row[key])
+    record = io.read_provenance(io.volume_path(folder, row["name"]))
+    return int(record["n_cells"] if key == "n_cells" else len(record["confident"]))
+
+
+def _training_set(folder: Path, synthetic: Path, pseudo: Path, tile_cells: float) -> int:
+    """FOLDER/train: links to the synthetic images and the pseudo-labelled crops (written to
+    FOLDER/crops); returns how many crops there are."""
+    from cellsynth_cli.segment.pseudo_labels import write_training_crops
+
+    train, crops = folder / "train", folder / "crops"
+    for path in (train, crops):
+        shutil.rmtree(path, ignore_errors=True)
+    n = write_training_crops(pseudo, crops, tile_cells, overwrite=True)
+    train.mkdir(parents=True)
+    for volume in io.list_volumes(synthetic) + (io.list_volumes(crops) if n else []):
+        _link(volume, train)
+    return n
+
+
+def _link(path: Path, folder: Path) -> None:
+    target = path.resolve()
+    (folder / path.name).symlink_to(os.path.relpath(target, folder), target_is_directory=True)
+
+
+def _diameter(seg: Path) -> float:
+    from cellsynth_cli.segment.model import segmenter_config
+
+    return float(segmenter_config(seg)["diameter"])

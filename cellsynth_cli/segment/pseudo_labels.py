@@ -1,0 +1,205 @@
+"""Pseudo-labels: a trained segmenter's masks of unlabelled real images, with the cells it is
+sure of marked, and the training crops cut from them (self-training, docs/method.md).
+
+A cell is *confident* when the segmenter finds it again in the flipped image (IoU of the two
+masks at least `min_iou`) and its size is within [min_size, max_size] typical cells (a disc
+or ball of the segmenter's diameter). The other predicted cells are *ignored*, not treated
+as background: Cellpose trains on masks alone (no per-pixel loss weights without patching
+its training loop), so the training set gets only crops that hold no ignored cell at all.
+Each image's pseudo-label volume keeps every predicted cell, with the confident labels in
+its provenance, so it opens in napari like any prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cellsynth_cli import io
+from cellsynth_cli.defaults import DEVICE
+from cellsynth_cli.errors import InputError
+from cellsynth_cli.measure.matching import match
+from cellsynth_cli.runtime.per_volume import run_stage
+from cellsynth_cli.segment import model as segmenter
+from cellsynth_cli.segment.config import MODE, PSEUDO_LABELS, PseudoLabelling
+from cellsynth_cli.segment.model import (
+    MODEL_FILE,
+    min_cell_size,
+    segment_image,
+    segmenter_config,
+)
+from cellsynth_cli.segment.slices import z_anisotropy
+
+STAGE = "pseudo-label"
+
+
+@dataclass(frozen=True)
+class PseudoLabelJob:
+    """One real image to pseudo-label: everything a Dask worker needs."""
+
+    model_dir: Path
+    model_checksum: str
+    image: Path
+    name: str
+    out_dir: Path
+    settings: PseudoLabelling
+    mode: str
+    device: str
+    run: str
+
+
+def flipped(image: np.ndarray) -> np.ndarray:
+    """The image mirrored in y and x (z stays: the slices keep their order)."""
+    return image[..., ::-1, ::-1]
+
+
+def confident_labels(
+    masks: np.ndarray, again: np.ndarray, smallest: int, largest: int, min_iou: float
+) -> list[int]:
+    """Labels of MASKS found again in AGAIN with IoU >= MIN_IOU, SMALLEST..LARGEST pixels."""
+    sizes = np.bincount(masks.ravel())
+    matched = match(masks, again, min_iou).matched_pred
+    return sorted(int(label) for label in matched if smallest <= sizes[label] <= largest)
+
+
+def pseudo_label_one(job: PseudoLabelJob) -> dict:
+    """Segment one image and its mirror; write the masks with the confident labels noted."""
+    done = io.written_by_run(job.out_dir, job.name, job.run)
+    if done is not None:
+        return _counts(job.name, io.read_provenance(done))
+    volume = io.read_volume(job.image)
+    if volume.image is None:
+        raise InputError(f"{job.image}: no intensity image to pseudo-label")
+    model, config = segmenter.cached(job.model_dir, job.model_checksum, job.device)
+    anisotropy = z_anisotropy(volume.voxel_size)
+    ndim = volume.image.ndim
+    masks = segment_image(model, config, volume.image, job.mode, anisotropy)
+    again = flipped(segment_image(model, config, flipped(volume.image), job.mode, anisotropy))
+    s = job.settings
+    size = lambda fraction: min_cell_size(config["diameter"], ndim, anisotropy, fraction)  # noqa: E731
+    confident = confident_labels(masks, again, size(s.min_size), size(s.max_size), s.min_iou)
+    record = io.provenance(
+        STAGE,
+        model=str(job.model_dir),
+        source=str(job.image),
+        n_cells=int(len(np.unique(masks)) - 1),
+        confident=confident,
+        diameter=float(config["diameter"]),
+        run=job.run,
+    )
+    io.write_volume(
+        job.out_dir,
+        io.Volume(job.name, volume.image, masks, voxel_size=volume.voxel_size, provenance=record),
+        overwrite=True,
+    )
+    return _counts(job.name, record)
+
+
+def _counts(name: str, record: dict) -> dict:
+    return {"name": name, "n_cells": record["n_cells"], "n_confident": len(record["confident"])}
+
+
+def pseudo_label(
+    model_dir: Path,
+    images: Path,
+    out: Path,
+    settings: PseudoLabelling = PSEUDO_LABELS,
+    mode: str = MODE,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str = DEVICE,
+    cluster: str | None = None,
+    on_volume: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Pseudo-label every image of IMAGES into OUT (one volume per image, see the module)."""
+    settings.check()
+    paths = io.list_volumes(images)
+    names = [io.volume_name(p) for p in paths]
+    io.outputs_to_keep(out, names, overwrite, resume)
+    segmenter_config(model_dir)
+    checksum = io.file_checksum(Path(model_dir) / MODEL_FILE)
+    segmenter.clear_cache()
+    return run_stage(
+        STAGE,
+        names,
+        out,
+        lambda i, name, run: PseudoLabelJob(
+            model_dir, checksum, paths[i], name, out, settings, mode, device, run
+        ),
+        pseudo_label_one,
+        cluster,
+        overwrite,
+        resume,
+        on_done=lambda result: on_volume(result["name"]) if on_volume else None,
+    )
+
+
+def crop_windows(
+    masks: np.ndarray, confident: np.ndarray, ignored: np.ndarray, side: int
+) -> Iterator[tuple[slice, ...]]:
+    """In-plane squares of SIDE (the whole z range), one centred on each confident cell whose
+    centre no earlier square holds, shifted inside the image; a square that would hold any
+    IGNORED pixel is left out."""
+    from scipy import ndimage
+
+    height, width = masks.shape[-2:]
+    centres = ndimage.center_of_mass(np.ones(masks.shape), masks, confident)
+    taken = np.zeros((height, width), dtype=bool)
+    for centre in centres:
+        cy, cx = (int(round(c)) for c in centre[-2:])
+        if taken[cy, cx]:
+            continue
+        y = min(max(cy - side // 2, 0), height - side)
+        x = min(max(cx - side // 2, 0), width - side)
+        window = (slice(None),) * (masks.ndim - 2) + (slice(y, y + side), slice(x, x + side))
+        if not ignored[window].any():
+            taken[window[-2:]] = True
+            yield window
+
+
+def training_crops(pseudo: io.Volume, tile_cells: float) -> list[io.Volume]:
+    """Crops of a pseudo-label volume around its confident cells that hold no ignored cell;
+    the masks keep the cells inside, renumbered from 1."""
+    from skimage.segmentation import relabel_sequential
+
+    record = pseudo.provenance
+    confident = np.asarray(record.get("confident", []), dtype=np.int64)
+    if confident.size == 0:
+        return []
+    ignored = (pseudo.masks > 0) & ~np.isin(pseudo.masks, confident)
+    side = min(int(round(tile_cells * record["diameter"])), *pseudo.masks.shape[-2:])
+    crops = []
+    for k, window in enumerate(crop_windows(pseudo.masks, confident, ignored, side)):
+        masks = relabel_sequential(pseudo.masks[window].astype(np.uint32))[0]
+        crops.append(
+            io.Volume(
+                f"{pseudo.name}-crop{k:03d}",
+                np.ascontiguousarray(pseudo.image[window]),
+                masks,
+                voxel_size=pseudo.voxel_size,
+                provenance=io.provenance(STAGE, source=pseudo.name, window=_window_record(window)),
+            )
+        )
+    return crops
+
+
+def _window_record(window: tuple[slice, ...]) -> list[list[int | None]]:
+    return [[s.start, s.stop] for s in window]
+
+
+def write_training_crops(pseudo: Path, out: Path, tile_cells: float, overwrite: bool) -> int:
+    """The training crops of every pseudo-label volume of PSEUDO, one NAME-cropK.zarr each
+    in OUT (a folder `segment train --data` reads); returns how many were written."""
+    if Path(out).exists() and any(Path(out).iterdir()) and not overwrite:
+        raise InputError(f"{out} is not empty (pass --overwrite to replace it)")
+    n = 0
+    for volume in io.read_volumes(pseudo):
+        if "confident" not in volume.provenance:
+            raise InputError(f"{pseudo}/{volume.name}: not a pseudo-label volume")
+        for crop in training_crops(volume, tile_cells):
+            io.write_volume(out, crop, overwrite=overwrite)
+            n += 1
+    return n
