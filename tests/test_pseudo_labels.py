@@ -136,3 +136,17 @@ def test_pseudo_label_command_writes_labels_and_crops(tmp_path, mirror_blind):
     )
     assert bad.returncode == 2 and "min_iou" in bad.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_3d_pseudo_labels_and_crops_keep_every_slice(tmp_path, mirror_blind):
+    image = np.zeros((6, 64, 96), np.float32)
+    image[1:5] = _blobs().image
+    io.write_volume(tmp_path / "real3d", io.Volume("stack", image=image, voxel_size=(2, 1, 1)))
+    rows = pseudo_label(mirror_blind, tmp_path / "real3d", tmp_path / "pseudo3d", mode="stitch")
+    assert rows == [{"name": "stack", "n_cells": 4, "n_confident": 3}]
+    pseudo = io.read_volume(tmp_path / "pseudo3d" / "stack.zarr")
+    crops = training_crops(pseudo, tile_cells=3.0)
+    assert len(crops) == 3
+    for crop in crops:
+        assert crop.image.shape == (6, 24, 24) and crop.voxel_size == (2.0, 1.0, 1.0)
+        assert crop.masks.max() >= 1

@@ -19,6 +19,7 @@ from cellsynth_cli.cli.common import (
     print_json,
 )
 from cellsynth_cli.defaults import SEED
+from cellsynth_cli.measure.config import SCALE
 
 
 def evaluate(
@@ -33,7 +34,7 @@ def evaluate(
         "no name pairs).",
     ),
     scale: str = typer.Option(
-        "ref-percentiles",
+        SCALE,
         "--scale",
         help="Paired: ref-percentiles maps both images to [0, 1] with the reference's "
         "1st/99.8th percentiles and clips (data range 1); none compares raw values.",
@@ -115,7 +116,7 @@ def evaluate(
 
 def _warn_paired_only(scale: str, data_range: float | None, mask_labels: bool) -> None:
     given = (
-        ("--scale", scale != "ref-percentiles"),
+        ("--scale", scale != SCALE),
         ("--data-range", data_range is not None),
         ("--mask-labels", mask_labels),
     )

@@ -25,6 +25,7 @@ from cellsynth_cli.cli.common import (
 )
 from cellsynth_cli.defaults import SEED
 from cellsynth_cli.errors import InputError
+from cellsynth_cli.simulate.config import FIT_SPREAD
 
 PRESET_COMMAND = "preset"  # hidden: `simulate PRESET ...` runs it
 GENERIC = "nuclei"  # the one bundled preset that is 2D or 3D by --shape
@@ -185,7 +186,7 @@ def fit(
         "beside it (.png).",
     ) = None,
     spread: str = typer.Option(
-        "central",
+        FIT_SPREAD,
         "--spread",
         help="'central' ranges span the usual nucleus (20-80 % of the detected sizes, "
         "10-90 % of brightness and aspect); 'wide' ones 2-98 % of each, so rare small, large, "

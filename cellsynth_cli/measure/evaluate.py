@@ -18,9 +18,9 @@ import numpy as np
 from cellsynth_cli import io
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.io.intensity import robust_range, to_unit
+from cellsynth_cli.measure.config import SCALE, SCALES
 from cellsynth_cli.measure.metrics import mae, psnr, ssim
 
-SCALES = ("ref-percentiles", "none")
 METRICS = ("psnr", "ssim", "mae")
 
 
@@ -54,7 +54,7 @@ def names_pair(pred_dir: Path, ref_dir: Path) -> bool:
 def score_pair(
     pred: np.ndarray,
     ref: np.ndarray,
-    scale: str = "ref-percentiles",
+    scale: str = SCALE,
     data_range: float | None = None,
     labels: np.ndarray | None = None,
 ) -> dict[str, float]:
@@ -86,7 +86,7 @@ def score_pair(
 def evaluate(
     pred_dir: Path,
     ref_dir: Path,
-    scale: str = "ref-percentiles",
+    scale: str = SCALE,
     data_range: float | None = None,
     mask_labels: bool = False,
     on_volume: Callable[[str], None] | None = None,

@@ -21,14 +21,14 @@ from cellsynth_cli.defaults import SEED
 from cellsynth_cli.diffusion import defaults
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.segment.config import MODE, PSEUDO_LABELS, TRAINING, PseudoLabelling
-from cellsynth_cli.simulate.config import toml_value
+from cellsynth_cli.simulate.config import FIT_SPREAD, toml_value
 
 AUTO_FRACTION = -1.0  # [predict] min_size_fraction: the default for the data (TOML has no None)
 
 
 @dataclass(frozen=True)
 class FitSection:
-    spread: str = "central"  # fitted ranges: central (20-80 %) or wide (2-98 %)
+    spread: str = FIT_SPREAD  # fitted ranges: central (20-80 %) or wide (2-98 %)
 
 
 @dataclass(frozen=True)

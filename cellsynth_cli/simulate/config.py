@@ -14,6 +14,9 @@ from typing import Any
 
 from cellsynth_cli.errors import InputError
 
+# `simulate fit`: central ranges (the usual nucleus) or wide ones (rare nuclei too), fit.SPREADS
+FIT_SPREAD = "central"
+
 PRESET_DIR = Path(__file__).parent.parent / "presets"
 
 Range = tuple[float, float]

@@ -38,7 +38,13 @@ from cellsynth_cli import io
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.io.intensity import robust_range, to_unit
 from cellsynth_cli.measure.detect import Detections, choose_method, detect_nuclei
-from cellsynth_cli.simulate.config import SimulationConfig, load_preset, replace, toml_value
+from cellsynth_cli.simulate.config import (
+    FIT_SPREAD,
+    SimulationConfig,
+    load_preset,
+    replace,
+    toml_value,
+)
 
 GENERIC_PRESET = "nuclei"
 MIN_DETECTIONS = 5
@@ -127,7 +133,7 @@ def fit_nuclei(
     data: Path,
     radius_range: tuple[float, float] | None = None,
     on_volume: Callable[[str], None] | None = None,
-    spread: str = "central",
+    spread: str = FIT_SPREAD,
 ) -> Fit:
     """Estimate a nuclei preset from the images in DATA (masks, if any, are not read).
 
