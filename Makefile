@@ -43,8 +43,9 @@ demo-full: $(STAMP)
 bundled-model: $(STAMP)
 	$(PY) scripts/bundled_model.py $(BUNDLED_ARGS)
 
+# --durations: every run lists its slowest tests, the ones a `slow` mark is set from
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)

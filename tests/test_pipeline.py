@@ -71,6 +71,7 @@ def test_smoke_pipeline_writes_every_output(smoke_2d):
     assert not list(smoke_2d.rglob(".*tmp*"))
 
 
+@pytest.mark.slow  # over 80 s in `pytest --durations` (2 cores, shared)
 def test_rerun_skips_and_a_change_reruns_only_downstream(smoke_2d, tmp_path):
     project = tmp_path / "project"
     shutil.copytree(smoke_2d, project, symlinks=True)
@@ -95,6 +96,7 @@ def test_rerun_skips_and_a_change_reruns_only_downstream(smoke_2d, tmp_path):
     assert json.loads((project / "t_start.json").read_text())["t_start"] == 1000
 
 
+@pytest.mark.slow  # over 80 s in `pytest --durations` (2 cores, shared)
 def test_self_training_round_2_reruns_only_the_rounds(smoke_2d, tmp_path):
     project = tmp_path / "project"
     shutil.copytree(smoke_2d, project, symlinks=True)
@@ -117,6 +119,7 @@ def test_self_training_round_2_reruns_only_the_rounds(smoke_2d, tmp_path):
     assert again["rounds"] == "up to date"
 
 
+@pytest.mark.slow  # over 80 s in `pytest --durations` (2 cores, shared)
 def test_killed_in_every_stage_then_rerun_ends_like_one_run(smoke_2d, tmp_path):
     project = tmp_path / "project"
     _real_2d(project)
@@ -145,6 +148,7 @@ def test_sigterm_in_training_checkpoints_and_the_rerun_resumes(tmp_path):
     assert again["train"]["status"] == "resumed" and again["train"]["result"]["resumed"]
 
 
+@pytest.mark.slow  # over 80 s in `pytest --durations` (2 cores, shared)
 def test_smoke_pipeline_3d(tmp_path):
     project = tmp_path / "project"
     (project / "real").mkdir(parents=True)
