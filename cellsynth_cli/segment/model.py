@@ -105,6 +105,16 @@ def cached(model_dir: Path, checksum: str, device: str) -> tuple[Any, dict]:
     return model_cache.cached(key, load)
 
 
+def checked_for_a_run(model_dir: Path) -> str:
+    """Before a run's work: a bad model folder is reported, models loaded earlier in this
+    process are forgotten (the folder is loaded as it is now, once), and the checksum its
+    jobs carry is returned (see `cached`)."""
+    segmenter_config(model_dir)
+    checksum = io.file_checksum(Path(model_dir) / MODEL_FILE)
+    clear_cache()
+    return checksum
+
+
 def clear_cache() -> None:
     """Forget loaded models: the next `cached` call loads the folder as it is now."""
     model_cache.clear()

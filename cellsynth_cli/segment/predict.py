@@ -16,7 +16,7 @@ from cellsynth_cli.measure.matching import segmentation_scores
 from cellsynth_cli.runtime.per_volume import run_stage
 from cellsynth_cli.segment import model as segmenter
 from cellsynth_cli.segment.config import MIN_SIZE_FRACTION, MODE, MODES
-from cellsynth_cli.segment.model import MODEL_FILE, segment_image, segmenter_config
+from cellsynth_cli.segment.model import segment_image
 from cellsynth_cli.segment.slices import z_anisotropy
 
 
@@ -104,9 +104,7 @@ def predict(
     paths = io.list_volumes(images)
     names = [io.volume_name(p) for p in paths]
     io.outputs_to_keep(out, names, overwrite, resume)  # refused outputs before the model check
-    segmenter_config(model_dir)  # a bad model folder is reported before any work
-    checksum = io.file_checksum(Path(model_dir) / MODEL_FILE)
-    segmenter.clear_cache()  # in this process: load the model as it is now, once for this call
+    checksum = segmenter.checked_for_a_run(model_dir)
     return run_stage(
         "predict",
         names,

@@ -26,10 +26,8 @@ from cellsynth_cli.runtime.per_volume import run_stage
 from cellsynth_cli.segment import model as segmenter
 from cellsynth_cli.segment.config import MODE, PSEUDO_LABELS, PseudoLabelling
 from cellsynth_cli.segment.model import (
-    MODEL_FILE,
     min_cell_size,
     segment_image,
-    segmenter_config,
 )
 from cellsynth_cli.segment.slices import z_anisotropy
 
@@ -119,9 +117,7 @@ def pseudo_label(
     paths = io.list_volumes(images)
     names = [io.volume_name(p) for p in paths]
     io.outputs_to_keep(out, names, overwrite, resume)
-    segmenter_config(model_dir)
-    checksum = io.file_checksum(Path(model_dir) / MODEL_FILE)
-    segmenter.clear_cache()
+    checksum = segmenter.checked_for_a_run(model_dir)
     return run_stage(
         STAGE,
         names,

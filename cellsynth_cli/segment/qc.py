@@ -15,7 +15,7 @@ from cellsynth_cli.measure.matching import match_counts
 from cellsynth_cli.measure.qc import phantom_vanished
 from cellsynth_cli.segment import model as segmenter
 from cellsynth_cli.segment.config import JUDGE, JUDGES, MAX_SHARE, MODE, MODES
-from cellsynth_cli.segment.model import MODEL_FILE, segment_image, segmenter_config
+from cellsynth_cli.segment.model import segment_image
 from cellsynth_cli.segment.slices import z_anisotropy
 
 
@@ -78,12 +78,10 @@ def quality_control(
     if judge == "classical":
         model_dir, checksum = None, ""
     else:
-        segmenter_config(model_dir)  # a bad model folder is reported before any work
         model_dir = Path(model_dir)
-        checksum = io.file_checksum(model_dir / MODEL_FILE)
+        checksum = segmenter.checked_for_a_run(model_dir)
     paths = io.list_volumes(data)
     jobs = [QCJob(model_dir, checksum, path, mode, device) for path in paths]
-    segmenter.clear_cache()  # in this process: load the model as it is now, once for this call
     rows = dask_cluster.run_per_volume(
         qc_one,
         jobs,
