@@ -141,9 +141,14 @@ def test_pseudo_label_command_writes_labels_and_crops(tmp_path, mirror_blind):
 def test_3d_pseudo_labels_and_crops_keep_every_slice(tmp_path, mirror_blind):
     image = np.zeros((6, 64, 96), np.float32)
     image[1:5] = _blobs().image
+    image[3, 60, 50] = 1.0  # a one-voxel fragment: dropped by 3D's size filter, as in predict
     io.write_volume(tmp_path / "real3d", io.Volume("stack", image=image, voxel_size=(2, 1, 1)))
     rows = pseudo_label(mirror_blind, tmp_path / "real3d", tmp_path / "pseudo3d", mode="stitch")
     assert rows == [{"name": "stack", "n_cells": 4, "n_confident": 3}]
+    unfiltered = pseudo_label(
+        mirror_blind, tmp_path / "real3d", tmp_path / "raw3d", mode="stitch", min_size_fraction=0
+    )
+    assert unfiltered[0]["n_cells"] == 5
     pseudo = io.read_volume(tmp_path / "pseudo3d" / "stack.zarr")
     crops = training_crops(pseudo, tile_cells=3.0)
     assert len(crops) == 3

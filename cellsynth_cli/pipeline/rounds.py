@@ -110,6 +110,7 @@ def _confidence(ctx: Context, seg: str, out: str) -> dict:
         device=ctx.device,
         cluster=ctx.cluster,
         on_volume=lambda name: ctx.on_progress(f"pseudo-labels of {name}", None, None),
+        min_size_fraction=ctx.recipe.predict.fraction(),
     )
     cells = sum(_count(ctx.path(out), r, "n_cells") for r in rows)
     confident = sum(_count(ctx.path(out), r, "n_confident") for r in rows)

@@ -24,7 +24,7 @@ from cellsynth_cli.errors import InputError
 from cellsynth_cli.measure.matching import match
 from cellsynth_cli.runtime.per_volume import run_stage
 from cellsynth_cli.segment import model as segmenter
-from cellsynth_cli.segment.config import MODE, PSEUDO_LABELS, PseudoLabelling
+from cellsynth_cli.segment.config import MIN_SIZE_FRACTION, MODE, PSEUDO_LABELS, PseudoLabelling
 from cellsynth_cli.segment.model import (
     min_cell_size,
     segment_image,
@@ -47,6 +47,7 @@ class PseudoLabelJob:
     mode: str
     device: str
     run: str
+    min_size_fraction: float | None = None  # None: MIN_SIZE_FRACTION for the image's dims
 
 
 def flipped(image: np.ndarray) -> np.ndarray:
@@ -74,8 +75,13 @@ def pseudo_label_one(job: PseudoLabelJob) -> dict:
     model, config = segmenter.cached(job.model_dir, job.model_checksum, job.device)
     anisotropy = z_anisotropy(volume.voxel_size)
     ndim = volume.image.ndim
-    masks = segment_image(model, config, volume.image, job.mode, anisotropy)
-    again = flipped(segment_image(model, config, flipped(volume.image), job.mode, anisotropy))
+    # the masks predict would write: fragments under the size filter are background there
+    fraction = job.min_size_fraction
+    if fraction is None:
+        fraction = MIN_SIZE_FRACTION[ndim]
+    masks = segment_image(model, config, volume.image, job.mode, anisotropy, fraction)
+    mirrored = segment_image(model, config, flipped(volume.image), job.mode, anisotropy, fraction)
+    again = flipped(mirrored)
     s = job.settings
     size = lambda fraction: min_cell_size(config["diameter"], ndim, anisotropy, fraction)  # noqa: E731
     confident = confident_labels(masks, again, size(s.min_size), size(s.max_size), s.min_iou)
@@ -111,8 +117,10 @@ def pseudo_label(
     device: str = DEVICE,
     cluster: str | None = None,
     on_volume: Callable[[str], None] | None = None,
+    min_size_fraction: float | None = None,
 ) -> list[dict]:
-    """Pseudo-label every image of IMAGES into OUT (one volume per image, see the module)."""
+    """Pseudo-label every image of IMAGES into OUT (one volume per image, see the module);
+    objects under MIN_SIZE_FRACTION of a typical cell are dropped first, as predict does."""
     settings.check()
     paths = io.list_volumes(images)
     names = [io.volume_name(p) for p in paths]
@@ -123,7 +131,7 @@ def pseudo_label(
         names,
         out,
         lambda i, name, run: PseudoLabelJob(
-            model_dir, checksum, paths[i], name, out, settings, mode, device, run
+            model_dir, checksum, paths[i], name, out, settings, mode, device, run, min_size_fraction
         ),
         pseudo_label_one,
         cluster,
