@@ -14,12 +14,15 @@ from scipy import ndimage
 from cellsynth_cli import io
 from cellsynth_cli.pipeline.rounds import kept_round
 from cellsynth_cli.segment import model as segmenter
+from cellsynth_cli.segment.background import normalize_like_cellpose
 from cellsynth_cli.segment.config import PseudoLabelling
 from cellsynth_cli.segment.pseudo_labels import (
     confident_labels,
     pseudo_label,
     training_crops,
 )
+from cellsynth_cli.segment.slices import NORMALISED, TrainingSlices
+from cellsynth_cli.segment.train import _with_background
 
 
 def test_confident_cells_are_found_again_and_of_a_plausible_size():
@@ -81,7 +84,9 @@ def test_pseudo_labels_keep_every_cell_and_mark_the_confident_ones(tmp_path, mir
     for crop in crops:
         window = tuple(slice(a, b) for a, b in crop.provenance["window"])
         assert crop.image.shape == crop.masks.shape == (24, 24)
-        np.testing.assert_array_equal(crop.image, pseudo.image[window])
+        # scaled as Cellpose scales the whole source image when it predicts, not the crop
+        np.testing.assert_array_equal(crop.image, normalize_like_cellpose(pseudo.image)[window])
+        assert crop.provenance[NORMALISED] is True
         assert not (pseudo.masks[window] == artefact).any()  # no ignored cell inside
         assert crop.masks.max() == len(np.unique(crop.masks)) - 1 >= 1  # renumbered
         covered[window] = True
@@ -155,3 +160,16 @@ def test_3d_pseudo_labels_and_crops_keep_every_slice(tmp_path, mirror_blind):
     for crop in crops:
         assert crop.image.shape == (6, 24, 24) and crop.voxel_size == (2.0, 1.0, 1.0)
         assert crop.masks.max() >= 1
+
+
+def test_normalised_crops_are_kept_and_the_other_images_scaled_like_cellpose():
+    rng = np.random.default_rng(0)
+    synthetic, crop = rng.random((32, 32)) * 200, rng.random((32, 32)).astype(np.float32)
+    masks = [np.ones((32, 32), np.int32)] * 2
+    found = TrainingSlices([synthetic, crop], masks, ["xy", "xy"], [False, True], dims=2)
+    images, _, normalize, extra = _with_background(found, None, 10.0, 0, 0)
+    assert normalize == {"normalize": False} and extra == []
+    np.testing.assert_array_equal(images[0], normalize_like_cellpose(synthetic))
+    assert images[1] is crop
+    plain = TrainingSlices([synthetic], masks[:1], ["xy"], [False], dims=2)
+    assert _with_background(plain, None, 10.0, 0, 0)[2] is True  # Cellpose normalises

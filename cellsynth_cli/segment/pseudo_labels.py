@@ -29,7 +29,7 @@ from cellsynth_cli.segment.model import (
     min_cell_size,
     segment_image,
 )
-from cellsynth_cli.segment.slices import z_anisotropy
+from cellsynth_cli.segment.slices import NORMALISED, z_anisotropy
 
 STAGE = "pseudo-label"
 
@@ -169,6 +169,8 @@ def training_crops(pseudo: io.Volume, tile_cells: float) -> list[io.Volume]:
     the masks keep the cells inside, renumbered from 1."""
     from skimage.segmentation import relabel_sequential
 
+    from cellsynth_cli.segment.background import normalize_like_cellpose
+
     record = pseudo.provenance
     confident = np.asarray(record.get("confident", []), dtype=np.int64)
     if confident.size == 0:
@@ -176,15 +178,19 @@ def training_crops(pseudo: io.Volume, tile_cells: float) -> list[io.Volume]:
     ignored = (pseudo.masks > 0) & ~np.isin(pseudo.masks, confident)
     side = min(int(round(tile_cells * record["diameter"])), *pseudo.masks.shape[-2:])
     crops = []
+    # Cellpose normalises each training image by its own percentiles; a crop full of nuclei
+    # would be scaled unlike its source image, which is what Cellpose sees when it predicts
+    image = normalize_like_cellpose(pseudo.image)
     for k, window in enumerate(crop_windows(pseudo.masks, confident, ignored, side)):
         masks = relabel_sequential(pseudo.masks[window].astype(np.uint32))[0]
+        record = {"source": pseudo.name, "window": _window_record(window), NORMALISED: True}
         crops.append(
             io.Volume(
                 f"{pseudo.name}-crop{k:03d}",
-                np.ascontiguousarray(pseudo.image[window]),
+                np.ascontiguousarray(image[window]),
                 masks,
                 voxel_size=pseudo.voxel_size,
-                provenance=io.provenance(STAGE, source=pseudo.name, window=_window_record(window)),
+                provenance=io.provenance(STAGE, **record),
             )
         )
     return crops

@@ -18,6 +18,9 @@ from cellsynth_cli.errors import InputError, check_choice
 
 SLICES = ("all", "xy")  # 3D training: xy + xz + yz slices, or xy slices only
 
+# provenance key of a volume whose image is already normalised like its source image
+NORMALISED = "normalised_like_source"
+
 
 def median_diameter(masks: list[np.ndarray]) -> float:
     """Median equivalent-circle diameter of the instances of 2D masks."""
@@ -83,6 +86,8 @@ class TrainingSlices:
     images: list[np.ndarray] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
     planes: list[str] = field(default_factory=list)  # "xy" (also 2D images), "xz", "yz"
+    # already scaled as Cellpose scales its source image (pseudo-label crops): kept as is
+    normalised: list[bool] = field(default_factory=list)
     dims: int = 0
 
     def counts(self) -> dict[str, int]:
@@ -112,6 +117,7 @@ def training_slices(data: Path, slices: str = "all") -> TrainingSlices:
             found.images.append(im.astype(np.float32))
             found.masks.append(m.astype(np.int32))
             found.planes.append(plane)
+            found.normalised.append(bool(volume.provenance.get(NORMALISED)))
     if not found.images:
         raise InputError(f"{data}: no image with masks to train on")
     return found

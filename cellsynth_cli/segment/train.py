@@ -170,14 +170,22 @@ def _with_background(
     found: TrainingSlices, background: Path | None, diameter: float, n_crops: int, seed: int
 ) -> tuple[list[np.ndarray], list[np.ndarray], bool | dict, list]:
     """The training images and masks, with up to N_CROPS nucleus-free squares of BACKGROUND
-    as images without cells; how cellpose should normalise them; the crops."""
-    if background is None:
+    as images without cells; how cellpose should normalise them; the crops.
+
+    Crops (background squares, pseudo-label crops) come normalised by their whole source
+    image, as Cellpose normalises that image when it predicts; then every other image is
+    normalised here the way Cellpose would (per image, 1-99 %) and Cellpose normalises none."""
+    if background is None and not any(found.normalised):
         # cellpose's own normalisation (per image, 1-99 %)
         return found.images, found.masks, True, []
     from cellsynth_cli.segment.background import background_crops, normalize_like_cellpose
 
-    crops = background_crops(background, diameter, n_crops, seed)
-    images = [normalize_like_cellpose(im) for im in found.images] + [c.image for c in crops]
+    crops = [] if background is None else background_crops(background, diameter, n_crops, seed)
+    own = [
+        im if pre else normalize_like_cellpose(im)
+        for im, pre in zip(found.images, found.normalised, strict=True)
+    ]
+    images = own + [c.image for c in crops]
     masks = found.masks + [np.zeros(c.image.shape, np.int32) for c in crops]
     return images, masks, {"normalize": False}, crops  # a dict: a bool changes its defaults
 
