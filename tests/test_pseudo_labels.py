@@ -121,7 +121,7 @@ def test_a_round_with_fewer_confident_cells_ends_the_kept_rounds():
     assert kept_round(rounds(10)) == 1
     assert kept_round(rounds(10, 12, 11, 15)) == 2  # round 3 drifted: 3 and 4 are not kept
     assert kept_round(rounds(10, 9, 20)) == 1
-    assert kept_round(rounds(10, 10, 13)) == 3  # as many as before is not worse
+    assert kept_round(rounds(10, 10, 13)) == 1  # a tie keeps the earlier round
 
 
 def test_pseudo_label_command_writes_labels_and_crops(tmp_path, mirror_blind):

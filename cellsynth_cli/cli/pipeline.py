@@ -59,7 +59,7 @@ def pipeline(
         help="Self-training: 1 trains the segmenter on synthetic images only; N > 1 adds "
         "rounds 2..N, each trained on the synthetic images plus crops of your images "
         "pseudo-labelled by the round before (cells it finds again in the mirrored image). "
-        "A round that finds fewer such cells than the one before is not kept. Same as --set "
+        "A round is kept only when it finds more such cells than the one before. Same as --set "
         "rounds.n=N; kept in the project's recipe.",
         show_default=False,
         min=1,

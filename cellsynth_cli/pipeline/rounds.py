@@ -7,9 +7,11 @@ the synthetic images plus those crops (the same step budget as round 1) and segm
 real images again. Everything of round k lives in rounds/rK/.
 
 Guard against drift, without labels: a round's segmenter is judged by how many cells of the
-real images it finds again in the mirrored images (its confident cells). A round with fewer
-confident cells than the round before is not kept, nor any after it; rounds.json says which
-round is kept and where its segmenter and masks are.
+real images it finds again in the mirrored images (its confident cells). A round is kept only
+when it finds more confident cells than the round before (a tie keeps the earlier round: in
+the first 2D measurement round 2 tied, 30 and 30, and scored lower on held-back labels), and
+no round after one that is not kept; rounds.json says which round is kept and where its
+segmenter and masks are.
 """
 
 from __future__ import annotations
@@ -44,10 +46,10 @@ def self_train(ctx: Context) -> dict:
 
 
 def kept_round(rounds: list[dict]) -> int:
-    """The last round before the first one with fewer confident cells than its predecessor."""
+    """The last round before the first one without more confident cells than its predecessor."""
     kept = 1
     for before, after in zip(rounds, rounds[1:], strict=False):
-        if after.get("n_confident", 0) < before.get("n_confident", 0):
+        if after.get("n_confident", 0) <= before.get("n_confident", 0):
             break
         kept = after["round"]
     return kept
