@@ -82,3 +82,19 @@ def run_cellsynth(*args, cwd: Path | None = None, timeout: float = 300, env: dic
         text=True,
         timeout=timeout,
     )
+
+
+def fake_segmenter(model_dir: Path, model, monkeypatch, diameter: float, dims: int) -> Path:
+    """A `segment train` folder that passes segmenter_config, with Cellpose replaced by MODEL
+    (an object with Cellpose's `eval`) in this process."""
+    import json
+
+    from cellsynth_cli.segment import model as segmenter
+
+    model_dir.mkdir()
+    (model_dir / segmenter.CONFIG_FILE).write_text(json.dumps({"diameter": diameter, "dims": dims}))
+    (model_dir / segmenter.MODEL_FILE).write_bytes(b"")
+    monkeypatch.setattr(
+        segmenter, "load_segmenter", lambda d, device="auto": (model, segmenter.segmenter_config(d))
+    )
+    return model_dir

@@ -4,16 +4,13 @@ drift guard that picks the kept round, and `segment pseudo-label` through the ex
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-from conftest import run_cellsynth
+from conftest import fake_segmenter, run_cellsynth
 from scipy import ndimage
 
 from cellsynth_cli import io
 from cellsynth_cli.pipeline.rounds import kept_round
-from cellsynth_cli.segment import model as segmenter
 from cellsynth_cli.segment.background import normalize_like_cellpose
 from cellsynth_cli.segment.config import PseudoLabelling
 from cellsynth_cli.segment.pseudo_labels import (
@@ -58,14 +55,7 @@ def _blobs() -> io.Volume:
 
 @pytest.fixture
 def mirror_blind(tmp_path, monkeypatch):
-    model_dir = tmp_path / "seg"
-    model_dir.mkdir()
-    (model_dir / segmenter.CONFIG_FILE).write_text(json.dumps({"diameter": 8.0, "dims": 2}))
-    (model_dir / segmenter.MODEL_FILE).write_bytes(b"")
-    model = MirrorBlindModel()
-    monkeypatch.setattr(
-        segmenter, "load_segmenter", lambda d, device="auto": (model, segmenter.segmenter_config(d))
-    )
+    model_dir = fake_segmenter(tmp_path / "seg", MirrorBlindModel(), monkeypatch, 8.0, 2)
     io.write_volume(tmp_path / "real", _blobs())
     return model_dir
 

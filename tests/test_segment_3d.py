@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run
+from conftest import fake_segmenter, run
 
 from cellsynth_cli import io
 from cellsynth_cli.segment import model as segmenter
@@ -117,15 +117,8 @@ class FakeModel:
 @pytest.fixture
 def fake_model(tmp_path, monkeypatch):
     """A model folder that passes segmenter_config, with cellpose replaced by FakeModel."""
-    model_dir = tmp_path / "seg"
-    model_dir.mkdir()
-    (model_dir / segmenter.CONFIG_FILE).write_text(json.dumps({"diameter": 12.0, "dims": 3}))
-    (model_dir / segmenter.MODEL_FILE).write_bytes(b"")
     model = FakeModel()
-    monkeypatch.setattr(
-        segmenter, "load_segmenter", lambda d, device="auto": (model, segmenter.segmenter_config(d))
-    )
-    return model_dir, model
+    return fake_segmenter(tmp_path / "seg", model, monkeypatch, 12.0, 3), model
 
 
 def test_3d_predict_defaults_to_3d_mode_with_the_voxel_anisotropy(tmp_path, fake_model):
@@ -307,14 +300,7 @@ def test_3d_predict_drops_fragments_by_default_and_keeps_them_when_asked(tmp_pat
     it (23) drops a one-voxel fragment (and renumbers), 0 keeps it; 2D keeps it by default."""
     assert segmenter.min_cell_size(12.0, 3, 4.0, 0.1) == 23
     assert segmenter.min_cell_size(12.0, 2, 1.0, 0.5) == round(0.5 * np.pi / 4 * 144)
-    model_dir = tmp_path / "seg"
-    model_dir.mkdir()
-    (model_dir / segmenter.CONFIG_FILE).write_text(json.dumps({"diameter": 12.0, "dims": 3}))
-    (model_dir / segmenter.MODEL_FILE).write_bytes(b"")
-    model = FragmentingModel()
-    monkeypatch.setattr(
-        segmenter, "load_segmenter", lambda d, device="auto": (model, segmenter.segmenter_config(d))
-    )
+    model_dir = fake_segmenter(tmp_path / "seg", FragmentingModel(), monkeypatch, 12.0, 3)
     v = two_boxes()
     io.write_volume(tmp_path / "real", v)
     io.write_volume(tmp_path / "flat", io.Volume(name="flat", image=v.image[2]))
