@@ -15,6 +15,7 @@ from cellsynth_cli.segment.background import normalize_like_cellpose
 from cellsynth_cli.segment.config import PseudoLabelling
 from cellsynth_cli.segment.pseudo_labels import (
     confident_labels,
+    counts,
     pseudo_label,
     training_crops,
 )
@@ -99,9 +100,13 @@ def test_pseudo_label_refuses_bad_settings_and_existing_outputs(tmp_path, mirror
     with pytest.raises(InputError, match="min_size < max_size"):
         pseudo_label(mirror_blind, tmp_path / "real", tmp_path / "p", PseudoLabelling(min_size=5.0))
     assert not (tmp_path / "p").exists()
-    pseudo_label(mirror_blind, tmp_path / "real", tmp_path / "p")
+    first = pseudo_label(mirror_blind, tmp_path / "real", tmp_path / "p")
     with pytest.raises(InputError, match="--resume"):
         pseudo_label(mirror_blind, tmp_path / "real", tmp_path / "p")
+    # --resume keeps the volume; its row's counts come back from its provenance
+    kept = pseudo_label(mirror_blind, tmp_path / "real", tmp_path / "p", resume=True)
+    assert kept == [{"name": "blobs", "skipped": True}]
+    assert counts("blobs", io.read_provenance(tmp_path / "p" / "blobs.zarr")) == first[0]
 
 
 def test_a_round_with_fewer_confident_cells_ends_the_kept_rounds():

@@ -204,11 +204,10 @@ def _print_result(
         )
         return
     kept = summary["rounds"]["result"]
-    chosen = kept["rounds"][kept["kept"] - 1]
     rounds = f" (self-training round {kept['kept']})" if len(kept["rounds"]) > 1 else ""
     console.print(
-        f"done in {seconds:.0f} s: the segmenter is {project / chosen['seg']}{rounds}, your "
-        f"images segmented in {project / chosen['pred']}, the report {project / 'report.md'}"
+        f"done in {seconds:.0f} s: the segmenter is {project / kept['seg']}{rounds}, your "
+        f"images segmented in {project / kept['pred']}, the report {project / 'report.md'}"
     )
     scores = summary["report"]["result"]["scores"]
     if scores:

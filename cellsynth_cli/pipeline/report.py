@@ -24,9 +24,7 @@ def report(ctx: Context, score_against: Path | None = None) -> dict:
 
     real = io.read_volume(io.list_volumes(ctx.data)[0])
     synth = io.read_volume(io.list_volumes(ctx.path(CLEAN))[0])
-    kept = ctx.results["rounds"]
-    pred_dir = ctx.path(kept["rounds"][kept["kept"] - 1]["pred"])
-    pred = io.read_volume(io.volume_path(pred_dir, real.name))
+    pred = io.read_volume(io.volume_path(ctx.path(ctx.results["rounds"]["pred"]), real.name))
     save_panels(
         ctx.path("report.png"),
         [
@@ -123,7 +121,7 @@ def _rounds_lines(rounds: dict, scores: dict | None) -> list[str]:
     lines = ["", f"## Self-training rounds (kept: round {rounds['kept']})", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rounds["rounds"]:
-        means = scored.get(r["round"]) or scored.get(str(r["round"])) or {}
+        means = scored.get(r["round"], {})
         cells = [
             str(r["round"]),
             str(r.get("pseudo_crops", "-")),

@@ -40,9 +40,10 @@ def self_train(ctx: Context) -> dict:
     if section.n > 1:  # the last round's own confidence, for the guard
         rounds[-1].update(_confidence(ctx, rounds[-1]["seg"], f"{ROUNDS}/check"))
     kept = kept_round(rounds)
+    # the kept round's seg and pred at the top: what the report and the CLI point the user to
     summary = {"kept": kept, **rounds[kept - 1], "rounds": rounds}
     io.write_text(ctx.path(ROUNDS_REPORT), json.dumps(summary, indent=2) + "\n", overwrite=True)
-    return {"kept": kept, "rounds": rounds}
+    return summary
 
 
 def kept_round(rounds: list[dict]) -> int:
@@ -98,7 +99,7 @@ def _round(ctx: Context, k: int, diameter: float) -> dict:
 
 def _confidence(ctx: Context, seg: str, out: str) -> dict:
     """Pseudo-label the real images with SEG into OUT: its confident cells."""
-    from cellsynth_cli.segment.pseudo_labels import pseudo_label
+    from cellsynth_cli.segment.pseudo_labels import counts, pseudo_label
 
     section = ctx.recipe.rounds
     rows = pseudo_label(
@@ -114,21 +115,20 @@ def _confidence(ctx: Context, seg: str, out: str) -> dict:
         on_volume=lambda name: ctx.on_progress(f"pseudo-labels of {name}", None, None),
         min_size_fraction=ctx.recipe.predict.fraction(),
     )
-    cells = sum(_count(ctx.path(out), r, "n_cells") for r in rows)
-    confident = sum(_count(ctx.path(out), r, "n_confident") for r in rows)
+    # a volume kept by --resume comes back as {"name", "skipped"}: its counts are on disk
+    rows = [
+        counts(r["name"], io.read_provenance(io.volume_path(ctx.path(out), r["name"])))
+        if r.get("skipped")
+        else r
+        for r in rows
+    ]
+    cells = sum(r["n_cells"] for r in rows)
+    confident = sum(r["n_confident"] for r in rows)
     return {
         "n_cells": cells,
         "n_confident": confident,
         "confident_share": confident / max(cells, 1),
     }
-
-
-def _count(folder: Path, row: dict, key: str) -> int:
-    """A count of a pseudo-label row (a volume kept by --resume is read back)."""
-    if key in row:
-        return int(row[key])
-    record = io.read_provenance(io.volume_path(folder, row["name"]))
-    return int(record["n_cells"] if key == "n_cells" else len(record["confident"]))
 
 
 def _training_set(folder: Path, synthetic: Path, pseudo: Path, tile_cells: float) -> int:

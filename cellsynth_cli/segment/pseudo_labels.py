@@ -68,7 +68,7 @@ def pseudo_label_one(job: PseudoLabelJob) -> dict:
     """Segment one image and its mirror; write the masks with the confident labels noted."""
     done = io.written_by_run(job.out_dir, job.name, job.run)
     if done is not None:
-        return _counts(job.name, io.read_provenance(done))
+        return counts(job.name, io.read_provenance(done))
     volume = io.read_volume(job.image)
     if volume.image is None:
         raise InputError(f"{job.image}: no intensity image to pseudo-label")
@@ -99,10 +99,11 @@ def pseudo_label_one(job: PseudoLabelJob) -> dict:
         io.Volume(job.name, volume.image, masks, voxel_size=volume.voxel_size, provenance=record),
         overwrite=True,
     )
-    return _counts(job.name, record)
+    return counts(job.name, record)
 
 
-def _counts(name: str, record: dict) -> dict:
+def counts(name: str, record: dict) -> dict:
+    """A pseudo-label volume's row: its cells and confident cells (from its provenance)."""
     return {"name": name, "n_cells": record["n_cells"], "n_confident": len(record["confident"])}
 
 
@@ -150,7 +151,7 @@ def crop_windows(
     from scipy import ndimage
 
     height, width = masks.shape[-2:]
-    centres = ndimage.center_of_mass(np.ones(masks.shape), masks, confident)
+    centres = ndimage.center_of_mass(masks > 0, masks, confident)
     taken = np.zeros((height, width), dtype=bool)
     for centre in centres:
         cy, cx = (int(round(c)) for c in centre[-2:])
@@ -183,14 +184,14 @@ def training_crops(pseudo: io.Volume, tile_cells: float) -> list[io.Volume]:
     image = normalize_like_cellpose(pseudo.image)
     for k, window in enumerate(crop_windows(pseudo.masks, confident, ignored, side)):
         masks = relabel_sequential(pseudo.masks[window].astype(np.uint32))[0]
-        record = {"source": pseudo.name, "window": _window_record(window), NORMALISED: True}
+        origin = {"source": pseudo.name, "window": _window_record(window), NORMALISED: True}
         crops.append(
             io.Volume(
                 f"{pseudo.name}-crop{k:03d}",
                 np.ascontiguousarray(image[window]),
                 masks,
                 voxel_size=pseudo.voxel_size,
-                provenance=io.provenance(STAGE, **record),
+                provenance=io.provenance(STAGE, **origin),
             )
         )
     return crops
