@@ -99,7 +99,7 @@ def _round(ctx: Context, k: int, diameter: float) -> dict:
 
 def _confidence(ctx: Context, seg: str, out: str) -> dict:
     """Pseudo-label the real images with SEG into OUT: its confident cells."""
-    from cellsynth_cli.segment.pseudo_labels import counts, pseudo_label
+    from cellsynth_cli.segment.pseudo_labels import pseudo_label
 
     section = ctx.recipe.rounds
     rows = pseudo_label(
@@ -115,13 +115,6 @@ def _confidence(ctx: Context, seg: str, out: str) -> dict:
         on_volume=lambda name: ctx.on_progress(f"pseudo-labels of {name}", None, None),
         min_size_fraction=ctx.recipe.predict.fraction(),
     )
-    # a volume kept by --resume comes back as {"name", "skipped"}: its counts are on disk
-    rows = [
-        counts(r["name"], io.read_provenance(io.volume_path(ctx.path(out), r["name"])))
-        if r.get("skipped")
-        else r
-        for r in rows
-    ]
     cells = sum(r["n_cells"] for r in rows)
     confident = sum(r["n_confident"] for r in rows)
     return {

@@ -127,7 +127,7 @@ def pseudo_label(
     names = [io.volume_name(p) for p in paths]
     io.outputs_to_keep(out, names, overwrite, resume)
     checksum = segmenter.checked_for_a_run(model_dir)
-    return run_stage(
+    rows = run_stage(
         STAGE,
         names,
         out,
@@ -140,6 +140,13 @@ def pseudo_label(
         resume,
         on_done=lambda result: on_volume(result["name"]) if on_volume else None,
     )
+    # a volume kept by --resume comes back as {"name", "skipped"}: its counts are on disk
+    return [
+        {**counts(r["name"], io.read_provenance(io.volume_path(out, r["name"]))), **r}
+        if r.get("skipped")
+        else r
+        for r in rows
+    ]
 
 
 def crop_windows(
