@@ -1,8 +1,11 @@
 """Self-training: which predicted cells become pseudo-labels (found again in the mirrored
-image, a plausible size), the crops cut around them (never an ignored cell inside), the
-drift guard that picks the kept round, and `segment pseudo-label` through the executable."""
+image, a plausible size), the crops cut around them (ignored cells named, their pixels
+training nothing), the drift guard that picks the kept round, and `segment pseudo-label`
+through the executable."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -18,7 +21,7 @@ from cellsynth_cli.segment.pseudo_labels import (
     pseudo_label,
     training_crops,
 )
-from cellsynth_cli.segment.slices import NORMALISED, TrainingSlices
+from cellsynth_cli.segment.slices import IGNORED, NORMALISED, TrainingSlices, training_slices
 from cellsynth_cli.segment.train import _with_background
 
 
@@ -77,18 +80,94 @@ def test_pseudo_labels_keep_every_cell_and_mark_the_confident_ones(tmp_path, mir
         # scaled as Cellpose scales the whole source image when it predicts, not the crop
         np.testing.assert_array_equal(crop.image, normalize_like_cellpose(pseudo.image)[window])
         assert crop.provenance[NORMALISED] is True
-        assert not (pseudo.masks[window] == artefact).any()  # no ignored cell inside
         assert crop.masks.max() == len(np.unique(crop.masks)) - 1 >= 1  # renumbered
+        assert crop.provenance[IGNORED] == _unconfident_in(crop, pseudo)
         covered[window] = True
     # a crop centred on each of the three confident cells holds all of it
     assert len(crops) == 3
     for label in pseudo.provenance["confident"]:
         assert covered[pseudo.masks == label].all()
-    # a confident cell beside an ignored one gets no crop (its square would hold both)
+    # a confident cell beside an ignored one still gets its crop, the ignored cell named
     beside = pseudo.masks.copy()
     beside[20:28, 80:88] = 9  # 2 px right of the blob at (20, 70): ignored
     crowded = io.Volume("c", pseudo.image, beside, provenance=pseudo.provenance)
-    assert len(training_crops(crowded, tile_cells=3.0)) == 2
+    crowded_crops = training_crops(crowded, tile_cells=3.0)
+    assert len(crowded_crops) == 3
+    assert [len(c.provenance[IGNORED]) for c in crowded_crops] == [0, 1, 0]  # 9, renumbered
+    assert all(c.provenance[IGNORED] == _unconfident_in(c, crowded) for c in crowded_crops)
+
+
+def _unconfident_in(crop: io.Volume, pseudo: io.Volume) -> list[int]:
+    """The crop's labels (renumbered) of the source's cells that are not confident."""
+    window = tuple(slice(a, b) for a, b in crop.provenance["window"])
+    unconfident = (pseudo.masks[window] > 0) & ~np.isin(
+        pseudo.masks[window], pseudo.provenance["confident"]
+    )
+    return sorted(set(crop.masks[unconfident].tolist()))
+
+
+def test_ignored_cells_train_nothing_in_2d_and_3d_slices(tmp_path):
+    masks = np.zeros((4, 16, 16), np.int32)
+    masks[:, 2:7, 2:7] = 1  # a confident cell
+    masks[1:3, 9:14, 9:14] = 2  # an ignored one
+    image = masks.astype(np.float32)
+    for volume in (
+        io.Volume("flat", image[1], masks[1], provenance={IGNORED: [2]}),
+        io.Volume("stack", image, masks, voxel_size=(1, 1, 1), provenance={IGNORED: [2]}),
+    ):
+        folder = tmp_path / volume.name
+        io.write_volume(folder, volume)
+        found = training_slices(folder)
+        assert found.has_ignored_pixels()
+        for m, ignored in zip(found.masks, found.ignored, strict=True):
+            assert not (m == 2).any()  # neither a cell nor background: no label at all
+            if ignored is not None:
+                assert ignored.any() and not (m[ignored]).any()
+        # the ignored cell's pixels of the xy slices are exactly what is marked
+        xy = [i for i, p in zip(found.ignored, found.planes, strict=True) if p == "xy"]
+        assert sum(int(i.sum()) for i in xy if i is not None) == int((masks[1:3] == 2).sum()) // (
+            2 if volume.name == "flat" else 1
+        )
+    io.write_volume(tmp_path / "plain", io.Volume("p", image[1], masks[1]))
+    assert not training_slices(tmp_path / "plain").has_ignored_pixels()
+
+
+def test_the_ignore_aware_loss_is_cellposes_without_ignored_pixels_and_blind_to_them(tmp_path):
+    import torch
+
+    from cellsynth_cli.segment.cellpose_compat import (
+        cellpose_modules,
+        flows_with_ignored,
+        ignore_aware_loss,
+    )
+
+    _, train = cellpose_modules(tmp_path)
+    masks = np.zeros((24, 24), np.int32)
+    masks[3:10, 3:10], masks[14:21, 12:20] = 1, 2
+    ignored = np.zeros((24, 24), bool)
+    ignored[12:24, 10:24] = True
+    cellpose_labels = train.dynamics.labels_to_flows([masks.copy()], device=torch.device("cpu"))
+    ours = flows_with_ignored([masks, masks], [None, ignored], torch.device("cpu"))
+    for labels in ours:
+        assert labels.shape == (5, 24, 24)
+        np.testing.assert_array_equal(labels[[0, 1, 3, 4]], cellpose_labels[0])
+    np.testing.assert_array_equal(ours[1][2], ignored)
+    rng = np.random.default_rng(0)
+    y = torch.from_numpy(rng.normal(size=(2, 3, 24, 24)).astype(np.float32))
+    none_ignored = np.stack([ours[0][1:], ours[0][1:]])
+    plain = np.stack([cellpose_labels[0][1:]] * 2)
+    with ignore_aware_loss():
+        assert torch.equal(
+            train._loss_fn_seg(none_ignored, y, "cpu"), train._loss_fn_seg(plain, y, "cpu")
+        )
+        some = np.stack([ours[1][1:]] * 2)
+        before = train._loss_fn_seg(some, y, "cpu")
+        changed = y.clone()
+        changed[..., 12:24, 10:24] += 3.0  # only ignored pixels change
+        assert torch.equal(train._loss_fn_seg(some, changed, "cpu"), before)
+        changed[..., 0:5, 0:5] += 3.0  # a trained pixel changes the loss
+        assert not torch.equal(train._loss_fn_seg(some, changed, "cpu"), before)
+    assert train._loss_fn_seg.__module__ == "cellpose.train"  # restored
 
 
 def test_pseudo_label_refuses_bad_settings_and_existing_outputs(tmp_path, mirror_blind):
@@ -153,6 +232,7 @@ def test_3d_pseudo_labels_and_crops_keep_every_slice(tmp_path, mirror_blind):
     for crop in crops:
         assert crop.image.shape == (6, 24, 24) and crop.voxel_size == (2.0, 1.0, 1.0)
         assert crop.masks.max() >= 1
+        assert crop.provenance[IGNORED] == _unconfident_in(crop, pseudo)
 
 
 def test_normalised_crops_are_kept_and_the_other_images_scaled_like_cellpose():
@@ -166,3 +246,22 @@ def test_normalised_crops_are_kept_and_the_other_images_scaled_like_cellpose():
     assert images[1] is crop
     plain = TrainingSlices([synthetic], masks[:1], ["xy"], [False], dims=2)
     assert _with_background(plain, None, 10.0, 0, 0)[2] is True  # Cellpose normalises
+
+
+def test_segment_train_takes_crops_with_ignored_cells(tmp_path):
+    """Through the executable: a synthetic image and a pseudo-label crop whose second cell
+    is ignored train together (cellpose gets our labels with the ignored channel)."""
+    data = tmp_path / "train"
+    masks = np.zeros((48, 48), np.int32)
+    masks[8:20, 8:20], masks[28:40, 26:38] = 1, 2
+    image = (masks > 0).astype(np.float32) + 0.05
+    io.write_volume(data, io.Volume("synthetic", image * 100, masks))
+    crop = {NORMALISED: True, IGNORED: [2]}
+    io.write_volume(data, io.Volume("real-crop000", image, masks, provenance=crop))
+    out = tmp_path / "seg"
+    args = ("--epochs", 3, "--bsize", 32, "--batch", 2, "--json")
+    done = run_cellsynth("segment", "train", "--data", data, "-o", out, *args)
+    assert done.returncode == 0, done.stderr
+    config = json.loads(done.stdout)
+    assert config["n_training_images"] == 2 and config["n_with_ignored_pixels"] == 1
+    assert (out / "cellpose_model").is_file()

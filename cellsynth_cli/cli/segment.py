@@ -272,9 +272,9 @@ def pseudo_label(
     Each image is segmented as it is and mirrored; a cell is confident when both find it
     (IoU >= --min-iou) and its size is plausible (a typical cell is a disc or ball of the
     model's training diameter). The output keeps every predicted cell and lists the
-    confident ones in its provenance; --crops cuts training squares that hold no
-    unconfident cell, since Cellpose trains on masks alone and would learn an unconfident
-    cell as background.
+    confident ones in its provenance; --crops cuts training squares centred on confident
+    cells, in which the unconfident cells are ignored (no loss on their pixels in
+    `segment train`: neither cell nor background).
 
     Examples:
 

@@ -124,3 +124,58 @@ class _DropMessage(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.getMessage() != self.message
+
+
+def flows_with_ignored(
+    masks: list[np.ndarray], ignored: list[np.ndarray | None], device: Any
+) -> list[np.ndarray]:
+    """Cellpose's training labels with a channel of pixels that train nothing:
+    [masks, cell probability, ignored, flow y, flow x] per image.
+
+    cellpose.dynamics.labels_to_flows computes [masks, cell probability, flow y, flow x]; the
+    ignored channel goes before the flows because cellpose's train_seg takes labels of more
+    than one channel as precomputed, its _get_batch drops channel 0 (the masks) and
+    transforms.random_rotate_and_resize turns the last two channels as flows and interpolates
+    the others. ignore_aware_loss reads the channel.
+    """
+    from cellpose import dynamics
+
+    flows = dynamics.labels_to_flows([m.copy() for m in masks], device=device)
+    labels = []
+    for flow, pixels in zip(flows, ignored, strict=True):
+        channel = np.zeros(flow.shape[1:], np.float32) if pixels is None else pixels
+        labels.append(np.concatenate([flow[:2], channel[None].astype(np.float32), flow[2:]]))
+    return labels
+
+
+@contextlib.contextmanager
+def ignore_aware_loss() -> Iterator[None]:
+    """While training: cellpose's train._loss_fn_seg gives no loss to ignored pixels of labels
+    made by flows_with_ignored (4 channels after _get_batch: probability, ignored, flows).
+
+    The same terms as cellpose's (flows: MSE against 5x the flows, halved; probability:
+    binary cross-entropy) with each pixel weighted by 1 - ignored, over the same number of
+    pixels, so a batch without ignored pixels scores exactly as in cellpose.
+    """
+    from cellpose import train
+
+    original = train._loss_fn_seg
+
+    def loss(lbl: np.ndarray, y: Any, device: Any) -> Any:
+        if lbl.shape[1] != 4:
+            return original(lbl, y, device)
+        import torch
+
+        labels = torch.from_numpy(lbl).to(device)
+        keep = (1 - labels[:, 1]).clamp(0, 1)
+        flows = (keep[:, None] * (y[:, :2] - 5.0 * labels[:, 2:]) ** 2).mean() / 2
+        probability = torch.nn.functional.binary_cross_entropy_with_logits(
+            y[:, -1], (labels[:, 0] > 0.5).float(), weight=keep
+        )
+        return flows + probability
+
+    train._loss_fn_seg = loss
+    try:
+        yield
+    finally:
+        train._loss_fn_seg = original

@@ -4,8 +4,10 @@ sure of marked, and the training crops cut from them (self-training, docs/method
 A cell is *confident* when the segmenter finds it again in the flipped image (IoU of the two
 masks at least `min_iou`) and its size is within [min_size, max_size] typical cells (a disc
 or ball of the segmenter's diameter). The other predicted cells are *ignored*, not treated
-as background: Cellpose trains on masks alone (no per-pixel loss weights without patching
-its training loop), so the training set gets only crops that hold no ignored cell at all.
+as background: a crop keeps them in its masks and names them in its provenance
+(slices.IGNORED), and training gives their pixels no loss (cellpose_compat.ignore_aware_loss).
+A crop that may only hold confident cells would not do: in a dense 3D stack every crop holds
+some unconfident fragment, so round 2 would get none.
 Each image's pseudo-label volume keeps every predicted cell, with the confident labels in
 its provenance, so it opens in napari like any prediction.
 """
@@ -29,7 +31,7 @@ from cellsynth_cli.segment.model import (
     min_cell_size,
     segment_image,
 )
-from cellsynth_cli.segment.slices import NORMALISED, z_anisotropy
+from cellsynth_cli.segment.slices import IGNORED, NORMALISED, z_anisotropy
 
 STAGE = "pseudo-label"
 
@@ -150,11 +152,10 @@ def pseudo_label(
 
 
 def crop_windows(
-    masks: np.ndarray, confident: np.ndarray, ignored: np.ndarray, side: int
+    masks: np.ndarray, confident: np.ndarray, side: int
 ) -> Iterator[tuple[slice, ...]]:
     """In-plane squares of SIDE (the whole z range), one centred on each confident cell whose
-    centre no earlier square holds, shifted inside the image; a square that would hold any
-    IGNORED pixel is left out."""
+    centre no earlier square holds, shifted inside the image."""
     from scipy import ndimage
 
     height, width = masks.shape[-2:]
@@ -166,15 +167,13 @@ def crop_windows(
             continue
         y = min(max(cy - side // 2, 0), height - side)
         x = min(max(cx - side // 2, 0), width - side)
-        window = (slice(None),) * (masks.ndim - 2) + (slice(y, y + side), slice(x, x + side))
-        if not ignored[window].any():
-            taken[window[-2:]] = True
-            yield window
+        taken[y : y + side, x : x + side] = True
+        yield (slice(None),) * (masks.ndim - 2) + (slice(y, y + side), slice(x, x + side))
 
 
 def training_crops(pseudo: io.Volume, tile_cells: float) -> list[io.Volume]:
-    """Crops of a pseudo-label volume around its confident cells that hold no ignored cell;
-    the masks keep the cells inside, renumbered from 1."""
+    """Crops of a pseudo-label volume around its confident cells; the masks keep every cell
+    inside, renumbered from 1, and the provenance names the ignored (unconfident) ones."""
     from skimage.segmentation import relabel_sequential
 
     from cellsynth_cli.segment.background import normalize_like_cellpose
@@ -183,15 +182,21 @@ def training_crops(pseudo: io.Volume, tile_cells: float) -> list[io.Volume]:
     confident = np.asarray(record.get("confident", []), dtype=np.int64)
     if confident.size == 0:
         return []
-    ignored = (pseudo.masks > 0) & ~np.isin(pseudo.masks, confident)
     side = min(int(round(tile_cells * record["diameter"])), *pseudo.masks.shape[-2:])
     crops = []
     # Cellpose normalises each training image by its own percentiles; a crop full of nuclei
     # would be scaled unlike its source image, which is what Cellpose sees when it predicts
     image = normalize_like_cellpose(pseudo.image)
-    for k, window in enumerate(crop_windows(pseudo.masks, confident, ignored, side)):
-        masks = relabel_sequential(pseudo.masks[window].astype(np.uint32))[0]
-        origin = {"source": pseudo.name, "window": _window_record(window), NORMALISED: True}
+    for k, window in enumerate(crop_windows(pseudo.masks, confident, side)):
+        masks, forward, _ = relabel_sequential(pseudo.masks[window].astype(np.uint32))
+        inside = np.unique(pseudo.masks[window])
+        ignored = inside[(inside > 0) & ~np.isin(inside, confident)]
+        origin = {
+            "source": pseudo.name,
+            "window": _window_record(window),
+            NORMALISED: True,
+            IGNORED: [int(forward[label]) for label in ignored],
+        }
         crops.append(
             io.Volume(
                 f"{pseudo.name}-crop{k:03d}",

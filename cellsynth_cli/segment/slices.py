@@ -20,6 +20,9 @@ SLICES = ("all", "xy")  # 3D training: xy + xz + yz slices, or xy slices only
 
 # provenance key of a volume whose image is already normalised like its source image
 NORMALISED = "normalised_like_source"
+# provenance key: labels of a volume's masks that are neither cell nor background to
+# training (a pseudo-label crop's unconfident cells); their pixels get no loss
+IGNORED = "ignored_labels"
 
 
 def median_diameter(masks: list[np.ndarray]) -> float:
@@ -88,7 +91,12 @@ class TrainingSlices:
     planes: list[str] = field(default_factory=list)  # "xy" (also 2D images), "xz", "yz"
     # already scaled as Cellpose scales its source image (pseudo-label crops): kept as is
     normalised: list[bool] = field(default_factory=list)
+    # per image, its pixels that train nothing (None: none); their masks there are 0
+    ignored: list[np.ndarray | None] = field(default_factory=list)
     dims: int = 0
+
+    def has_ignored_pixels(self) -> bool:
+        return any(ignored is not None for ignored in self.ignored)
 
     def counts(self) -> dict[str, int]:
         return {plane: self.planes.count(plane) for plane in ("xy", "xz", "yz")}
@@ -113,11 +121,18 @@ def training_slices(data: Path, slices: str = "all") -> TrainingSlices:
         else:
             anisotropy = z_anisotropy(volume.voxel_size)
             pairs = volume_slices(volume.image, volume.masks, anisotropy, slices == "all")
+        ignored_labels = volume.provenance.get(IGNORED, [])
         for plane, im, m in pairs:
+            ignored = np.isin(m, ignored_labels) if ignored_labels else None
+            if ignored is not None and ignored.any():
+                m = np.where(ignored, 0, m)
+            else:
+                ignored = None
             found.images.append(im.astype(np.float32))
             found.masks.append(m.astype(np.int32))
             found.planes.append(plane)
             found.normalised.append(bool(volume.provenance.get(NORMALISED)))
+            found.ignored.append(ignored)
     if not found.images:
         raise InputError(f"{data}: no image with masks to train on")
     return found

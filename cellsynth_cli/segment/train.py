@@ -16,7 +16,13 @@ import numpy as np
 from cellsynth_cli import io
 from cellsynth_cli.defaults import DEVICE
 from cellsynth_cli.errors import InputError, check_choice
-from cellsynth_cli.segment.cellpose_compat import EpochLog, cellpose_modules, empty_masks_allowed
+from cellsynth_cli.segment.cellpose_compat import (
+    EpochLog,
+    cellpose_modules,
+    empty_masks_allowed,
+    flows_with_ignored,
+    ignore_aware_loss,
+)
 from cellsynth_cli.segment.config import TRAINING
 from cellsynth_cli.segment.model import CONFIG_FILE, DIAM_MEAN, MODEL_FILE, use_gpu
 from cellsynth_cli.segment.slices import (
@@ -67,6 +73,8 @@ def train_segmenter(
     images, masks, normalize, crops = _with_background(
         found, background, diameter, n_background_crops, seed
     )
+    # pseudo-label crops' unconfident cells: pixels that train nothing (background squares none)
+    ignored = found.ignored + [None] * len(crops) if found.has_ignored_pixels() else None
     out.mkdir(parents=True, exist_ok=True)  # after the checks: a refused run leaves nothing
     import torch
 
@@ -79,7 +87,7 @@ def train_segmenter(
     )
     losses, epoch_losses = _train_cellpose(
         train, net, out, images, masks, normalize, epochs, learning_rate, images_per_epoch,
-        batch, bsize, diameter, on_epoch, min_train_masks=0 if crops else 1,
+        batch, bsize, diameter, on_epoch, min_train_masks=0 if crops else 1, ignored=ignored,
     )  # fmt: skip
     config = {
         "format": "cellsynth-cellpose",
@@ -97,6 +105,7 @@ def train_segmenter(
         "data": str(data),
         "n_training_images": len(found.images),
         "n_slices": found.counts(),
+        "n_with_ignored_pixels": 0 if ignored is None else sum(i is not None for i in ignored),
         **_background_record(background, crops),
         "final_loss": float(losses[-1]),
         "loss_log": epoch_losses,
@@ -122,13 +131,17 @@ def _train_cellpose(
     diameter: float,
     on_epoch: Callable[[int, float], None] | None,
     min_train_masks: int,
+    ignored: list[np.ndarray | None] | None = None,
 ) -> tuple[list[float], list[tuple[int, float]]]:
     """cellpose's train_seg in a scratch folder OUT/.training, the weights moved to
-    OUT/MODEL_FILE; returns its losses and the per-epoch log it reported."""
+    OUT/MODEL_FILE; returns its losses and the per-epoch log it reported. IGNORED: per image,
+    pixels that get no loss (None: every pixel trains, cellpose's own labels)."""
     work = out / ".training"
     shutil.rmtree(work, ignore_errors=True)
     (work / "models").mkdir(parents=True)
-    with EpochLog(on_epoch) as epoch_log, empty_masks_allowed(diameter):
+    with EpochLog(on_epoch) as epoch_log, empty_masks_allowed(diameter), ignore_aware_loss():
+        if ignored is not None:
+            masks = flows_with_ignored(masks, ignored, net.device)
         path, losses, _ = train.train_seg(
             net.net,
             train_data=images,
