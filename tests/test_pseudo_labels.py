@@ -248,20 +248,29 @@ def test_normalised_crops_are_kept_and_the_other_images_scaled_like_cellpose():
     assert _with_background(plain, None, 10.0, 0, 0)[2] is True  # Cellpose normalises
 
 
-def test_segment_train_takes_crops_with_ignored_cells(tmp_path):
+@pytest.mark.parametrize("dims", [2, 3])
+def test_segment_train_takes_crops_with_ignored_cells(tmp_path, dims):
     """Through the executable: a synthetic image and a pseudo-label crop whose second cell
-    is ignored train together (cellpose gets our labels with the ignored channel)."""
+    is ignored train together (cellpose gets our labels with the ignored channel); in 3D
+    the ignored cell is cut into the xy, xz and yz slices with the rest."""
     data = tmp_path / "train"
     masks = np.zeros((48, 48), np.int32)
     masks[8:20, 8:20], masks[28:40, 26:38] = 1, 2
+    if dims == 3:
+        masks = np.stack([masks * 0] + [masks] * 4 + [masks * 0])
     image = (masks > 0).astype(np.float32) + 0.05
-    io.write_volume(data, io.Volume("synthetic", image * 100, masks))
+    voxel = (1.0,) * dims
+    io.write_volume(data, io.Volume("synthetic", image * 100, masks, voxel_size=voxel))
     crop = {NORMALISED: True, IGNORED: [2]}
-    io.write_volume(data, io.Volume("real-crop000", image, masks, provenance=crop))
+    io.write_volume(
+        data, io.Volume("real-crop000", image, masks, voxel_size=voxel, provenance=crop)
+    )
     out = tmp_path / "seg"
     args = ("--epochs", 3, "--bsize", 32, "--batch", 2, "--json")
     done = run_cellsynth("segment", "train", "--data", data, "-o", out, *args)
     assert done.returncode == 0, done.stderr
     config = json.loads(done.stdout)
-    assert config["n_training_images"] == 2 and config["n_with_ignored_pixels"] == 1
+    assert config["n_training_images"] == (2 if dims == 2 else sum(config["n_slices"].values()))
+    # every slice of the crop crosses the ignored cell except xz / yz ones beside it
+    assert 1 <= config["n_with_ignored_pixels"] <= config["n_training_images"] // 2
     assert (out / "cellpose_model").is_file()
