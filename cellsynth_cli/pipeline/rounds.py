@@ -4,7 +4,8 @@ Round 1 is the segmenter trained on synthetic images (seg/, pred/). Round k pseu
 real images with round k-1's segmenter (segment/pseudo_labels.py: the cells it finds again
 in the mirrored image), cuts crops around such cells (the other cells in them ignored: their
 pixels train nothing), trains Cellpose from scratch on the synthetic images plus those crops
-(the same step budget as round 1) and segments the real images again. Everything of round k lives in rounds/rK/.
+(the same step budget as round 1) and segments the real images again. Everything of round k
+lives in rounds/rK/.
 
 Guard against drift, without labels: a round's segmenter is judged by how many cells of the
 real images it finds again in the mirrored images (its confident cells). A round is kept only
