@@ -123,16 +123,14 @@ def training_slices(data: Path, slices: str = "all") -> TrainingSlices:
             pairs = volume_slices(volume.image, volume.masks, anisotropy, slices == "all")
         ignored_labels = volume.provenance.get(IGNORED, [])
         for plane, im, m in pairs:
-            ignored = np.isin(m, ignored_labels) if ignored_labels else None
-            if ignored is not None and ignored.any():
+            ignored = np.isin(m, ignored_labels)
+            if ignored.any():
                 m = np.where(ignored, 0, m)
-            else:
-                ignored = None
             found.images.append(im.astype(np.float32))
             found.masks.append(m.astype(np.int32))
             found.planes.append(plane)
             found.normalised.append(bool(volume.provenance.get(NORMALISED)))
-            found.ignored.append(ignored)
+            found.ignored.append(ignored if ignored.any() else None)
     if not found.images:
         raise InputError(f"{data}: no image with masks to train on")
     return found

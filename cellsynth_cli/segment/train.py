@@ -105,7 +105,7 @@ def train_segmenter(
         "data": str(data),
         "n_training_images": len(found.images),
         "n_slices": found.counts(),
-        "n_with_ignored_pixels": 0 if ignored is None else sum(i is not None for i in ignored),
+        "n_with_ignored_pixels": sum(i is not None for i in found.ignored),
         **_background_record(background, crops),
         "final_loss": float(losses[-1]),
         "loss_log": epoch_losses,
