@@ -12,6 +12,9 @@ PYTEST_ARGS    ?=
 # test files run on this many processes (pytest-xdist, a file's tests stay together so its
 # module fixtures are made once): 394 tests in 527 s instead of 626 s on 2 cores
 TEST_WORKERS   ?= 2
+# threads of torch and numpy in each test worker: two workers of two threads each fight over
+# two cores (407 tests, one session, AVX2 CPU: 552 s with 1 thread, 737 s with torch's default)
+TEST_THREADS   ?= 1
 
 .PHONY: install demo demo-full bundled-model test test-fast bench bench-gpu lint docs experiment experiment-3d study clean
 
@@ -45,10 +48,10 @@ bundled-model: $(STAMP)
 
 # --durations: every run lists its slowest tests, the ones a `slow` mark is set from
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/run.py

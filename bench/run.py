@@ -16,6 +16,7 @@ BENCHMARKS = [
     "bench_synthesis_3d",
     "bench_guidance",
     "bench_cluster",
+    "bench_startup",
     "bench_gpu",
 ]
 

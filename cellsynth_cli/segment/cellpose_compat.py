@@ -1,9 +1,10 @@
 """Everything cellsynth does to Cellpose's internals, in one place: written for cellpose 3.1.1.
 
-cellpose is imported lazily (it takes seconds) with its model directory inside our folder, its
-tqdm bars disabled, its per-epoch log lines turned into callbacks, and its diameter measure
-told that an empty background crop has cells of the training diameter. A Cellpose upgrade
-starts here: each patch names the cellpose function it relies on.
+cellpose is imported lazily (it takes seconds) with its model directory inside our folder,
+its numba kernels cached on disk, its tqdm bars disabled, its per-epoch log lines turned into
+callbacks, and its diameter measure told that an empty background crop has cells of the
+training diameter. A Cellpose upgrade starts here: each patch names the cellpose function it
+relies on.
 """
 
 from __future__ import annotations
@@ -26,12 +27,35 @@ def cellpose_modules(model_dir: Path) -> Any:
     # cellpose reads its model directory when imported: keep it inside our folder
     os.environ.setdefault("CELLPOSE_LOCAL_MODELS_PATH", str(model_dir / ".cellpose"))
     warnings.filterwarnings("ignore", message="Sparse invariant checks")  # torch, from cellpose
-    from cellpose import models, train
+    with _numba_cache_on():
+        from cellpose import models, train
 
     _silence_progress_bars()
 
     logging.getLogger("cellpose").setLevel(logging.WARNING)
     return models, train
+
+
+@contextlib.contextmanager
+def _numba_cache_on() -> Iterator[None]:
+    """cellpose.dynamics compiles its mask kernels (steps2D, steps3D, _extend_centers) with
+    numba when imported and caches none of them: about 6 s of every process that segments, on
+    a 2-core CPU. Imported while numba.njit defaults to cache=True, they compile once per
+    installation (numba keeps the cache beside the source, or in the user's cache folder when
+    that is read-only, and recompiles when the source changes)."""
+    import numba
+
+    njit = numba.njit
+
+    @functools.wraps(njit)
+    def njit_cached(*args: Any, **kwargs: Any) -> Any:
+        return njit(*args, **{"cache": True, **kwargs})
+
+    numba.njit = njit_cached
+    try:
+        yield
+    finally:
+        numba.njit = njit
 
 
 def _silence_progress_bars() -> None:
