@@ -30,6 +30,15 @@ def _real_2d(project: Path) -> Path:
     return real
 
 
+def _labelled_2d(folder: Path) -> Path:
+    """The same corner with its masks: a labelled set for --score (never trained on)."""
+    folder.mkdir(parents=True)
+    for name in ("dsb2018.tif", "dsb2018_masks.tif"):
+        corner = tifffile.imread(REPO / "data" / "dsb2018" / name)[:128, :160]
+        tifffile.imwrite(folder / name.replace("dsb2018", "dsb"), corner)
+    return folder
+
+
 def _pipeline(project: Path, *args, env: dict | None = None):
     return run_cellsynth("pipeline", project, "--budget", "smoke", "--json", *args, env=env)
 
@@ -100,9 +109,17 @@ def test_rerun_skips_and_a_change_reruns_only_downstream(smoke_2d, tmp_path):
 def test_self_training_round_2_reruns_only_the_rounds(smoke_2d, tmp_path):
     project = tmp_path / "project"
     shutil.copytree(smoke_2d, project, symlinks=True)
-    result = _pipeline(project, "--rounds", "2")
+    labelled = _labelled_2d(tmp_path / "labelled")
+    result = _pipeline(project, "--rounds", "2", "--score", labelled)
     ran = {name for name, status in _statuses(result).items() if status == "ran"}
     assert ran == {"rounds", "report"}
+    # --score: every round's segmenter scored, with where its errors are
+    real_cells = len(np.unique(tifffile.imread(labelled / "dsb_masks.tif"))) - 1
+    scores = json.loads((project / "report.json").read_text())["scores"]
+    assert set(scores["rounds"]) == set(scores["round_errors"]) == {"1", "2"}
+    for counts in scores["round_errors"].values():
+        assert counts["real"] == real_cells and 0 <= counts["missed"] <= real_cells
+    assert "Where the errors are" in (project / "report.md").read_text()
     rounds = json.loads((project / "rounds.json").read_text())
     assert [r["round"] for r in rounds["rounds"]] == [1, 2]
     assert rounds["kept"] in (1, 2) and rounds["seg"] == rounds["rounds"][rounds["kept"] - 1]["seg"]

@@ -69,6 +69,11 @@ def test_score_cli_and_errors(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["summary"]["ap@0.5"]["mean"] == pytest.approx(2 / 3)
+    assert json.loads(result.stdout)["errors"] == {
+        "real": 3, "missed": 1, "loose": 0, "merges": 0, "background": 0
+    }  # fmt: skip
+    shown = run("segment", "score", "--pred", tmp_path / "pred", "--ref", tmp_path / "ref")
+    assert "3 real cells: 1 missed" in " ".join(shown.output.split())
     result = run(
         "segment",
         "predict",
@@ -221,6 +226,26 @@ def test_strict_iou_losses_name_loose_merged_and_oversized_cells():
     np.testing.assert_allclose(sorted(losses["area_ratios"]), [1.0, 1.5, 2.0])
     empty = strict_iou_losses(np.zeros_like(ref), ref)
     assert empty["matched"] == 0 and empty["merges"] == 0
+
+
+def test_error_counts_say_where_every_real_cell_went():
+    from cellsynth_cli.measure.error_analysis import error_counts
+
+    ref = np.zeros((40, 60), np.uint16)
+    ref[5:15, 5:15] = 1  # found exactly
+    ref[20:30, 5:15] = 2  # found 1.5x too large: loose
+    ref[5:15, 30:40] = 3  # 3 and 4 found as one: a merge, 4 missed
+    ref[5:15, 40:50] = 4
+    ref[30:35, 50:55] = 5  # not found
+    pred = np.zeros_like(ref)
+    pred[5:15, 5:15] = 1
+    pred[20:30, 5:20] = 2
+    pred[5:15, 30:50] = 3
+    pred[30:38, 25:33] = 4  # on background
+    counts = error_counts(pred, ref)
+    assert counts == {"real": 5, "missed": 2, "loose": 2, "merges": 1, "background": 1}
+    assert error_counts(ref, ref) == {"real": 5, "missed": 0, "loose": 0, "merges": 0,
+                                      "background": 0}  # fmt: skip
 
 
 def test_background_detections_count_predictions_mostly_off_every_cell():

@@ -328,10 +328,15 @@ def score(
 ) -> None:
     """Dice (foreground overlap), AP at IoU 0.5 / 0.75 (TP/(TP+FP+FN)), precision, recall, F1.
 
+    Then where the errors are, summed over volumes: real cells missed (no prediction at IoU
+    0.5), found loosely (IoU 0.5-0.75, lost to AP@0.75 only), merged predictions (over two or
+    more cells) and predictions on background (mostly outside every cell).
+
     Example:
 
         cellsynth segment score               # pred/ against real/
     """
+    from cellsynth_cli.measure.error_analysis import describe_errors
     from cellsynth_cli.segment.predict import score as run_score
 
     pred = default_path(pred, workdir.PRED, "--pred", must_exist=True)
@@ -351,6 +356,7 @@ def score(
     s = result["summary"]
     table.add_row("mean ± sd", *(f"{s[k]['mean']:.3f} ± {s[k]['sd']:.3f}" for k in keys))
     console.print(table)
+    console.print(describe_errors(result["errors"]))
 
 
 @segment_app.command("qc", cls=CellsynthCommand)

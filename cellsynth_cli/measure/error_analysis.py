@@ -1,5 +1,6 @@
 """Where a segmenter's instances fail a strict IoU (AP@0.75) and which false positives are
-made of background: the error tables of the studies (scripts/study.py), not a pipeline stage."""
+made of background: the error tables of `segment score`, the pipeline's report and the
+studies (scripts/study.py)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,31 @@ def background_detections(pred: np.ndarray, ref: np.ndarray) -> int:
     on_cells = np.bincount(labels, weights=(ref.ravel() > 0))
     present = area[1:] > 0
     return int((present & (on_cells[1:] < 0.5 * area[1:])).sum())
+
+
+ERROR_KINDS = ("real", "missed", "loose", "merges", "background")
+
+
+def error_counts(pred: np.ndarray, ref: np.ndarray) -> dict[str, int]:
+    """Where a prediction's errors are, in cells: `real` reference cells, `missed` (no
+    prediction at IoU 0.5: AP@0.5's losses), `loose` (found at 0.5 but below 0.75: what
+    AP@0.75 loses on top), `merges` (predictions over two or more cells) and `background`
+    (predictions mostly outside every cell)."""
+    losses = strict_iou_losses(pred, ref)
+    real = int(np.count_nonzero(np.bincount(ref.ravel().astype(np.int64))[1:]))
+    return {
+        "real": real,
+        "missed": real - losses["matched"],
+        "loose": losses["loose"],
+        "merges": losses["merges"],
+        "background": background_detections(pred, ref),
+    }
+
+
+def describe_errors(counts: dict[str, int]) -> str:
+    """error_counts in one line, for people."""
+    return (
+        f"{counts['real']} real cells: {counts['missed']} missed, {counts['loose']} found "
+        f"loosely (IoU 0.5-0.75), {counts['merges']} merged predictions, "
+        f"{counts['background']} predictions on background"
+    )

@@ -2,7 +2,8 @@
 
 real | synthetic | prediction on real; the set-level realism of the synthetic images against
 the real ones (`evaluate --unpaired`); the cleaning judge's shares; stage times. With a
-labelled set to score against (--score DIR, never used for training), its Dice / AP too.
+labelled set to score against (--score DIR, never used for training), its Dice / AP too, and
+where each round's segmenter errs (missed, loose, merged, on background).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 from pathlib import Path
 
 from cellsynth_cli import io, workdir
+from cellsynth_cli.measure.error_analysis import ERROR_KINDS
 from cellsynth_cli.pipeline import stamps
 from cellsynth_cli.pipeline.stages import CLEAN, Context
 
@@ -58,7 +60,11 @@ def _score(ctx: Context, reference: Path) -> dict:
     rounds = ctx.results["rounds"]["rounds"]
     kept = ctx.results["rounds"]["kept"]
     scores = {r["round"]: _score_model(ctx, r["seg"], reference, r["round"]) for r in rounds}
-    return {**scores[kept], "rounds": {k: s["summary"] for k, s in scores.items()}}
+    return {
+        **scores[kept],
+        "rounds": {k: s["summary"] for k, s in scores.items()},
+        "round_errors": {k: s["errors"] for k, s in scores.items()},
+    }
 
 
 def _score_model(ctx: Context, seg: str, reference: Path, round_number: int) -> dict:
@@ -106,6 +112,7 @@ def _markdown(ctx: Context, summary: dict) -> str:
         lines += ["", "## Scored against labelled images (not used for training)", ""]
         lines += ["| " + " | ".join(METRICS) + " |", "|" + "---|" * len(METRICS)]
         lines.append("| " + " | ".join(f"{mean[m]['mean']:.3f}" for m in METRICS) + " |")
+        lines += _errors_lines(summary["scores"]["round_errors"])
     lines += ["", "## Stage times", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in summary["seconds"].items()]
     return "\n".join(lines) + "\n"
@@ -129,6 +136,17 @@ def _rounds_lines(rounds: dict, scores: dict | None) -> list[str]:
             _fmt(r.get("confident_share")),
             *(_fmt(means[m]["mean"]) if m in means else "-" for m in METRICS),
         ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _errors_lines(round_errors: dict) -> list[str]:
+    """Where each round's segmenter errs on the labelled set, in cells (error_counts)."""
+    head = ["round", "real cells", "missed", "loose (IoU 0.5-0.75)", "merged", "on background"]
+    lines = ["", "Where the errors are, in cells:", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for round_number, counts in round_errors.items():
+        cells = [str(round_number), *(str(counts[k]) for k in ERROR_KINDS)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -12,6 +12,7 @@ import numpy as np
 from cellsynth_cli import io
 from cellsynth_cli.defaults import DEVICE
 from cellsynth_cli.errors import InputError, check_choice
+from cellsynth_cli.measure.error_analysis import ERROR_KINDS, error_counts
 from cellsynth_cli.measure.matching import segmentation_scores
 from cellsynth_cli.runtime.per_volume import run_stage
 from cellsynth_cli.segment import model as segmenter
@@ -130,6 +131,8 @@ def predict(
 
 
 def score(pred_dir: Path, ref_dir: Path) -> dict:
+    """Dice / AP / F1 of every prediction with a same-named reference, their mean and sd, and
+    where the errors are (error_analysis.error_counts, per volume and summed)."""
     pred = {io.volume_name(p): p for p in io.list_volumes(pred_dir)}
     ref = {io.volume_name(p): p for p in io.list_volumes(ref_dir)}
     names = sorted(set(pred) & set(ref))
@@ -141,9 +144,10 @@ def score(pred_dir: Path, ref_dir: Path) -> dict:
         if p.masks is None or r.masks is None:
             raise InputError(f"{name}: both --pred and --ref need instance masks")
         try:
-            rows.append({"name": name, **segmentation_scores(p.masks, r.masks)})
+            scores = segmentation_scores(p.masks, r.masks)
         except InputError as exc:
             raise InputError(f"{name}: {exc}") from None
+        rows.append({"name": name, **scores, "errors": error_counts(p.masks, r.masks)})
     keys = ("dice", "ap@0.5", "ap@0.75", "precision", "recall", "f1")
     summary = {
         k: {
@@ -155,6 +159,7 @@ def score(pred_dir: Path, ref_dir: Path) -> dict:
     return {
         "volumes": rows,
         "summary": summary,
+        "errors": {k: sum(row["errors"][k] for row in rows) for k in ERROR_KINDS},
         "unpaired_pred": sorted(set(pred) - set(ref)),
         "unpaired_ref": sorted(set(ref) - set(pred)),
     }
