@@ -42,7 +42,8 @@ def _numba_cache_on() -> Iterator[None]:
     numba when imported and caches none of them: about 6 s of every process that segments, on
     a 2-core CPU. Imported while numba.njit defaults to cache=True, they compile once per
     installation (numba keeps the cache beside the source, or in the user's cache folder when
-    that is read-only, and recompiles when the source changes)."""
+    that is read-only, and recompiles when the source changes). cellpose caches its own
+    map_coordinates kernel this way, so it already needs a folder numba can write."""
     import numba
 
     njit = numba.njit
