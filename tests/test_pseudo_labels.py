@@ -97,6 +97,25 @@ def test_pseudo_labels_keep_every_cell_and_mark_the_confident_ones(tmp_path, mir
     assert all(c.provenance[IGNORED] == _unconfident_in(c, crowded) for c in crowded_crops)
 
 
+def test_regions_only_the_mirror_finds_are_ignored_on_request(tmp_path, mirror_blind):
+    """The fake model's corner artefact lands in the opposite corner of the mirrored view:
+    a region only the mirror calls a cell. By default it stays background; with
+    mirror_only = "ignored" it becomes a label of its own that the crops ignore."""
+    settings = PseudoLabelling(tile_cells=8.0, mirror_only="ignored")
+    assert pseudo_label(mirror_blind, tmp_path / "real", tmp_path / "as-is")[0]["n_cells"] == 4
+    rows = pseudo_label(mirror_blind, tmp_path / "real", tmp_path / "pseudo", settings)
+    assert rows == [{"name": "blobs", "n_cells": 4, "n_confident": 3}]  # as without it
+    as_is = io.read_volume(tmp_path / "as-is" / "blobs.zarr")
+    pseudo = io.read_volume(tmp_path / "pseudo" / "blobs.zarr")
+    assert as_is.masks[-1, -1] == 0 and "mirror_only" not in as_is.provenance
+    assert pseudo.provenance["mirror_only"] == [5] and (pseudo.masks[-6:, -6:] == 5).all()
+    np.testing.assert_array_equal(pseudo.masks[pseudo.masks != 5], as_is.masks[pseudo.masks != 5])
+    crops = training_crops(pseudo, settings.tile_cells)  # 64 px squares
+    assert all(c.provenance[IGNORED] == _unconfident_in(c, pseudo) for c in crops)
+    corner = [c for c in crops if c.provenance["window"][-1][1] == 96]
+    assert corner and all(c.masks[-1, -1] in c.provenance[IGNORED] for c in corner)
+
+
 def _unconfident_in(crop: io.Volume, pseudo: io.Volume) -> list[int]:
     """The crop's labels (renumbered) of the source's cells that are not confident."""
     window = tuple(slice(a, b) for a, b in crop.provenance["window"])
@@ -211,6 +230,14 @@ def test_pseudo_label_command_writes_labels_and_crops(tmp_path, mirror_blind):
     )
     assert bad.returncode == 2 and "min_iou" in bad.stderr
     assert not (tmp_path / "o").exists()
+    unknown = run_cellsynth(
+        "segment",
+        "pseudo-label",
+        *("--model", mirror_blind, "--images", tmp_path / "real", "-o", tmp_path / "o"),
+        *("--mirror-only", "kept"),
+    )
+    assert unknown.returncode == 2 and "mirror_only" in unknown.stderr
+    assert "background or ignored" in unknown.stderr and not (tmp_path / "o").exists()
 
 
 def test_3d_pseudo_labels_and_crops_keep_every_slice(tmp_path, mirror_blind):

@@ -32,6 +32,8 @@ def test_set_values_are_typed_and_lists_parse():
         ({"trian": {"steps": 1}}, "trian"),
         ({"budget": "huge"}, "huge"),
         ({"simulate": {"n": "many"}}, "many"),
+        ({"rounds": {"mirror_only": "kept"}}, "mirror_only"),  # before any stage runs
+        ({"rounds": {"min_iou": 1.5}}, "min_iou"),
     ],
 )
 def test_bad_overrides_name_the_problem(overrides, named):

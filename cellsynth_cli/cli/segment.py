@@ -243,7 +243,8 @@ def pseudo_label(
         None,
         "--crops",
         help="Also write the training crops here: squares of --tile-cells cell diameters "
-        "that hold confident cells and no other predicted cell (for `segment train --data`).",
+        "centred on confident cells, the other cells in them ignored (for `segment train "
+        "--data`).",
         show_default=False,
     ),
     min_iou: float = typer.Option(
@@ -259,6 +260,12 @@ def pseudo_label(
     ),
     tile_cells: float = typer.Option(
         PSEUDO_LABELS.tile_cells, "--tile-cells", help="Crop side in cell diameters (--crops)."
+    ),
+    mirror_only: str = typer.Option(
+        PSEUDO_LABELS.mirror_only,
+        "--mirror-only",
+        help="Pixels only the mirrored image's masks call a cell: background, or ignored like "
+        "the unconfident cells (not yet measured against background).",
     ),
     mode: Mode = MODE,
     device: Device = DEVICE,
@@ -285,7 +292,7 @@ def pseudo_label(
     from cellsynth_cli.segment.pseudo_labels import pseudo_label as run_pseudo_label
     from cellsynth_cli.segment.pseudo_labels import write_training_crops
 
-    settings = PseudoLabelling(min_iou, min_size, max_size, tile_cells)
+    settings = PseudoLabelling(min_iou, min_size, max_size, tile_cells, mirror_only)
     settings.check()  # before the default paths: a bad value is the one line shown
     model = default_path(model, workdir.SEG, "--model", must_exist=True)
     images = default_path(images, workdir.REAL, "--images", must_exist=True)

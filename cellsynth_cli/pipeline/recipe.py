@@ -113,9 +113,12 @@ class RoundsSection:
     min_size: float = PSEUDO_LABELS.min_size  # of a typical cell
     max_size: float = PSEUDO_LABELS.max_size
     tile_cells: float = PSEUDO_LABELS.tile_cells  # crop side in cell diameters
+    mirror_only: str = PSEUDO_LABELS.mirror_only  # "background" or "ignored" in the crops
 
     def settings(self) -> PseudoLabelling:
-        return PseudoLabelling(self.min_iou, self.min_size, self.max_size, self.tile_cells)
+        return PseudoLabelling(
+            self.min_iou, self.min_size, self.max_size, self.tile_cells, self.mirror_only
+        )
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,7 @@ def resolve(overrides: dict[str, Any], source: str) -> Recipe:
                 raise InputError(f"{where}: [{name}] must be a table of settings")
             section = _apply(getattr(recipe, name), changes, f"{where} [{name}]")
             recipe = replace(recipe, **{name: section})
+    recipe.rounds.settings().check()  # now, not after the hours of round 1
     return recipe
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cellsynth_cli.defaults import SEED
-from cellsynth_cli.errors import InputError
+from cellsynth_cli.errors import InputError, check_choice
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ MAX_SHARE = 1.0  # QC: the largest phantom / vanished share a volume may have (1
 MIN_SIZE_FRACTION = {2: 0.0, 3: 0.1}
 
 
+MIRROR_ONLY = ("background", "ignored")
+
+
 @dataclass(frozen=True)
 class PseudoLabelling:
     """Which predicted cells of a real image count as labels (segment/pseudo_labels.py)."""
@@ -47,6 +50,9 @@ class PseudoLabelling:
     min_size: float = 0.25  # of a typical cell (a disc / ball of the training diameter)
     max_size: float = 4.0
     tile_cells: float = 4.0  # training crops are this many cell diameters on a side
+    # pixels only the mirrored image's masks call a cell: taught as "background" (measured),
+    # or "ignored" like the unconfident cells (not yet measured, docs/experiments.md)
+    mirror_only: str = "background"
 
     def check(self) -> None:
         if not 0.0 < self.min_iou <= 1.0:
@@ -58,6 +64,7 @@ class PseudoLabelling:
             )
         if self.tile_cells < 1.0:
             raise InputError(f"pseudo-label tile_cells must be >= 1, got {self.tile_cells}")
+        check_choice(self.mirror_only, MIRROR_ONLY, "pseudo-label mirror_only")
 
 
 PSEUDO_LABELS = PseudoLabelling()

@@ -9,7 +9,9 @@ as background: a crop keeps them in its masks and names them in its provenance
 A crop that may only hold confident cells would not do: in a dense 3D stack every crop holds
 some unconfident fragment, so round 2 would get none.
 Each image's pseudo-label volume keeps every predicted cell, with the confident labels in
-its provenance, so it opens in napari like any prediction.
+its provenance, so it opens in napari like any prediction. With mirror_only = "ignored" it
+also holds the regions that only the mirrored image's masks call cells (named in its
+provenance under MIRROR_ONLY), so crops ignore them instead of teaching them as background.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from cellsynth_cli import io
 from cellsynth_cli.defaults import DEVICE
@@ -34,6 +37,7 @@ from cellsynth_cli.segment.model import (
 from cellsynth_cli.segment.slices import IGNORED, NORMALISED, z_anisotropy
 
 STAGE = "pseudo-label"
+MIRROR_ONLY = "mirror_only"  # provenance: labels of the regions only the mirrored masks hold
 
 
 @dataclass(frozen=True)
@@ -87,14 +91,19 @@ def pseudo_label_one(job: PseudoLabelJob) -> dict:
     s = job.settings
     size = lambda fraction: min_cell_size(config["diameter"], ndim, anisotropy, fraction)  # noqa: E731
     confident = confident_labels(masks, again, size(s.min_size), size(s.max_size), s.min_iou)
+    n_cells = int(len(np.unique(masks)) - 1)
+    extra = {}
+    if s.mirror_only == "ignored":
+        masks, extra[MIRROR_ONLY] = with_mirror_only_regions(masks, again)
     record = io.provenance(
         STAGE,
         model=str(job.model_dir),
         source=str(job.image),
-        n_cells=int(len(np.unique(masks)) - 1),
+        n_cells=n_cells,
         confident=confident,
         diameter=float(config["diameter"]),
         run=job.run,
+        **extra,
     )
     io.write_volume(
         job.out_dir,
@@ -102,6 +111,17 @@ def pseudo_label_one(job: PseudoLabelJob) -> dict:
         overwrite=True,
     )
     return counts(job.name, record)
+
+
+def with_mirror_only_regions(masks: np.ndarray, again: np.ndarray) -> tuple[np.ndarray, list]:
+    """MASKS plus, as new labels after its own, the connected regions that only AGAIN (the
+    mirrored image's masks) calls cells; they are never confident, so crops ignore them
+    rather than teach them as background. Returns the masks and the new labels."""
+    regions, n = ndimage.label((again > 0) & (masks == 0))
+    first = int(masks.max()) + 1
+    out = masks.astype(np.uint32)
+    out[regions > 0] = regions[regions > 0] + first - 1
+    return out, list(range(first, first + n))
 
 
 def counts(name: str, record: dict) -> dict:
@@ -156,8 +176,6 @@ def crop_windows(
 ) -> Iterator[tuple[slice, ...]]:
     """In-plane squares of SIDE (the whole z range), one centred on each confident cell whose
     centre no earlier square holds, shifted inside the image."""
-    from scipy import ndimage
-
     height, width = masks.shape[-2:]
     centres = ndimage.center_of_mass(masks > 0, masks, confident)
     taken = np.zeros((height, width), dtype=bool)
