@@ -351,3 +351,61 @@ def test_classical_qc_moves_aside_images_that_lost_their_cells(tmp_path):
     # a bad judge name is one line and exit 2
     bad = run_cellsynth("segment", "qc", "--judge", "oracle", "--data", data)
     assert bad.returncode == 2 and "--judge must be model or classical" in bad.stderr
+
+
+def test_label_sketches_are_drawn_from_each_images_own_masks(tmp_path):
+    from cellsynth_cli.ddpm.train import load_training_images, training_sketches
+    from cellsynth_cli.simulate.sketch_from_labels import sketch_from_labels
+
+    found = load_training_images(DSB_DIR, None)
+    ((sketch, labels),) = training_sketches(found, "label-sketch", 10.0, 200.0)
+    np.testing.assert_array_equal(labels, found.masks[0])
+    np.testing.assert_array_equal(sketch, sketch_from_labels(found.images[0], labels, 10, 200)[0])
+    unlabelled = io.Volume("plain", image=found.images[0])
+    io.write_volume(tmp_path / "plain", unlabelled)
+    with pytest.raises(InputError, match="plain has none"):
+        training_sketches(load_training_images(tmp_path / "plain", None), "label-sketch", 0, 1)
+
+
+FINE_TUNE = ["--batch", "2", "--patch", "32,32", "--steps", "1", "--json"]
+
+
+def test_fine_tuning_starts_from_the_init_models_weights(conditional_run, tmp_path):
+    out = tmp_path / "tuned"
+    # one step at a vanishing learning rate: the weights are still the --init model's
+    args = ["--data", DSB_DIR, "--condition", "label-sketch", "--lr", "1e-12", *FINE_TUNE]
+    made = run_cellsynth("train", *args, "--init", conditional_run, "-o", out)
+    assert made.returncode == 0, made.stderr
+    start = torch.load(conditional_run / "checkpoint.pt", weights_only=True)
+    tuned = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert tuned["unet"] == start["unet"] and tuned["config"]["condition"] == "label-sketch"
+    for name, weight in start["ema"].items():
+        torch.testing.assert_close(tuned["ema"][name], weight, atol=1e-6, rtol=0)
+    assert tuned["init"]["model"] == str(conditional_run.resolve())
+    assert tuned["init"]["step"] == start["step"]
+    config = json.loads((out / "config.json").read_text())
+    real_cells = len(np.unique(io.read_volume(DSB_DIR / "dsb2018.tif").masks)) - 1
+    assert config["label_sketches"]["nuclei_per_image"] == [real_cells]
+    assert config["init"] == tuned["init"]
+    assert (out / "label-sketch.png").stat().st_size > 0
+    resumed = run_cellsynth("train", "--resume", "-o", out, "--steps", 2, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    again = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert again["step"] == 2 and again["init"] == tuned["init"]
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--condition", "none"], "was trained with --condition pseudo-sketch"),
+        (["--condition", "label-sketch", "--channels", "8,16"], "--channels and --init"),
+        (["--condition", "label-sketch", "--init", "nowhere"], "no checkpoint at"),
+    ],
+)
+def test_fine_tuning_refuses_a_model_that_does_not_fit(conditional_run, tmp_path, extra, message):
+    out = tmp_path / "tuned"
+    init = ["--init", conditional_run]  # a later --init wins
+    made = run_cellsynth("train", "--data", DSB_DIR, *init, "-o", out, *FINE_TUNE, *extra)
+    assert made.returncode == 2, made.stderr
+    assert message in made.stderr and "Traceback" not in made.stderr
+    assert not (out / "checkpoint.pt").exists()

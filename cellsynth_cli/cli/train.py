@@ -44,6 +44,16 @@ def parse_duration(text: str | None) -> float | None:
         raise InputError(f"--time-limit expects seconds or e.g. 15m / 2h, got {text!r}") from None
 
 
+def _init_model(init: str | None) -> str | None:
+    """--init as the run records it: a link such as runs/latest resolved, so the record
+    still names the model after the link moves on."""
+    from cellsynth_cli.ddpm import bundled
+
+    if init is None or bundled.is_bundled(init):
+        return init
+    return str(Path(init).resolve())
+
+
 def _sizes(sizes: tuple[int, ...]) -> str:
     return ",".join(map(str, sizes))
 
@@ -91,7 +101,16 @@ def train(
         "t_start). pseudo-sketch: the network also sees a sketch of each training image, made "
         "without annotations (nuclei segmented by a local threshold + watershed, filled with "
         "their mean intensity; RUN/pseudo-sketch.png shows one), and synthesis follows the "
-        "simulated sketch at every step.",
+        "simulated sketch at every step. label-sketch: the same, drawn from each image's own "
+        "masks (real annotations, or `segment predict` output: better outlines than the "
+        "classical segmentation; RUN/label-sketch.png).",
+    ),
+    init: str = typer.Option(
+        None,
+        "--init",
+        help="Start from this model's weights instead of random ones (fine-tuning): a run "
+        "directory, its checkpoint.pt or bundled:NAME. Its network, schedule and sketch input "
+        "are kept (no --channels); the run scales your images by their own range.",
     ),
     condition_dropout: float = typer.Option(
         DEFAULTS.condition_dropout,
@@ -117,6 +136,9 @@ def train(
         cellsynth train --data real/            # -> runs/real-YYYYmmdd-HHMMSS/
         cellsynth train --data real/ --steps 20000 --time-limit 2h
         cellsynth train --resume --steps 40000  # continue runs/latest
+        cellsynth train --data real/ --condition pseudo-sketch \\
+            --init bundled:dsb2018-nuclei-conditional --steps 500   # fine-tune
+        cellsynth train --data pred/ --condition label-sketch --init runs/latest
         torchrun --nproc-per-node 4 $(which cellsynth) train --data real/   # 4 GPUs (DDP)
 
     Under torchrun each process trains on its own patches (--batch per process) with
@@ -134,6 +156,8 @@ def train(
     # bad sizes are refused before a run directory is claimed
     patch_size = parse_sizes(patch, "--patch")
     channel_sizes = parse_sizes(channels, "--channels")
+    if init and channel_sizes:
+        raise InputError("--channels and --init: a fine-tuned run keeps its --init network")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     # under torchrun: join the process group; only rank 0 prints, links and cleans up
     ranks, _ = distributed.setup(pick_device(device))
@@ -151,7 +175,8 @@ def train(
         checkpoint_every=checkpoint_every,
         condition=condition,
         condition_dropout=condition_dropout,
-        channels=channel_sizes or _default_channels(dims),
+        channels=None if init else channel_sizes or _default_channels(dims),
+        init=_init_model(init),
     )
     progress = _progress_bar(disable=json_out or not ranks.main)
     with progress, erase_on_error(progress):

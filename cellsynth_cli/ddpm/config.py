@@ -32,8 +32,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     channels: tuple[int, ...] | None = None  # None: the UNet's defaults for `dims`
     device: str = DEVICE
-    condition: str = "none"  # "pseudo-sketch": conditioned on sketches (conditioning.py)
+    condition: str = "none"  # "pseudo-sketch" / "label-sketch": on sketches (conditioning.py)
     condition_dropout: float = 0.1  # classifier-free guidance: P(sketch replaced by null)
+    init: str | None = None  # a model whose weights start the run (fine-tuning); None: random
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

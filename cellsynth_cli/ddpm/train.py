@@ -3,6 +3,9 @@
 AdamW, EMA weights for sampling, gradient clipping, bf16 autocast on CUDA. A run directory
 holds checkpoint.pt (self-describing), config.json, loss.csv and loss.png; `resume`
 continues exactly where a run stopped (the random generator state is checkpointed too).
+`init` starts a new run from another model's EMA weights (fine-tuning, e.g. the bundled
+model on a user's images, or the round-2 generator on a segmenter's masks); the run keeps
+that network and scales its own images by their own robust range, as every run does.
 
 Under torchrun every process is one rank of DistributedDataParallel (distributed.py): each
 draws its own patches and noise (generator seeded from the seed and its rank), gradients are
@@ -29,7 +32,12 @@ import numpy as np
 import torch
 
 from cellsynth_cli import io, workdir
-from cellsynth_cli.ddpm.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
+from cellsynth_cli.ddpm.checkpoint import (
+    CHECKPOINT_NAME,
+    checkpoint_path,
+    read_checkpoint,
+    save_checkpoint,
+)
 from cellsynth_cli.ddpm.config import TrainConfig
 from cellsynth_cli.ddpm.patches import PatchSampler
 from cellsynth_cli.ddpm.pseudo_sketch import pseudo_sketch
@@ -37,9 +45,11 @@ from cellsynth_cli.diffusion.conditioning import CONDITIONS, is_conditional
 from cellsynth_cli.diffusion.process import training_loss
 from cellsynth_cli.diffusion.schedule import make_schedule
 from cellsynth_cli.errors import InputError
+from cellsynth_cli.io import file_checksum
 from cellsynth_cli.io.intensity import robust_range, to_unit, unit_to_model
 from cellsynth_cli.runtime import distributed
 from cellsynth_cli.runtime.device import pick_device
+from cellsynth_cli.simulate.sketch_from_labels import sketch_from_labels
 
 LOSS_LOG = "loss.csv"
 
@@ -61,6 +71,7 @@ class TrainingImages:
     dims: int  # of the model
     voxel_size: tuple[float, ...] | None  # of the first volume that has one
     names: list[str] = field(default_factory=list)  # one volume name per image
+    masks: list[np.ndarray | None] = field(default_factory=list)  # per image, None: unlabelled
 
 
 def load_training_images(data: Path, dims: int | None) -> TrainingImages:
@@ -75,7 +86,26 @@ def load_training_images(data: Path, dims: int | None) -> TrainingImages:
     if dims == 3 and data_dims == 2:
         raise InputError(f"{data}: a 3D model needs 3D images; these are 2D")
     voxel_size = next((tuple(v.voxel_size) for v in volumes if v.voxel_size), None)
-    return TrainingImages(images=images, dims=dims, voxel_size=voxel_size, names=names)
+    masks = [v.masks for v in volumes]
+    return TrainingImages(images, dims, voxel_size, names, masks)
+
+
+def training_sketches(
+    found: TrainingImages, condition: str, low: float, high: float
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(sketch in [0, 1], instance labels) of each training image: a pseudo-sketch from a
+    classical segmentation, or a label-sketch from the image's own masks."""
+    if condition == "pseudo-sketch":
+        return [pseudo_sketch(im, low, high, found.voxel_size) for im in found.images]
+    sketches = []
+    for name, image, masks in zip(found.names, found.images, found.masks, strict=True):
+        if masks is None or not masks.any():
+            raise InputError(
+                f"--condition label-sketch draws each image's sketch from its masks; {name} has "
+                "none (segment the images first: `cellsynth segment predict`)"
+            )
+        sketches.append((sketch_from_labels(image, masks, low, high)[0], masks))
+    return sketches
 
 
 def _sizes(shape: tuple[int, ...]) -> str:
@@ -120,21 +150,22 @@ def _rank_generator_state(
     return torch.Generator().manual_seed(int(fresh)).get_state()
 
 
-def _pseudo_sketch_summary(pseudo: list[tuple[np.ndarray, np.ndarray]] | None) -> dict:
+def _sketch_summary(condition: str, pseudo: list[tuple[np.ndarray, np.ndarray]] | None) -> dict:
     if pseudo is None:
         return {}
-    counts = [int(labels.max()) for _, labels in pseudo]
-    return {"pseudo_sketches": {"images": len(counts), "nuclei_per_image": counts}}
+    counts = [len(np.unique(labels)) - 1 for _, labels in pseudo]
+    key = condition.replace("-", "_") + "es"  # pseudo_sketches / label_sketches
+    return {key: {"images": len(counts), "nuclei_per_image": counts}}
 
 
-def _save_pseudo_sketch_preview(
-    path: Path, image: np.ndarray, pseudo: tuple[np.ndarray, np.ndarray]
+def _save_sketch_preview(
+    path: Path, image: np.ndarray, pseudo: tuple[np.ndarray, np.ndarray], condition: str
 ) -> None:
-    """image | pseudo-sketch | its labels, so a person can check what the network learns from."""
+    """image | sketch | its labels, so a person can check what the network learns from."""
     from cellsynth_cli.io.preview import save_panels
 
     sketch, labels = pseudo
-    panels = [("real image", image, False), ("pseudo-sketch", sketch, False)]
+    panels = [("real image", image, False), (condition, sketch, False)]
     save_panels(path, [*panels, ("regions", labels, True)])
 
 
@@ -297,6 +328,30 @@ def _check_config(config: TrainConfig) -> None:
         raise InputError(f"--condition-dropout must be in [0, 1), got {config.condition_dropout}")
 
 
+def _start_from(model: torch.nn.Module, start: dict, config: TrainConfig, dims: int) -> dict:
+    """Load the EMA weights of START (the --init model) into MODEL after checking that it
+    fits this run; returns what the run records about it."""
+    name = f"--init {config.init}"
+    unet, trained = start["unet"], start["config"]
+    if unet.get("dims") != dims:
+        raise InputError(f"{name} is a {unet.get('dims')}D model; these images are {dims}D")
+    sketched = trained.get("condition", "none")
+    if (sketched == "none") != (config.condition == "none"):
+        raise InputError(
+            f"{name} was trained with --condition {sketched}; pass --condition "
+            f"{'none' if sketched == 'none' else 'pseudo-sketch or label-sketch'} to fine-tune it"
+        )
+    for key in ("schedule", "T"):
+        if trained.get(key, getattr(config, key)) != getattr(config, key):
+            raise InputError(f"{name} uses {key} {trained[key]}; this run {getattr(config, key)}")
+    try:
+        model.load_state_dict(start["ema"])
+    except RuntimeError as exc:
+        raise InputError(f"{name}: its weights do not fit its network ({exc})") from None
+    path = checkpoint_path(config.init)
+    return {"model": config.init, "checksum": file_checksum(path), "step": int(start["step"])}
+
+
 def _unet_config(config: TrainConfig, found: TrainingImages, conditional: bool) -> Any:
     """The network of a new run: the default for the data (z is not down-sampled while it is
     coarser than y/x), a sketch input channel when conditional, --channels if given."""
@@ -330,13 +385,19 @@ class TrainLoop:
         if self.device.type == "cpu":
             tune_cpu_allocator()  # keeps big feature maps resident: ~1.5x faster steps on CPU
         self._load_data(state)
+        start = read_checkpoint(config.init) if state is None and config.init else None
         if state is not None:
             self.unet_config = UNetConfig.from_dict(state["unet"])
+        elif start is not None:
+            self.unet_config = UNetConfig.from_dict(start["unet"])
         else:
             self.unet_config = _unet_config(config, self.found, self.conditions is not None)
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG untouched
             torch.manual_seed(config.seed)
             self.model = UNet(self.unet_config).to(self.device)
+        self.init = state.get("init") if state is not None else None
+        if start is not None:
+            self.init = _start_from(self.model, start, config, self.found.dims)
         self._check_patch()
         self.ema = copy.deepcopy(self.model).eval()
         self.optimizer = torch.optim.AdamW(
@@ -371,8 +432,7 @@ class TrainLoop:
         self.model_images = [unit_to_model(to_unit(im, lo, hi)) for im in images]
         self.conditions, self.pseudo = None, None
         if is_conditional(config.to_dict()):
-            voxel_size = self.found.voxel_size
-            self.pseudo = [pseudo_sketch(im, lo, hi, voxel_size) for im in images]
+            self.pseudo = training_sketches(self.found, config.condition, lo, hi)
             self.conditions = [unit_to_model(sketch) for sketch, _ in self.pseudo]
 
     def _check_patch(self) -> None:
@@ -406,12 +466,14 @@ class TrainLoop:
             "normalization": self.norm,
             "dims": self.found.dims,
             "world_size": self.ranks.world,
-            **_pseudo_sketch_summary(self.pseudo),
+            **_sketch_summary(self.config.condition, self.pseudo),
+            **({"init": self.init} if self.init else {}),
         }
         (run / "config.json").write_text(json.dumps(summary, indent=2))
         if self.pseudo is not None:
-            preview = run / "pseudo-sketch.png"
-            _save_pseudo_sketch_preview(preview, self.found.images[0], self.pseudo[0])
+            condition = self.config.condition
+            preview = run / f"{condition}.png"
+            _save_sketch_preview(preview, self.found.images[0], self.pseudo[0], condition)
 
     def save(self) -> bool:
         """Checkpoint (every rank takes part in gathering the generators; rank 0 writes).
@@ -434,6 +496,7 @@ class TrainLoop:
                 "generator": generators[0],
                 "rank_generators": generators,
                 "world_size": self.ranks.world,
+                **({"init": self.init} if self.init else {}),
             },
         )
         return True

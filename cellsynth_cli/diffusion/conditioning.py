@@ -1,7 +1,9 @@
 """Sketch conditioning: the network sees the sketch as a second input channel.
 
-A conditional DDPM learns eps(x_t, t | sketch) from pairs (real image, pseudo-sketch of it)
-made without annotations (pseudo_sketch.py). During training the sketch is replaced by
+A conditional DDPM learns eps(x_t, t | sketch) from pairs (real image, sketch of it): a
+pseudo-sketch made without annotations (pseudo_sketch.py), or a label-sketch drawn from the
+image's own masks (real annotations, or a segmenter's masks of it: the round-2 generator of
+self-training). During training the sketch is replaced by
 NULL_CONDITION with probability `dropout`, so the same network also learns the unconditional
 eps(x_t, t); at synthesis classifier-free guidance mixes the two:
 
@@ -17,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-CONDITIONS = ("none", "pseudo-sketch")
+CONDITIONS = ("none", "pseudo-sketch", "label-sketch")
 # The null sketch: a constant mid-grey (0 in the model's [-1, 1]); real sketches have a
 # background of -1, so the network can tell "no sketch" from "an empty sketch".
 NULL_CONDITION = 0.0
