@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,43 @@ def test_self_training_round_2_reruns_only_the_rounds(smoke_2d, tmp_path):
     assert "n = 2" in (project / "pipeline.toml").read_text()
     again = _statuses(_pipeline(project))
     assert again["rounds"] == "up to date"
+
+
+@pytest.mark.slow  # a DDPM fine-tuning, a synthesis and a Cellpose training
+def test_round_2_generator_fine_tunes_the_ddpm_on_round_1s_masks(smoke_2d, tmp_path):
+    import torch
+
+    project = tmp_path / "project"
+    shutil.copytree(smoke_2d, project, symlinks=True)
+    # a smoke segmenter finds next to no cell: round 1's masks are the corner's real ones
+    real = tifffile.imread(REPO / "data" / "dsb2018" / "dsb2018_masks.tif")[:128, :160]
+    predicted = io.read_volume(project / "pred" / "dsb.zarr")
+    io.write_volume(project / "pred", replace(predicted, masks=real), overwrite=True)
+    result = _pipeline(project, "--rounds", "2", "--set", "rounds.generator_steps=2")
+    ran = {name for name, status in _statuses(result).items() if status == "ran"}
+    assert ran == {"rounds", "report"}
+    round_2 = json.loads((project / "rounds.json").read_text())["rounds"][1]
+    assert round_2["generator"]["steps"] == 2 and round_2["generator"]["clean"]["of"] == 2
+    r2 = project / "rounds" / "r2"
+    tuned = torch.load(r2 / "ddpm" / "checkpoint.pt", weights_only=True)
+    assert tuned["config"]["condition"] == "label-sketch"
+    assert tuned["init"]["model"] == str((project / "runs" / "ddpm").resolve())
+    sketched = json.loads((r2 / "ddpm" / "config.json").read_text())["label_sketches"]
+    assert sketched["nuclei_per_image"] == [len(np.unique(real)) - 1]
+    # round 2's Cellpose trains on the new synthetic images, not round 1's
+    synthetic = [p for p in (r2 / "train").iterdir() if "crop" not in p.name]
+    assert synthetic and all(p.resolve().parent == (r2 / "synth").resolve() for p in synthetic)
+    assert "own (2 steps)" in (project / "report.md").read_text()
+
+
+def test_a_generator_needs_a_sketch_conditioned_ddpm(tmp_path):
+    project = tmp_path / "project"
+    _real_2d(project)
+    result = _pipeline(
+        project, "--set", "train.condition=none", "--set", "rounds.generator_steps=5"
+    )
+    assert result.returncode == 2 and "sketch-conditioned" in result.stderr
+    assert "Traceback" not in result.stderr and not (project / "runs").exists()
 
 
 @pytest.mark.slow  # over 80 s in `pytest --durations` (2 cores, shared)

@@ -114,6 +114,10 @@ class RoundsSection:
     max_size: float = PSEUDO_LABELS.max_size
     tile_cells: float = PSEUDO_LABELS.tile_cells  # crop side in cell diameters
     mirror_only: str = PSEUDO_LABELS.mirror_only  # "background" or "ignored" in the crops
+    # the round-k generator: > 0 fine-tunes the (sketch-conditioned) DDPM this many steps on
+    # label-sketches of round k-1's masks of the real images ([train] batch and lr) and
+    # synthesizes the simulated sketches again; 0: every round reuses the first synthetic set
+    generator_steps: int = 0
 
     def settings(self) -> PseudoLabelling:
         return PseudoLabelling(
@@ -192,6 +196,19 @@ def resolve(overrides: dict[str, Any], source: str) -> Recipe:
             section = _apply(getattr(recipe, name), changes, f"{where} [{name}]")
             recipe = replace(recipe, **{name: section})
     recipe.rounds.settings().check()  # now, not after the hours of round 1
+    if recipe.rounds.generator_steps < 0:
+        raise InputError(
+            f"[rounds] generator_steps must be >= 0, got {recipe.rounds.generator_steps}"
+        )
+    if (
+        recipe.rounds.generator_steps
+        and not recipe.train.model
+        and recipe.train.condition == "none"
+    ):
+        raise InputError(
+            "[rounds] generator_steps fine-tunes a sketch-conditioned DDPM; "
+            "[train] condition is none"
+        )
     return recipe
 
 

@@ -124,13 +124,15 @@ def _rounds_lines(rounds: dict, scores: dict | None) -> list[str]:
     if len(rounds["rounds"]) < 2:
         return []
     scored = (scores or {}).get("rounds", {})
-    head = ["round", "pseudo-label crops", "real cells", "confident share", *METRICS]
+    head = ["round", "synthetic set", "pseudo-label crops", "real cells", "confident share"]
+    head += METRICS
     lines = ["", f"## Self-training rounds (kept: round {rounds['kept']})", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rounds["rounds"]:
         means = scored.get(r["round"], {})
         cells = [
             str(r["round"]),
+            _synthetic_set(r),
             str(r.get("pseudo_crops", "-")),
             str(r.get("n_cells", "-")),
             _fmt(r.get("confident_share")),
@@ -138,6 +140,19 @@ def _rounds_lines(rounds: dict, scores: dict | None) -> list[str]:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _synthetic_set(round_record: dict) -> str:
+    """Which synthetic images a round trained on: its own generator's (kept of made, and the
+    QC shares of lost cells) or the first set."""
+    generator = round_record.get("generator")
+    if not generator:
+        return "round 1's"
+    judged = generator["clean"]
+    return (
+        f"own ({generator['steps']} steps): {judged['kept']}/{judged['of']} kept, phantom "
+        f"{judged['phantom']:.1%}, vanished {judged['vanished']:.1%}"
+    )
 
 
 def _errors_lines(round_errors: dict) -> list[str]:

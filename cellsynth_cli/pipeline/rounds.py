@@ -7,6 +7,11 @@ pixels train nothing), trains Cellpose from scratch on the synthetic images plus
 (the same step budget as round 1) and segments the real images again. Everything of round k
 lives in rounds/rK/.
 
+With [rounds] generator_steps > 0 round k also has its own generator: the first DDPM
+fine-tuned on (real image, label-sketch of round k-1's masks of it) pairs (train --init,
+--condition label-sketch), which synthesizes the simulated sketches again (rK/synth, judged
+into rK/clean like the first set); round k's Cellpose trains on those instead.
+
 Guard against drift, without labels: a round's segmenter is judged by how many cells of the
 real images it finds again in the mirrored images (its confident cells). A round is kept only
 when it finds more confident cells than the round before (a tie keeps the earlier round: in
@@ -23,7 +28,17 @@ import shutil
 from pathlib import Path
 
 from cellsynth_cli import io, workdir
-from cellsynth_cli.pipeline.stages import CLEAN, Context, train_cellpose
+from cellsynth_cli.errors import InputError
+from cellsynth_cli.pipeline.stages import (
+    CLEAN,
+    DDPM_RUN,
+    Context,
+    clean_into,
+    conditional_model,
+    synthesize_with,
+    train_cellpose,
+    training_patch,
+)
 
 ROUNDS = "rounds"
 ROUNDS_REPORT = "rounds.json"
@@ -37,7 +52,7 @@ def self_train(ctx: Context) -> dict:
     diameter = _diameter(ctx.path(workdir.SEG))
     for k in range(2, section.n + 1):
         rounds[-1].update(_confidence(ctx, rounds[-1]["seg"], f"{ROUNDS}/r{k}/pseudo"))
-        rounds.append(_round(ctx, k, diameter))
+        rounds.append(_round(ctx, k, diameter, rounds[-1]["pred"]))
     if section.n > 1:  # the last round's own confidence, for the guard
         rounds[-1].update(_confidence(ctx, rounds[-1]["seg"], f"{ROUNDS}/check"))
     kept = kept_round(rounds)
@@ -57,19 +72,25 @@ def kept_round(rounds: list[dict]) -> int:
     return kept
 
 
-def _round(ctx: Context, k: int, diameter: float) -> dict:
+def _round(ctx: Context, k: int, diameter: float, masks: str) -> dict:
     """Round K: train on synthetic + crops of round k-1's pseudo-labels, segment the real
-    images. A round finished by an earlier attempt is read back, not trained again."""
+    images; with a generator, on its own synthetic set (MASKS: round k-1's masks of the real
+    images). A round finished by an earlier attempt is read back, not trained again."""
     from cellsynth_cli.segment.predict import predict
 
     folder = f"{ROUNDS}/r{k}"
     done = ctx.path(folder) / ROUND_DONE
     if ctx.resume and done.is_file():
         return json.loads(done.read_text())
+    generator = {}
+    synthetic = ctx.path(CLEAN)
+    if ctx.recipe.rounds.generator_steps:
+        generator = _generator(ctx, k, masks)
+        synthetic = ctx.path(f"{folder}/clean")
     ctx.on_progress(f"round {k}: training set", None, None)
     n_crops = _training_set(
         ctx.path(folder),
-        ctx.path(CLEAN),
+        synthetic,
         ctx.path(f"{folder}/pseudo"),
         ctx.recipe.rounds.tile_cells,
     )
@@ -92,10 +113,73 @@ def _round(ctx: Context, k: int, diameter: float) -> dict:
         "pred": f"{folder}/pred",
         "pseudo_crops": n_crops,
         "note": note,
+        **({"generator": generator} if generator else {}),
     }
     io.write_text(done, json.dumps(record, indent=2) + "\n", overwrite=True)
     ctx.midpoint("rounds")
     return record
+
+
+def _generator(ctx: Context, k: int, masks: str) -> dict:
+    """Round K's DDPM, the first one fine-tuned on label-sketches of MASKS (a folder of real
+    images with masks), and its synthetic set, judged like the first one."""
+    from cellsynth_cli.ddpm.config import TrainConfig
+    from cellsynth_cli.ddpm.train import load_training_images
+    from cellsynth_cli.ddpm.train import train as train_ddpm
+
+    folder, first = ctx.path(f"{ROUNDS}/r{k}"), ctx.path(DDPM_RUN)
+    if not conditional_model(first):
+        raise InputError(
+            "[rounds] generator_steps fine-tunes a sketch-conditioned DDPM; "
+            f"{first} follows no sketch"
+        )
+    made = json.loads((first / "config.json").read_text())
+    pairs = _images_with_cells(ctx.path(masks), folder / "pairs")
+    found = load_training_images(pairs, None)
+    steps, run = ctx.recipe.rounds.generator_steps, folder / "ddpm"
+    config = TrainConfig(
+        data=str(pairs),
+        dims=found.dims,
+        patch=training_patch(found, made["train"]["patch"][-1], made["unet"]["channels"]),
+        steps=steps,
+        batch=ctx.recipe.train.batch,
+        lr=ctx.recipe.train.lr,
+        seed=ctx.recipe.train.seed,
+        device=ctx.device,
+        checkpoint_every=ctx.recipe.train.checkpoint_every,
+        condition="label-sketch",
+        condition_dropout=made["train"].get("condition_dropout", TrainConfig.condition_dropout),
+        channels=None,
+        init=str(first.resolve()),
+    )
+    ctx.on_progress(f"round {k}: generator", 0, steps)
+    trained = train_ddpm(
+        config,
+        run,
+        resume=ctx.resume and (run / "checkpoint.pt").exists(),
+        overwrite=True,
+        on_step=lambda step, loss: ctx.on_progress(
+            f"round {k} generator, loss {loss:.4f}", step, steps
+        ),
+    )
+    synthesize_with(ctx, run, folder / "synth", "rounds")
+    shutil.rmtree(folder / "clean", ignore_errors=True)
+    judged = clean_into(ctx, folder / "synth", folder / "clean", folder / "clean.json")
+    return {"steps": trained.step, "final_loss": trained.final_loss, "clean": judged}
+
+
+def _images_with_cells(masks: Path, out: Path) -> Path:
+    """OUT: links to the volumes of MASKS in which the segmenter found cells (a label-sketch
+    of an image without any would call all its nuclei background)."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for path in io.list_volumes(masks):
+        found = io.read_volume(path).masks
+        if found is not None and found.any():
+            _link(path, out)
+    if not any(out.iterdir()):
+        raise InputError(f"{masks}: the segmenter found no cell; no pairs for the generator")
+    return out
 
 
 def _confidence(ctx: Context, seg: str, out: str) -> dict:

@@ -66,8 +66,9 @@ STAGES = (
     Stage(
         "rounds",
         rounds.self_train,
-        (DATA, "clean", "segment"),
-        ("rounds", "segment", "predict"),
+        (DATA, "train", "simulate", "t_start", "clean", "segment"),
+        # with a generator a round also trains, synthesizes and cleans
+        ("rounds", "train", "synthesize", "clean", "segment", "predict"),
         (rounds.ROUNDS, rounds.ROUNDS_REPORT),
         resumable=True,
     ),

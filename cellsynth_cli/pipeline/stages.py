@@ -232,11 +232,17 @@ def t_start(ctx: Context) -> dict:
 
 
 def synthesize(ctx: Context) -> dict:
+    return synthesize_with(ctx, ctx.path(DDPM_RUN), ctx.path(workdir.SYNTH), "synthesize")
+
+
+def synthesize_with(ctx: Context, model: Path, out: Path, stage: str) -> dict:
+    """The simulated sketches synthesized by MODEL into OUT with the recipe's settings (also
+    a self-training round's generator); STAGE names the fault-injection point."""
     from cellsynth_cli.ddpm.synthesize import SynthesisOptions, synthesize_dataset
 
     section = ctx.recipe.synthesize
     chosen = json.loads(ctx.path(T_START).read_text())["t_start"]
-    conditional = conditional_model(ctx.path(DDPM_RUN))
+    conditional = conditional_model(model)
     options = SynthesisOptions(
         t_start=chosen,
         steps=section.steps,
@@ -250,14 +256,14 @@ def synthesize(ctx: Context) -> dict:
 
     def on_volume(name: str, n_steps: int, plan: dict) -> None:
         if done:
-            ctx.midpoint("synthesize")  # one volume is written
+            ctx.midpoint(stage)  # one volume is written
         done.append(name)
         ctx.on_progress(f"{name} ({n_steps} steps)", len(done) - 1, ctx.recipe.simulate.n)
 
     results = synthesize_dataset(
-        ctx.path(DDPM_RUN),
+        model,
         ctx.path(workdir.SIM),
-        ctx.path(workdir.SYNTH),
+        out,
         options,
         resume=ctx.resume,
         overwrite=not ctx.resume,
@@ -268,14 +274,18 @@ def synthesize(ctx: Context) -> dict:
 
 
 def clean(ctx: Context) -> dict:
-    """The classical judge (no model, no labels) checks each synthetic image against its own
-    masks; CLEAN/ links the images that pass, and Cellpose trains on those."""
+    return clean_into(ctx, ctx.path(workdir.SYNTH), ctx.path(CLEAN), ctx.path(CLEAN_REPORT))
+
+
+def clean_into(ctx: Context, synth: Path, folder: Path, report_path: Path) -> dict:
+    """The classical judge (no model, no labels) checks each synthetic image of SYNTH against
+    its own masks; FOLDER links the images that pass, and Cellpose trains on those."""
     from cellsynth_cli.segment.qc import quality_control
 
     section = ctx.recipe.clean
     report = quality_control(
         None,
-        ctx.path(workdir.SYNTH),
+        synth,
         max_phantom=section.max_phantom,
         max_vanished=section.max_vanished,
         judge="classical",
@@ -287,13 +297,12 @@ def clean(ctx: Context) -> dict:
             f"clean: every synthetic image loses more cells than the recipe allows "
             f"(max_phantom {section.max_phantom}, max_vanished {section.max_vanished})"
         )
-    folder = ctx.path(CLEAN)
     folder.mkdir(parents=True, exist_ok=True)
     for row in report["volumes"]:
         if row["passed"]:
             link = folder / Path(row["path"]).name
             link.symlink_to(os.path.relpath(row["path"], folder), target_is_directory=True)
-    io.write_text(ctx.path(CLEAN_REPORT), json.dumps(report, indent=2) + "\n", overwrite=True)
+    io.write_text(report_path, json.dumps(report, indent=2) + "\n", overwrite=True)
     shares = {k: _mean(r[k] for r in report["volumes"]) for k in ("phantom", "vanished")}
     return {"kept": len(report["passed"]), "of": len(report["volumes"]), **shares}
 
