@@ -16,7 +16,7 @@ TEST_WORKERS   ?= 2
 # two cores (407 tests, one session, AVX2 CPU: 552 s with 1 thread, 737 s with torch's default)
 TEST_THREADS   ?= 1
 
-.PHONY: install demo demo-full bundled-model test test-fast bench bench-gpu lint docs experiment experiment-3d study clean
+.PHONY: install demo demo-full bundled-model test test-fast bench bench-gpu lint docs experiment experiment-3d study study-rounds clean
 
 install: $(STAMP)
 
@@ -85,5 +85,11 @@ experiment-3d: $(STAMP)
 study: $(STAMP)
 	$(PY) scripts/study.py $(STUDY_ARGS)
 
+# issue 25: self-training rows x seeds against the real-label model of the same Cellpose seed
+# (hours on a CPU; ROUNDS_STUDY_ARGS="--rows rounds --seeds 0")
+ROUNDS_STUDY_ARGS ?=
+study-rounds: $(STAMP)
+	$(PY) scripts/rounds_study.py $(ROUNDS_STUDY_ARGS)
+
 clean:
-	rm -rf $(VENV) site demo_out demo_full_out bundled_build experiment_out experiment_3d_out experiment_study .pytest_cache
+	rm -rf $(VENV) site demo_out demo_full_out bundled_build experiment_out experiment_3d_out experiment_study experiment_rounds .pytest_cache

@@ -77,8 +77,23 @@ def split(dataset: str, out: Path) -> dict[str, Path]:
             masks=volume.masks[part] if labelled else None,
             voxel_size=volume.voxel_size,
         )
-        write_tiff_volume(out / folder, cut, overwrite=True)
+        if not _holds(out / folder, cut):  # unchanged files keep a finished run finished
+            write_tiff_volume(out / folder, cut, overwrite=True)
     return {name: out / name for name in parts}
+
+
+def _holds(folder: Path, volume: io.Volume) -> bool:
+    """Whether FOLDER already holds VOLUME's pixels (and masks, or none)."""
+    path = folder / f"{volume.name}.tif"
+    if not path.exists():
+        return False
+    there = io.read_volume(path)
+    same_masks = (there.masks is None and volume.masks is None) or (
+        there.masks is not None
+        and volume.masks is not None
+        and np.array_equal(there.masks, volume.masks)
+    )
+    return np.array_equal(there.image, volume.image) and same_masks
 
 
 def real_arm(recipe: recipes.Recipe, train: Path, out: Path, reuse: bool) -> float:
