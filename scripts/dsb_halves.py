@@ -36,8 +36,11 @@ def split(out: Path) -> dict[str, Path]:
 
 
 def write_if_changed(path: Path, pixels: np.ndarray) -> None:
-    if path.exists() and np.array_equal(tifffile.imread(path), pixels):
-        return
+    try:
+        if np.array_equal(tifffile.imread(path), pixels):
+            return
+    except (OSError, ValueError):  # none yet, or unreadable: (re)write it
+        pass
     path.parent.mkdir(parents=True, exist_ok=True)
     tifffile.imwrite(path, pixels)
 

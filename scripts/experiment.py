@@ -31,6 +31,7 @@ import dsb_halves  # scripts/: the same halves as the demo and the bundled model
 import numpy as np
 
 from cellsynth_cli import io
+from cellsynth_cli.errors import InputError
 from cellsynth_cli.pipeline import recipe as recipes
 from cellsynth_cli.pipeline.run import run_pipeline
 
@@ -84,10 +85,10 @@ def split(dataset: str, out: Path) -> dict[str, Path]:
 
 def _holds(folder: Path, volume: io.Volume) -> bool:
     """Whether FOLDER already holds VOLUME's pixels (and masks, or none)."""
-    path = folder / f"{volume.name}.tif"
-    if not path.exists():
+    try:
+        there = io.read_volume(folder / f"{volume.name}.tif")
+    except (InputError, OSError, ValueError):  # none yet, or unreadable: (re)write it
         return False
-    there = io.read_volume(path)
     same_masks = (there.masks is None and volume.masks is None) or (
         there.masks is not None
         and volume.masks is not None

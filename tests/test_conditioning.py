@@ -363,7 +363,7 @@ def test_label_sketches_are_drawn_from_each_images_own_masks(tmp_path):
     np.testing.assert_array_equal(sketch, sketch_from_labels(found.images[0], labels, 10, 200)[0])
     unlabelled = io.Volume("plain", image=found.images[0])
     io.write_volume(tmp_path / "plain", unlabelled)
-    with pytest.raises(InputError, match="plain has none"):
+    with pytest.raises(InputError, match="plain has no labelled cell"):
         training_sketches(load_training_images(tmp_path / "plain", None), "label-sketch", 0, 1)
 
 
@@ -392,6 +392,12 @@ def test_fine_tuning_starts_from_the_init_models_weights(conditional_run, tmp_pa
     assert resumed.returncode == 0, resumed.stderr
     again = torch.load(out / "checkpoint.pt", weights_only=True)
     assert again["step"] == 2 and again["init"] == tuned["init"]
+    assert again["config"]["channels"] == start["unet"]["channels"]  # the network's, recorded
+    # resumed at its budget: the checkpoint stays byte for byte (synthesis records checksums)
+    before = (out / "checkpoint.pt").read_bytes()
+    at_budget = run_cellsynth("train", "--resume", "-o", out, "--steps", 2, "--json")
+    assert at_budget.returncode == 0, at_budget.stderr
+    assert (out / "checkpoint.pt").read_bytes() == before
 
 
 @pytest.mark.parametrize(
@@ -400,6 +406,7 @@ def test_fine_tuning_starts_from_the_init_models_weights(conditional_run, tmp_pa
         (["--condition", "none"], "was trained with --condition pseudo-sketch"),
         (["--condition", "label-sketch", "--channels", "8,16"], "--channels and --init"),
         (["--condition", "label-sketch", "--init", "nowhere"], "no checkpoint at"),
+        (["--condition", "label-sketch", "--resume"], "--resume continues a run"),
     ],
 )
 def test_fine_tuning_refuses_a_model_that_does_not_fit(conditional_run, tmp_path, extra, message):

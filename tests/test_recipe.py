@@ -34,11 +34,30 @@ def test_set_values_are_typed_and_lists_parse():
         ({"simulate": {"n": "many"}}, "many"),
         ({"rounds": {"mirror_only": "kept"}}, "mirror_only"),  # before any stage runs
         ({"rounds": {"min_iou": 1.5}}, "min_iou"),
+        ({"train": {"condition": "label-sketch"}}, "label-sketch"),  # masks a person drew
+        ({"rounds": {"n": 2, "generator_steps": -1}}, "generator_steps must be >= 0"),
+        ({"rounds": {"generator_steps": 5}}, "--rounds 2"),  # no round to use it
+        ({"rounds": {"n": 2, "generator_steps": 5}, "train": {"condition": "none"}}, "condition"),
+        (
+            {
+                "rounds": {"n": 2, "generator_steps": 5},
+                "train": {"model": "bundled:dsb2018-nuclei"},
+            },
+            "model bundled:dsb2018-nuclei is not one",
+        ),
     ],
 )
 def test_bad_overrides_name_the_problem(overrides, named):
     with pytest.raises(InputError, match=named):
         recipes.resolve(overrides, "test")
+
+
+def test_a_generator_is_accepted_with_a_model_that_follows_sketches():
+    model = "bundled:dsb2018-nuclei-conditional"
+    recipe = recipes.resolve(
+        {"rounds": {"n": 2, "generator_steps": 5}, "train": {"model": model}}, "t"
+    )
+    assert recipe.rounds.generator_steps == 5
 
 
 def test_project_file_round_trips(tmp_path):

@@ -158,6 +158,8 @@ def train(
     channel_sizes = parse_sizes(channels, "--channels")
     if init and channel_sizes:
         raise InputError("--channels and --init: a fine-tuned run keeps its --init network")
+    if init and resume:
+        raise InputError("--init starts a new run from a model; --resume continues a run")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     # under torchrun: join the process group; only rank 0 prints, links and cleans up
     ranks, _ = distributed.setup(pick_device(device))

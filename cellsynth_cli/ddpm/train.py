@@ -24,7 +24,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,8 @@ def training_sketches(
         if masks is None or not masks.any():
             raise InputError(
                 f"--condition label-sketch draws each image's sketch from its masks; {name} has "
-                "none (segment the images first: `cellsynth segment predict`)"
+                "no labelled cell (masks come from annotations or `cellsynth segment predict`; "
+                "leave out images without cells)"
             )
         sketches.append((sketch_from_labels(image, masks, low, high)[0], masks))
     return sketches
@@ -153,7 +154,7 @@ def _rank_generator_state(
 def _sketch_summary(condition: str, pseudo: list[tuple[np.ndarray, np.ndarray]] | None) -> dict:
     if pseudo is None:
         return {}
-    counts = [len(np.unique(labels)) - 1 for _, labels in pseudo]
+    counts = [int(np.unique(labels[labels > 0]).size) for _, labels in pseudo]
     key = condition.replace("-", "_") + "es"  # pseudo_sketches / label_sketches
     return {key: {"images": len(counts), "nuclei_per_image": counts}}
 
@@ -230,10 +231,14 @@ def train(
     """
     run = Path(run)
     state = _state_to_resume(run, resume, overwrite)
+    start = None
     if state is not None:
         config = _resumed_config(config, state)
+    elif config.init:
+        start = _init_model(config.init)
+        config = replace(config, channels=tuple(start["unet"]["channels"]))  # as the network's
     _check_config(config)
-    loop = TrainLoop(config, run, state)
+    loop = TrainLoop(config, run, state, start)
     loop.write_run_files(resume)
     return loop.run_loop(time_limit, on_step, on_checkpoint)
 
@@ -328,6 +333,20 @@ def _check_config(config: TrainConfig) -> None:
         raise InputError(f"--condition-dropout must be in [0, 1), got {config.condition_dropout}")
 
 
+def _init_model(init: str) -> dict:
+    """The --init model's checkpoint, its network configuration checked."""
+    from cellsynth_cli.diffusion.unet import UNetConfig
+
+    start = read_checkpoint(init)
+    try:
+        UNetConfig.from_dict(start["unet"])
+    except (TypeError, KeyError, ValueError) as exc:
+        raise InputError(
+            f"--init {init}: its network configuration is unreadable ({exc})"
+        ) from None
+    return start
+
+
 def _start_from(model: torch.nn.Module, start: dict, config: TrainConfig, dims: int) -> dict:
     """Load the EMA weights of START (the --init model) into MODEL after checking that it
     fits this run; returns what the run records about it."""
@@ -377,19 +396,22 @@ class TrainLoop:
     a checkpoint) in __init__; run_step / save / run_loop do the work (improved-diffusion's
     TrainLoop). Under torchrun every rank builds one; rank 0 alone writes."""
 
-    def __init__(self, config: TrainConfig, run: Path, state: dict | None) -> None:
+    def __init__(
+        self, config: TrainConfig, run: Path, state: dict | None, start: dict | None = None
+    ) -> None:
+        """STATE: the run's own checkpoint (resume); START: the --init model's (fine-tuning)."""
         from cellsynth_cli.diffusion.unet import UNet, UNetConfig, tune_cpu_allocator
 
         self.config, self.run, self.step = config, run, 0
+        self.restored = state is not None
         self.ranks, self.device = distributed.setup(pick_device(config.device))
         if self.device.type == "cpu":
             tune_cpu_allocator()  # keeps big feature maps resident: ~1.5x faster steps on CPU
         self._load_data(state)
-        start = read_checkpoint(config.init) if state is None and config.init else None
         if state is not None:
             self.unet_config = UNetConfig.from_dict(state["unet"])
         elif start is not None:
-            self.unet_config = UNetConfig.from_dict(start["unet"])
+            self.unet_config = UNetConfig.from_dict(start["unet"])  # checked by _init_model
         else:
             self.unet_config = _unet_config(config, self.found, self.conditions is not None)
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG untouched
@@ -534,7 +556,7 @@ class TrainLoop:
     ) -> TrainResult:
         """Steps up to config.steps (or the time limit, the same step on every rank), the loss
         log, a checkpoint every checkpoint_every steps and at the end (Ctrl-C included)."""
-        ranks, start = self.ranks, time.perf_counter()
+        ranks, start, first_step = self.ranks, time.perf_counter(), self.step
         losses: list[float] = []
         stopped = False
 
@@ -569,7 +591,10 @@ class TrainLoop:
                 if not ranks.active:
                     save()
                 raise
-        save()
+        # a resumed run already at its step budget is left byte for byte as it was: stages
+        # that recorded its checksum (synthesis) still accept it
+        if self.step > first_step or not self.restored:  # the same answer on every rank
+            save()
         if ranks.main:
             _write_loss_plot(self.run)
         return TrainResult(

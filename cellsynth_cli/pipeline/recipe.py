@@ -10,6 +10,7 @@ CLI can read it at start-up.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -34,7 +35,7 @@ class FitSection:
 @dataclass(frozen=True)
 class TrainSection:
     # a DDPM to use as it is (a `cellsynth train` run or bundled:NAME) instead of training one;
-    # the other keys are then not used
+    # the other keys then only serve [rounds] generator_steps (batch, lr, seed, checkpoints)
     model: str = ""
     steps: int = 6000  # the study's DDPM (41 min on 2 CPU cores at 256 x 256)
     batch: int = 8
@@ -196,20 +197,39 @@ def resolve(overrides: dict[str, Any], source: str) -> Recipe:
             section = _apply(getattr(recipe, name), changes, f"{where} [{name}]")
             recipe = replace(recipe, **{name: section})
     recipe.rounds.settings().check()  # now, not after the hours of round 1
-    if recipe.rounds.generator_steps < 0:
-        raise InputError(
-            f"[rounds] generator_steps must be >= 0, got {recipe.rounds.generator_steps}"
-        )
-    if (
-        recipe.rounds.generator_steps
-        and not recipe.train.model
-        and recipe.train.condition == "none"
-    ):
+    _check_generator(recipe)
+    if recipe.train.condition == "label-sketch":  # the pipeline reads no mask a person drew
+        raise InputError("[train] condition must be none or pseudo-sketch, got 'label-sketch'")
+    return recipe
+
+
+def _check_generator(recipe: Recipe) -> None:
+    """[rounds] generator_steps: >= 0, with rounds to use it and a DDPM that follows sketches."""
+    steps, train = recipe.rounds.generator_steps, recipe.train
+    if steps < 0:
+        raise InputError(f"[rounds] generator_steps must be >= 0, got {steps}")
+    if steps and recipe.rounds.n < 2:
+        raise InputError("[rounds] generator_steps is for rounds 2..n; pass --rounds 2 or more")
+    if steps and not _follows_sketches(train.model, train.condition):
         raise InputError(
             "[rounds] generator_steps fine-tunes a sketch-conditioned DDPM; "
-            "[train] condition is none"
+            f"{'[train] model ' + train.model if train.model else '[train] condition'} is not one"
         )
-    return recipe
+
+
+def _follows_sketches(model: str, condition: str) -> bool:
+    """Whether the pipeline's DDPM will follow sketches: [train] condition, or for a model
+    made elsewhere its config.json (an unreadable one is left to the train stage to refuse)."""
+    from cellsynth_cli.ddpm import bundled
+
+    if not model:
+        return condition != "none"
+    folder = bundled.resolve(model) if bundled.is_bundled(model) else Path(model)
+    try:
+        made = json.loads((folder / "config.json").read_text())["train"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    return made.get("condition", "none") != "none"
 
 
 def _apply(section: Any, changes: dict[str, Any], where: str) -> Any:

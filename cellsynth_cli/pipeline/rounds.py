@@ -35,9 +35,9 @@ from cellsynth_cli.pipeline.stages import (
     Context,
     clean_into,
     conditional_model,
+    fitted_patch,
     synthesize_with,
     train_cellpose,
-    training_patch,
 )
 
 ROUNDS = "rounds"
@@ -126,6 +126,7 @@ def _generator(ctx: Context, k: int, masks: str) -> dict:
     from cellsynth_cli.ddpm.config import TrainConfig
     from cellsynth_cli.ddpm.train import load_training_images
     from cellsynth_cli.ddpm.train import train as train_ddpm
+    from cellsynth_cli.diffusion.unet import UNetConfig
 
     folder, first = ctx.path(f"{ROUNDS}/r{k}"), ctx.path(DDPM_RUN)
     if not conditional_model(first):
@@ -134,13 +135,14 @@ def _generator(ctx: Context, k: int, masks: str) -> dict:
             f"{first} follows no sketch"
         )
     made = json.loads((first / "config.json").read_text())
+    unet = made["unet"]  # the network the generator keeps: its down-sampling sets the patch
     pairs = _images_with_cells(ctx.path(masks), folder / "pairs")
     found = load_training_images(pairs, None)
     steps, run = ctx.recipe.rounds.generator_steps, folder / "ddpm"
     config = TrainConfig(
         data=str(pairs),
         dims=found.dims,
-        patch=training_patch(found, made["train"]["patch"][-1], made["unet"]["channels"]),
+        patch=fitted_patch(found, made["train"]["patch"][-1], UNetConfig.from_dict(unet).multiples),
         steps=steps,
         batch=ctx.recipe.train.batch,
         lr=ctx.recipe.train.lr,

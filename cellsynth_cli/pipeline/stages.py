@@ -156,10 +156,16 @@ def training_patch(found: Any, side: int, channels: list[int]) -> tuple[int, ...
         config = UNetConfig.from_dict(
             {**config.to_dict(), "channels": list(channels), "down_factors": factors}
         )
+    return fitted_patch(found, side, config.multiples)
+
+
+def fitted_patch(found: Any, side: int, multiples: tuple[int, ...]) -> tuple[int, ...]:
+    """A patch of SIDE in-plane (up to 16 z slices) shrunk to fit the smallest image of
+    FOUND, each size a multiple of the network's down-sampling MULTIPLES."""
     wanted = (16, side, side) if found.dims == 3 else (side, side)
     smallest = [min(im.shape[a] for im in found.images) for a in range(found.dims)]
     patch = []
-    for want, size, multiple in zip(wanted, smallest, config.multiples, strict=True):
+    for want, size, multiple in zip(wanted, smallest, multiples, strict=True):
         fitted = min(want, size) // multiple * multiple
         if fitted < multiple:
             raise InputError(
