@@ -97,6 +97,39 @@ def test_score_cli_and_errors(tmp_path):
     )
     assert result.exit_code == 2 and "--images-per-epoch" in result.output
     assert not (tmp_path / "m").exists()
+    for jitter in (0.5, 11):
+        result = run(
+            "segment", "train", "--data", tmp_path / "ref", "-o", tmp_path / "m",
+            "--brightness-jitter", jitter,
+        )  # fmt: skip
+        assert result.exit_code == 2 and "--brightness-jitter must be in [1, 10]" in result.output
+        assert not (tmp_path / "m").exists()
+
+
+def test_brightness_jitter_scales_each_training_crop_by_its_own_factor(tmp_path):
+    from cellsynth_cli.segment.cellpose_compat import cellpose_modules, random_brightness
+
+    _, train = cellpose_modules(tmp_path)
+    images = [np.full((2, 40, 40), 0.5, np.float32) for _ in range(64)]
+    labels = [np.zeros((3, 40, 40), np.float32) for _ in range(64)]
+
+    def crops():
+        np.random.seed(3)  # cellpose seeds numpy by the epoch
+        return train.transforms.random_rotate_and_resize(images, Y=labels, xy=(16, 16))[0]
+
+    plain = crops()
+    with random_brightness(1.0):
+        np.testing.assert_array_equal(crops(), plain)
+    with random_brightness(2.5):
+        jittered = crops()
+        np.testing.assert_array_equal(crops(), jittered)  # the same factors for the same seed
+    np.testing.assert_array_equal(crops(), plain)  # restored
+    centre = plain[:, 0, 8, 8]
+    factors = jittered[:, 0, 8, 8] / centre
+    assert np.allclose(jittered, plain * factors[:, None, None, None], rtol=1e-5)
+    assert factors.min() >= 1.0 and factors.max() <= 2.5
+    assert factors.max() > 2.0 and factors.min() < 1.2  # spread over the range
+    assert len(np.unique(factors.round(4))) == len(factors)  # one factor per crop
 
 
 @pytest.fixture(scope="module")

@@ -103,6 +103,13 @@ def train(
         f"Default {TRAINING.background_crops}.",
         show_default=False,
     ),
+    brightness_jitter: float = typer.Option(
+        TRAINING.brightness_jitter,
+        "--brightness-jitter",
+        help="Multiply each training crop's intensities by a factor drawn log-uniformly from "
+        "[1, this], so nuclei far brighter than the training images' own (a real image "
+        "normalised by its percentiles can hold some) are still outlined exactly; 1 = off.",
+    ),
     seed: Seed = TRAINING.seed,
     device: Device = DEVICE,
     overwrite: Overwrite = False,
@@ -147,6 +154,7 @@ def train(
             device=device,
             on_epoch=on_epoch,
             background=background,
+            brightness_jitter=brightness_jitter,
             **({} if background_crops is None else {"n_background_crops": background_crops}),
         )
         bar.update(task, completed=epochs)

@@ -21,7 +21,13 @@ from cellsynth_cli.ddpm.noise_defaults import DEFAULT_KLD_THRESHOLD, DEFAULT_SIM
 from cellsynth_cli.defaults import SEED
 from cellsynth_cli.diffusion import defaults
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.segment.config import MODE, PSEUDO_LABELS, TRAINING, PseudoLabelling
+from cellsynth_cli.segment.config import (
+    MODE,
+    PSEUDO_LABELS,
+    TRAINING,
+    PseudoLabelling,
+    check_brightness_jitter,
+)
 from cellsynth_cli.simulate.config import FIT_SPREAD, toml_value
 
 AUTO_FRACTION = -1.0  # [predict] min_size_fraction: the default for the data (TOML has no None)
@@ -91,6 +97,7 @@ class SegmentSection:
     bsize: int = 128
     learning_rate: float = TRAINING.learning_rate
     background_crops: int = TRAINING.background_crops  # nucleus-free real squares, no cells
+    brightness_jitter: float = TRAINING.brightness_jitter  # crops' intensities x [1, this]
     seed: int = TRAINING.seed
 
 
@@ -197,6 +204,7 @@ def resolve(overrides: dict[str, Any], source: str) -> Recipe:
             section = _apply(getattr(recipe, name), changes, f"{where} [{name}]")
             recipe = replace(recipe, **{name: section})
     recipe.rounds.settings().check()  # now, not after the hours of round 1
+    check_brightness_jitter(recipe.segment.brightness_jitter, "[segment] brightness_jitter")
     _check_generator(recipe)
     if recipe.train.condition == "label-sketch":  # the pipeline reads no mask a person drew
         raise InputError("[train] condition must be none or pseudo-sketch, got 'label-sketch'")

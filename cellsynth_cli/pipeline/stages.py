@@ -343,6 +343,7 @@ def train_cellpose(
             on_epoch=lambda epoch, loss: ctx.on_progress(f"loss {loss:.4f}", epoch, section.epochs),
             background=background,
             n_background_crops=max(section.background_crops, 1),
+            brightness_jitter=section.brightness_jitter,
         )
 
     if section.background_crops <= 0:

@@ -204,3 +204,34 @@ def ignore_aware_loss() -> Iterator[None]:
         yield
     finally:
         train._loss_fn_seg = original
+
+
+@contextlib.contextmanager
+def random_brightness(max_factor: float) -> Iterator[None]:
+    """While training: every augmented training crop (cellpose's
+    transforms.random_rotate_and_resize, which train_seg calls once per batch) has its
+    intensities multiplied by a factor drawn log-uniformly from [1, MAX_FACTOR].
+
+    Cellpose normalises an image by its own 1-99 % percentiles, so a nucleus much brighter
+    than the rest of its image comes out far above 1; synthetic images whose nuclei never do
+    teach the network to count such a nucleus's glow as nucleus. cellpose seeds numpy by the
+    epoch, so the factors repeat from run to run. MAX_FACTOR 1 changes nothing."""
+    if max_factor == 1.0:
+        yield
+        return
+    from cellpose import transforms
+
+    original = transforms.random_rotate_and_resize
+
+    def jittered(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        images = out[0]
+        factors = np.exp(np.random.uniform(0.0, np.log(max_factor), len(images)))
+        images *= factors.reshape(-1, *[1] * (images.ndim - 1)).astype(images.dtype)
+        return out
+
+    transforms.random_rotate_and_resize = jittered
+    try:
+        yield
+    finally:
+        transforms.random_rotate_and_resize = original

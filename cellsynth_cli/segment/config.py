@@ -20,10 +20,20 @@ class SegmenterTraining:
     batch: int = 8  # crops per step
     slices: str = "all"  # 3D: xy + resampled xz / yz slices ("xy": xy slices only)
     background_crops: int = 4  # with --background: nucleus-free squares of real images
+    # each training crop's intensities times a factor drawn log-uniformly from [1, this]
+    # (1: off): teaches outlines of nuclei brighter than the training images' own (segment/
+    # cellpose_compat.py random_brightness; docs/experiments.md)
+    brightness_jitter: float = 1.0
     seed: int = SEED
 
 
 TRAINING = SegmenterTraining()
+MAX_BRIGHTNESS_JITTER = 10.0  # a larger factor would make nuclei like nothing a camera records
+
+
+def check_brightness_jitter(value: float, name: str = "--brightness-jitter") -> None:
+    if not 1.0 <= value <= MAX_BRIGHTNESS_JITTER:
+        raise InputError(f"{name} must be in [1, {MAX_BRIGHTNESS_JITTER:g}], got {value}")
 
 
 MODES = ("3d", "stitch")  # 3D prediction: Cellpose's 3D mode, or 2D masks stitched across z

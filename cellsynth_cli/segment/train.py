@@ -22,8 +22,9 @@ from cellsynth_cli.segment.cellpose_compat import (
     empty_masks_allowed,
     flows_with_ignored,
     ignore_aware_loss,
+    random_brightness,
 )
-from cellsynth_cli.segment.config import TRAINING
+from cellsynth_cli.segment.config import TRAINING, check_brightness_jitter
 from cellsynth_cli.segment.model import CONFIG_FILE, DIAM_MEAN, MODEL_FILE, use_gpu
 from cellsynth_cli.segment.slices import (
     SLICES,
@@ -49,6 +50,7 @@ def train_segmenter(
     on_epoch: Callable[[int, float], None] | None = None,
     background: Path | None = None,
     n_background_crops: int = TRAINING.background_crops,
+    brightness_jitter: float = TRAINING.brightness_jitter,
 ) -> dict:
     """Train Cellpose from scratch on DATA's images + masks; the model goes to OUT.
 
@@ -56,9 +58,12 @@ def train_segmenter(
     isotropic voxels (see volume_slices), "xy" on xy slices only.
     background: unlabelled real images; up to N_BACKGROUND_CROPS nucleus-free squares of them
     join the training set as images with empty masks (see background.py).
+    brightness_jitter: each training crop's intensities times a factor drawn log-uniformly
+    from [1, brightness_jitter] (1: off; see cellpose_compat.random_brightness).
     on_epoch(epoch, loss) is called whenever cellpose reports (epoch 0, 5, then every 10).
     """
     _check_options(epochs, learning_rate, bsize, batch, images_per_epoch, slices)
+    check_brightness_jitter(brightness_jitter)
     if (out / CONFIG_FILE).exists() and not overwrite:
         raise InputError(f"{out} already holds a segmentation model; pass --overwrite")
     gpu = use_gpu(device)
@@ -88,6 +93,7 @@ def train_segmenter(
     losses, epoch_losses = _train_cellpose(
         train, net, out, images, masks, normalize, epochs, learning_rate, images_per_epoch,
         batch, bsize, diameter, on_epoch, min_train_masks=0 if crops else 1, ignored=ignored,
+        brightness=brightness_jitter,
     )  # fmt: skip
     config = {
         "format": "cellsynth-cellpose",
@@ -100,6 +106,7 @@ def train_segmenter(
         "bsize": bsize,
         "batch": batch,
         "images_per_epoch": images_per_epoch,
+        "brightness_jitter": brightness_jitter,
         "optimizer": "SGD momentum 0.9",
         "seed": seed,
         "data": str(data),
@@ -132,14 +139,21 @@ def _train_cellpose(
     on_epoch: Callable[[int, float], None] | None,
     min_train_masks: int,
     ignored: list[np.ndarray | None] | None = None,
+    brightness: float = 1.0,
 ) -> tuple[list[float], list[tuple[int, float]]]:
     """cellpose's train_seg in a scratch folder OUT/.training, the weights moved to
     OUT/MODEL_FILE; returns its losses and the per-epoch log it reported. IGNORED: per image,
-    pixels that get no loss (None: every pixel trains, cellpose's own labels)."""
+    pixels that get no loss (None: every pixel trains, cellpose's own labels). BRIGHTNESS: the
+    largest factor of random_brightness (1: none)."""
     work = out / ".training"
     shutil.rmtree(work, ignore_errors=True)
     (work / "models").mkdir(parents=True)
-    with EpochLog(on_epoch) as epoch_log, empty_masks_allowed(diameter), ignore_aware_loss():
+    with (
+        EpochLog(on_epoch) as epoch_log,
+        empty_masks_allowed(diameter),
+        ignore_aware_loss(),
+        random_brightness(brightness),
+    ):
         if ignored is not None:
             masks = flows_with_ignored(masks, ignored, net.device)
         path, losses, _ = train.train_seg(
