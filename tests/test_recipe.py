@@ -34,7 +34,7 @@ def test_set_values_are_typed_and_lists_parse():
         ({"simulate": {"n": "many"}}, "many"),
         ({"rounds": {"mirror_only": "kept"}}, "mirror_only"),  # before any stage runs
         ({"rounds": {"min_iou": 1.5}}, "min_iou"),
-        ({"segment": {"brightness_jitter": 0.5}}, "[segment] brightness_jitter must be in"),
+        ({"segment": {"brightness_jitter": 0.5}}, "brightness_jitter must be in"),
         ({"train": {"condition": "label-sketch"}}, "label-sketch"),  # masks a person drew
         ({"rounds": {"n": 2, "generator_steps": -1}}, "generator_steps must be >= 0"),
         ({"rounds": {"generator_steps": 5}}, "--rounds 2"),  # no round to use it
