@@ -203,14 +203,22 @@ def test_pseudo_label_refuses_bad_settings_and_existing_outputs(tmp_path, mirror
     assert kept == [{**first[0], "skipped": True}]
 
 
-def test_a_round_with_fewer_confident_cells_ends_the_kept_rounds():
-    def rounds(*confident):
-        return [{"round": k + 1, "n_confident": n} for k, n in enumerate(confident)]
+def test_a_round_with_fewer_confident_cells_or_fewer_cells_ends_the_kept_rounds():
+    def rounds(*confident, cells=None):
+        cells = cells or [20] * len(confident)
+        return [
+            {"round": k + 1, "n_confident": n, "n_cells": c}
+            for k, (n, c) in enumerate(zip(confident, cells, strict=True))
+        ]
 
     assert kept_round(rounds(10)) == 1
     assert kept_round(rounds(10, 12, 11, 15)) == 2  # round 3 drifted: 3 and 4 are not kept
     assert kept_round(rounds(10, 9, 20)) == 1
     assert kept_round(rounds(10, 10, 13)) == 1  # a tie keeps the earlier round
+    # sure of every cell it finds, but it finds fewer: the measured round-2 generator
+    assert kept_round(rounds(29, 30, cells=[31, 30])) == 1
+    assert kept_round(rounds(29, 30, cells=[31, 32])) == 2
+    assert kept_round(rounds(29, 30, 31, cells=[31, 31, 30])) == 2
 
 
 def test_pseudo_label_command_writes_labels_and_crops(tmp_path, mirror_blind):

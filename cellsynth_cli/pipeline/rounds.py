@@ -13,11 +13,13 @@ fine-tuned on (real image, label-sketch of round k-1's masks of it) pairs (train
 into rK/clean like the first set); round k's Cellpose trains on those instead.
 
 Guard against drift, without labels: a round's segmenter is judged by how many cells of the
-real images it finds again in the mirrored images (its confident cells). A round is kept only
-when it finds more confident cells than the round before (a tie keeps the earlier round: in
-the first 2D measurement round 2 tied, 30 and 30, and scored lower on held-back labels), and
-no round after one that is not kept; rounds.json says which round is kept and where its
-segmenter and masks are.
+real images it finds again in the mirrored images (its confident cells) and how many it
+finds at all. A round is kept only when it finds more confident cells than the round before
+and no fewer cells (a tie keeps the earlier round: in the first 2D measurement round 2 tied,
+30 and 30, and scored lower on held-back labels; a round-2 generator found 30 cells, all
+confident, against 31 and 29, and missed 10 held-back nuclei against 2), and no round after
+one that is not kept; rounds.json says which round is kept and where its segmenter and masks
+are.
 """
 
 from __future__ import annotations
@@ -63,10 +65,14 @@ def self_train(ctx: Context) -> dict:
 
 
 def kept_round(rounds: list[dict]) -> int:
-    """The last round before the first one without more confident cells than its predecessor."""
+    """The last round before the first one without more confident cells than its predecessor
+    or with fewer cells: a segmenter that stops finding some cells can be sure of all the
+    others."""
     kept = 1
     for before, after in zip(rounds, rounds[1:], strict=False):
         if after.get("n_confident", 0) <= before.get("n_confident", 0):
+            break
+        if after.get("n_cells", 0) < before.get("n_cells", 0):
             break
         kept = after["round"]
     return kept
