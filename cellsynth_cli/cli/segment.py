@@ -107,8 +107,9 @@ def train(
         TRAINING.brightness_jitter,
         "--brightness-jitter",
         help="Multiply each training crop's intensities by a factor drawn log-uniformly from "
-        "[1, this], so nuclei far brighter than the training images' own (a real image "
-        "normalised by its percentiles can hold some) are still outlined exactly; 1 = off.",
+        "[1/this, this], so nuclei far brighter (or dimmer) than the training images' own, "
+        "as a real image normalised by its percentiles can hold, are still outlined "
+        "exactly; 1 = off.",
     ),
     seed: Seed = TRAINING.seed,
     device: Device = DEVICE,

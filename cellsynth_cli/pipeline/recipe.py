@@ -97,7 +97,7 @@ class SegmentSection:
     bsize: int = 128
     learning_rate: float = TRAINING.learning_rate
     background_crops: int = TRAINING.background_crops  # nucleus-free real squares, no cells
-    brightness_jitter: float = TRAINING.brightness_jitter  # crops' intensities x [1, this]
+    brightness_jitter: float = TRAINING.brightness_jitter  # crops' intensities x [1/this, this]
     seed: int = TRAINING.seed
 
 

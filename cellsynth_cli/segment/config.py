@@ -20,9 +20,9 @@ class SegmenterTraining:
     batch: int = 8  # crops per step
     slices: str = "all"  # 3D: xy + resampled xz / yz slices ("xy": xy slices only)
     background_crops: int = 4  # with --background: nucleus-free squares of real images
-    # each training crop's intensities times a factor drawn log-uniformly from [1, this]
-    # (1: off): teaches outlines of nuclei brighter than the training images' own (segment/
-    # cellpose_compat.py random_brightness; docs/experiments.md)
+    # each training crop's intensities times a factor drawn log-uniformly from [1/this, this]
+    # (1: off): teaches outlines of nuclei brighter or dimmer than the training images' own
+    # (segment/cellpose_compat.py random_brightness; docs/experiments.md)
     brightness_jitter: float = 1.0
     seed: int = SEED
 

@@ -59,7 +59,7 @@ def train_segmenter(
     background: unlabelled real images; up to N_BACKGROUND_CROPS nucleus-free squares of them
     join the training set as images with empty masks (see background.py).
     brightness_jitter: each training crop's intensities times a factor drawn log-uniformly
-    from [1, brightness_jitter] (1: off; see cellpose_compat.random_brightness).
+    from [1 / brightness_jitter, brightness_jitter] (1: off; cellpose_compat.random_brightness).
     on_epoch(epoch, loss) is called whenever cellpose reports (epoch 0, 5, then every 10).
     """
     _check_options(epochs, learning_rate, bsize, batch, images_per_epoch, slices)
