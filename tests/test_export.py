@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from conftest import run
+from conftest import run, run_cellsynth
 
 from cellsynth_cli import io
 from cellsynth_cli.io.export import write_tiff_volume
@@ -89,3 +89,14 @@ def test_export_bad_input(tmp_path, volumes):
     assert result.exit_code == 2 and "--to" in result.output
     result = run("export", volumes, "-o", volumes)
     assert result.exit_code == 2 and "source" in result.output
+
+
+def test_paths_with_brackets_are_printed_as_they_are(tmp_path, volumes):
+    # rich would read "[/]" as a closing tag and fail after the work was done
+    out = tmp_path / "run[1][/]"
+    result = run_cellsynth("export", volumes, "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert f"into {out}" in " ".join(result.stderr.split())
+    assert (out / "stack.tif").exists()
+    result = run_cellsynth("export", tmp_path / "no[/]such")
+    assert result.returncode == 2 and "no[/]such" in result.stderr

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,21 +22,24 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.runtime.cluster import CLUSTER_HELP, parse_cluster
 
-# progress and logs go to stderr so `--json` output on stdout stays machine-readable
-console = Console(stderr=True)
+# progress and logs go to stderr so `--json` output on stdout stays machine-readable;
+# no markup is read from printed strings: they hold paths and names ("run[1]", "[/]")
+console = Console(stderr=True, markup=False)
 
 EXIT_BAD_INPUT = 2
 EXIT_UNEXPECTED = 1
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
-    # escaped: "[rounds] n" or a path with brackets is text, not rich markup to swallow
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    console.print(
+        Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True
+    )
     return typer.Exit(code)
 
 
@@ -131,7 +133,7 @@ def default_path(value: Path | None, default: str | Path, option: str, must_exis
             f"pass {option} PATH"
         )
     shown = f"{path}/" if not path.suffix else str(path)  # directories end in /
-    console.print(f"[dim]{option} {shown} (default)[/]", highlight=False)
+    console.print(f"{option} {shown} (default)", style="dim", highlight=False)
     return path
 
 
@@ -172,10 +174,10 @@ def _json_default(value: Any) -> Any:
 def progress_bar(quiet: bool = False) -> Iterator[Progress]:
     """A rich progress bar on stderr (hidden with quiet / when stderr is not a terminal in CI)."""
     progress = Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
+        TextColumn("{task.fields[status]}", markup=False),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,

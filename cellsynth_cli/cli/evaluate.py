@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from cellsynth_cli import workdir
 from cellsynth_cli.cli.common import (
@@ -90,8 +91,9 @@ def evaluate(
         _warn_paired_only(scale, data_range, mask_labels)
         if not unpaired:
             console.print(
-                f"[dim]no volume names pair between {pred} and {ref}: comparing "
-                "the sets as distributions (--unpaired)[/]"
+                f"no volume names pair between {pred} and {ref}: comparing "
+                "the sets as distributions (--unpaired)",
+                style="dim",
             )
         with console.status("comparing image sets", spinner="dots") as status:
             realism = compare_sets(
@@ -122,7 +124,7 @@ def _warn_paired_only(scale: str, data_range: float | None, mask_labels: bool) -
     )
     paired_only = [flag for flag, was_given in given if was_given]
     if paired_only:
-        console.print(f"[yellow]{', '.join(paired_only)}: only for paired volumes; ignored[/]")
+        console.print(f"{', '.join(paired_only)}: only for paired volumes; ignored", style="yellow")
 
 
 def _print_paired(result, pred: Path, ref: Path, scale: str) -> None:
@@ -144,7 +146,7 @@ def _print_paired(result, pred: Path, ref: Path, scale: str) -> None:
         ("only in --ref", result.unpaired_ref),
     ):
         if names:
-            console.print(f"[yellow]unpaired ({label}):[/] {', '.join(names)}")
+            console.print(Text.assemble((f"unpaired ({label}):", "yellow"), " ", ", ".join(names)))
 
 
 LABELS = {

@@ -153,9 +153,9 @@ def _say_where_sketches_came_from(result, images: Path, sketches: Path | None) -
             if result.paired
             else f"simulated from a nuclei preset fitted to {images} (it has no masks)"
         )
-        console.print(f"[dim]--sketches {made} (default)[/]", highlight=False)
+        console.print(f"--sketches {made} (default)", style="dim", highlight=False)
     elif not result.paired:
-        console.print(f"[dim]{sketches} and {images} share no names: compared as sets[/]")
+        console.print(f"{sketches} and {images} share no names: compared as sets", style="dim")
 
 
 def _forward_table(result) -> Table:
@@ -201,13 +201,15 @@ def _print_choice(result, kld_threshold: float, with_qc: bool, qc_max_kld: float
     else:
         console.print(
             f"recommended t_start: [bold]{result.recommended_t_start}[/] "
-            f"(smallest t with KLD < {kld_threshold})"
+            f"(smallest t with KLD < {kld_threshold})",
+            markup=True,  # numbers only
         )
     if not with_qc:
         return result.recommended_t_start
     console.print(
         f"QC-aware t_start: [bold]{result.qc_t_start}[/] (fewest phantom + vanished cells "
-        f"with KLD <= {qc_max_kld}); printed on stdout"
+        f"with KLD <= {qc_max_kld}); printed on stdout",
+        markup=True,
     )
     return result.qc_t_start
 

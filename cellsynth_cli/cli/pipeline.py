@@ -134,9 +134,9 @@ def pipeline(
     save_recipe(project, overrides)
     started = time.perf_counter()
     progress = Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
-        TextColumn("{task.fields[status]}"),
+        TextColumn("{task.fields[status]}", markup=False),
         TimeElapsedColumn(),
         console=console,
         disable=json_out,

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from cellsynth_cli import workdir
 from cellsynth_cli.cli.common import (
@@ -450,7 +451,7 @@ def qc(
             f"{r['vanished']:.2f}",
             str(r["n_predicted"]),
             str(r["n_simulated"]),
-            "yes" if r["passed"] else "[red]no[/]",
+            "yes" if r["passed"] else Text("no", style="red"),
         )
     console.print(table)
 

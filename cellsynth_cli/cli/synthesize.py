@@ -162,7 +162,7 @@ def synthesize(
         guidance_share=guidance_share,
     )
     progress = Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

@@ -241,7 +241,7 @@ def _default_channels(dims: int) -> tuple[int, ...]:
 
 def _progress_bar(disable: bool) -> Progress:
     return Progress(
-        TextColumn("[bold]train"),
+        TextColumn("train", style="bold"),
         BarColumn(),
         TextColumn("step {task.completed}/{task.total}"),
         TextColumn("loss {task.fields[loss]}"),
@@ -267,7 +267,7 @@ def _step_reporter(progress: Progress, steps: int):
 
 def _print_result(project_run, json_out: bool) -> None:
     for warning in project_run.warnings:
-        console.print(f"[yellow]{warning}")
+        console.print(warning, style="yellow")
     result, latest = project_run.result, project_run.latest
     if json_out:
         print_json(
