@@ -171,19 +171,21 @@ def _json_default(value: Any) -> Any:
 
 
 @contextmanager
-def progress_bar(quiet: bool = False) -> Iterator[Progress]:
-    """A rich progress bar on stderr (hidden with quiet / when stderr is not a terminal in CI)."""
-    progress = Progress(
-        TextColumn("{task.description}", style="bold", markup=False),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}", markup=False),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet,
-        transient=False,
-    )
+def progress_bar(
+    quiet: bool = False, *, count: bool = True, status: bool = True, remaining: bool = True
+) -> Iterator[Progress]:
+    """A rich progress bar on stderr (hidden with quiet / when stderr is not a terminal in CI):
+    description, bar, done/total (COUNT), the task's status field (STATUS), elapsed time and,
+    with REMAINING, the time left. A failed command erases it (erase_on_error)."""
+    columns = [TextColumn("{task.description}", style="bold", markup=False), BarColumn()]
+    if count:
+        columns.append(MofNCompleteColumn())
+    if status:
+        columns.append(TextColumn("{task.fields[status]}", markup=False))
+    columns.append(TimeElapsedColumn())
+    if remaining:
+        columns.append(TimeRemainingColumn())
+    progress = Progress(*columns, console=console, disable=quiet, transient=False)
     with progress, erase_on_error(progress):
         yield progress
 

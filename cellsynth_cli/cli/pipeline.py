@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from cellsynth_cli import workdir
 from cellsynth_cli.cli.common import (
@@ -17,8 +17,8 @@ from cellsynth_cli.cli.common import (
     JsonOut,
     Overwrite,
     console,
-    erase_on_error,
     print_json,
+    progress_bar,
     sigterm_as_interrupt,
 )
 from cellsynth_cli.defaults import DEVICE
@@ -133,15 +133,7 @@ def pipeline(
     project.mkdir(parents=True, exist_ok=True)
     save_recipe(project, overrides)
     started = time.perf_counter()
-    progress = Progress(
-        TextColumn("{task.description}", style="bold", markup=False),
-        BarColumn(),
-        TextColumn("{task.fields[status]}", markup=False),
-        TimeElapsedColumn(),
-        console=console,
-        disable=json_out,
-    )
-    with progress, erase_on_error(progress):
+    with progress_bar(json_out, count=False, remaining=False) as progress:
         reporter = _StageReporter(progress, json_out)
         try:
             with sigterm_as_interrupt():

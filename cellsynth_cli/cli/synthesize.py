@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from cellsynth_cli import workdir
 from cellsynth_cli.cli.common import (
@@ -16,10 +16,10 @@ from cellsynth_cli.cli.common import (
     Seed,
     console,
     default_path,
-    erase_on_error,
     parse_sizes,
     path_option,
     print_json,
+    progress_bar,
 )
 from cellsynth_cli.defaults import DEVICE, SEED
 from cellsynth_cli.diffusion import defaults
@@ -161,15 +161,7 @@ def synthesize(
         guidance=guidance,
         guidance_share=guidance_share,
     )
-    progress = Progress(
-        TextColumn("{task.description}", style="bold", markup=False),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=json_out,
-    )
-    with progress, erase_on_error(progress):
+    with progress_bar(json_out, status=False, remaining=False) as progress:
         task = progress.add_task("synthesize", total=None)
         if cluster is not None:  # one bar over the volumes, advanced as workers finish them
             from cellsynth_cli.io import list_volumes
