@@ -5,10 +5,12 @@ DDPM; a seed N sets the simulated sketches, the synthesis and both Cellpose trai
 (simulate / synthesize / segment seed N), so the real-label model of seed N has the same
 Cellpose seed as the synthetic one. Rows share what they have in common: every row's round 1
 and real-label model are the first row's of that seed (the pipeline's stamps skip them), so a
-row costs only its round 2.
+row costs only its round 2. The real+rounds row is the fair upper baseline: the real-label
+model's own round 2 on the same unlabelled images (experiment.py --real-rounds).
 
     python scripts/rounds_study.py                        # every row x seeds 0,1,2 (hours)
     python scripts/rounds_study.py --rows rounds --seeds 0
+    python scripts/rounds_study.py --rows real+rounds     # the fair upper baseline
     python scripts/rounds_study.py --table-only           # the table from finished runs
     python scripts/rounds_study.py --budget smoke --seeds 0   # a plumbing check
 
@@ -37,11 +39,16 @@ ROWS: dict[str, dict[str, str]] = {
     "rounds": {},
     "rounds+generator": {"rounds.generator_steps": "1000"},
     "rounds+mirror-ignored": {"rounds.mirror_only": "ignored"},
+    "real+rounds": {},
 }
+# rows that are an arm of experiment.py rather than a recipe: they reuse the first row's
+# pipeline as it is (its rounds too) and add the arm
+ARMS = {"real+rounds": ("--real-rounds", "real_rounds")}
 LABELS = {
     "rounds": "+ round 2 segmenter (synthetic + confident crops)",
     "rounds+generator": "+ round 2 generator (DDPM fine-tuned 1000 steps on round-1 masks)",
     "rounds+mirror-ignored": "+ round 2, regions only the mirror finds ignored",
+    "real+rounds": "real labels + self-training round 2 (the fair upper baseline)",
 }
 
 
@@ -65,9 +72,11 @@ def run(row: str, seed: int, budget: str | None) -> None:
             return
         if not out.exists():  # round 1 and the real-label model as they are: only round 2 runs
             # not its results either: a row that fails must not look done with them
-            skip = shutil.ignore_patterns("rounds*", "results.json", "report.*")
+            redone = [ARMS[row][1]] if row in ARMS else ["rounds*"]
+            skip = shutil.ignore_patterns(*redone, "results.json", "report.*")
             shutil.copytree(first, out, symlinks=True, ignore=skip)
         args.append("--reuse-real")
+        args += [ARMS[row][0]] if row in ARMS else []
     print(f"== {out.name}", flush=True)
     with open(OUT / f"{out.name}.log", "w") as log:
         command = [sys.executable, str(REPO / "scripts" / "experiment.py"), "--out", str(out)]
@@ -88,12 +97,12 @@ def table() -> str:
     if not first:
         return "no finished runs"
     real = {m: [r["scores"]["real"][m]["mean"] for r in first] for m in METRICS}
-    arms = [("synthetic only (round 1)", first, "1")]
-    arms += [(LABELS[row], results_of(row), "2") for row in ROWS]
+    arms = [(next(iter(ROWS)), "synthetic only (round 1)", first, "1")]
+    arms += [(row, LABELS[row], results_of(row), "2") for row in ROWS]
     ratios = []
-    for label, results, round_number in arms:
+    for row, label, results, round_number in arms:
         if results:
-            scores = {m: [_round_score(r, round_number, m) for r in results] for m in METRICS}
+            scores = {m: [_arm_score(r, row, round_number, m) for r in results] for m in METRICS}
             lines.append(_row(label, results, scores))
             ratios.append((label, {m: _share(scores[m], real[m]) for m in METRICS}))
     lines.append(_row("real labels", first, real))
@@ -104,7 +113,9 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def _round_score(results: dict, round_number: str, metric: str) -> float:
+def _arm_score(results: dict, row: str, round_number: str, metric: str) -> float:
+    if row in ARMS:
+        return results["scores"][ARMS[row][1]][metric]["mean"]
     return results["rounds"]["scores"][round_number][metric]["mean"]
 
 
