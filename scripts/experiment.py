@@ -104,25 +104,34 @@ def _holds(folder: Path, volume: io.Volume) -> bool:
 
 def real_arm(recipe: recipes.Recipe, train: Path, out: Path, reuse: bool) -> float:
     """The same Cellpose recipe on the real labels (the recipe's seed, no background squares)."""
-    from cellsynth_cli.segment.train import train_segmenter
-
     if reuse and (out / "segmenter.json").exists():
         print("== segment (real labels): reusing it (--reuse-real)", flush=True)
         return 0.0
     print("== segment (real labels)", flush=True)
     start = time.perf_counter()
+    train_on_labels(recipe, train, out)
+    return time.perf_counter() - start
+
+
+def train_on_labels(
+    recipe: recipes.Recipe, data: Path, out: Path, diameter: float | None = None
+) -> None:
+    """Cellpose with the recipe's [segment] budget and seed on labelled DATA (no background
+    squares): what every real-label arm trains with, so their budgets cannot drift apart."""
+    from cellsynth_cli.segment.train import train_segmenter
+
     section = recipe.segment
     train_segmenter(
-        train,
+        data,
         out,
         epochs=section.epochs,
         learning_rate=section.learning_rate,
         bsize=section.bsize,
         images_per_epoch=section.images_per_epoch,
+        diameter=diameter,
         overwrite=True,
         seed=section.seed,
     )
-    return time.perf_counter() - start
 
 
 def real_rounds_arm(recipe: recipes.Recipe, folders: dict[str, Path], out: Path) -> dict:
@@ -132,7 +141,6 @@ def real_rounds_arm(recipe: recipes.Recipe, folders: dict[str, Path], out: Path)
     cells. Returns how many crops and the held-back scores."""
     from cellsynth_cli.segment.model import segmenter_config
     from cellsynth_cli.segment.pseudo_labels import pseudo_label, write_training_crops
-    from cellsynth_cli.segment.train import train_segmenter
 
     print("== segment (real labels + self-training round 2)", flush=True)
     arm, model = out / "real_rounds", out / "seg_real"
@@ -149,18 +157,8 @@ def real_rounds_arm(recipe: recipes.Recipe, folders: dict[str, Path], out: Path)
     n_crops = write_training_crops(arm / "pseudo", arm / "train", recipe.rounds.tile_cells, True)
     for volume in io.read_volumes(folders["real_train"]):  # beside the crops, as zarr
         io.write_volume(arm / "train", volume, overwrite=True)
-    section = recipe.segment
-    train_segmenter(
-        arm / "train",
-        arm / "seg",
-        epochs=section.epochs,
-        learning_rate=section.learning_rate,
-        bsize=section.bsize,
-        images_per_epoch=section.images_per_epoch,
-        diameter=float(segmenter_config(model)["diameter"]),  # round 1's, as in the pipeline
-        overwrite=True,
-        seed=section.seed,
-    )
+    diameter = float(segmenter_config(model)["diameter"])  # round 1's, as in the pipeline
+    train_on_labels(recipe, arm / "train", arm / "seg", diameter)
     scores = scored(arm / "seg", folders["real_test"], arm / "pred", recipe.predict)
     return {**scores, "pseudo_crops": n_crops}
 
