@@ -40,6 +40,17 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", guarded_create_connection)
 
 
+def pytest_collection_modifyitems(items):
+    """The files with the most `slow` tests run first. make test hands whole files to two
+    workers (--dist loadfile --no-loadscope-reorder): a long file started last keeps one worker
+    busy for minutes after the other has finished."""
+    slow_in_file: dict[Path, int] = {}
+    for item in items:
+        slow = item.get_closest_marker("slow") is not None
+        slow_in_file[item.path] = slow_in_file.get(item.path, 0) + slow
+    items.sort(key=lambda item: -slow_in_file[item.path])  # stable: a file's order is kept
+
+
 @pytest.fixture
 def dsb_dir() -> Path:
     return DSB_DIR
