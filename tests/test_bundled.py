@@ -13,8 +13,15 @@ from cellsynth_cli.ddpm.checkpoint import checkpoint_path, load_model
 from cellsynth_cli.errors import InputError
 
 NAME = "dsb2018-nuclei"
-# the demo's unconditional model, and the conditional one of `make experiment`
-NAMES = [NAME, f"{NAME}-conditional"]
+# the demo's unconditional model, the conditional one of `make experiment`, the 3D one of
+# `make experiment-3d`
+NAMES = [NAME, f"{NAME}-conditional", "cells3d-nuclei-conditional"]
+# a tiny sketch of each model's dimensionality: (preset, shape)
+SKETCH = {2: ("hela", (48, 56)), 3: ("celegans", (8, 40, 48))}
+
+
+def dims_of(name: str) -> int:
+    return 3 if name.startswith("cells3d") else 2
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -42,7 +49,7 @@ def test_the_bundled_checkpoint_loads_weights_only_and_says_how_it_was_made(name
     norm = model.normalization
     assert 0 <= norm["low"] < norm["high"]
     conditional = name.endswith("-conditional")
-    assert model.dims == 2
+    assert model.dims == dims_of(name)
     assert model.config.get("condition", "none") == ("pseudo-sketch" if conditional else "none")
     assert ("--condition pseudo-sketch" in made["command"]) == conditional
     # config.json beside it tells the same story
@@ -53,9 +60,11 @@ def test_the_bundled_checkpoint_loads_weights_only_and_says_how_it_was_made(name
 
 @pytest.mark.parametrize("name", NAMES)
 def test_the_bundled_model_synthesizes_a_tiny_sketch_through_the_cli(name, tmp_path):
+    preset, shape = SKETCH[dims_of(name)]
     sim = run_cellsynth(
-        "simulate", "hela", "-n", 1, "-o", tmp_path / "sim", "--shape", "48,56", "--seed", 2
-    )
+        "simulate", preset, "-n", 1, "-o", tmp_path / "sim",
+        "--shape", ",".join(map(str, shape)), "--seed", 2,
+    )  # fmt: skip
     assert sim.returncode == 0, sim.stderr
     out = tmp_path / "synth"
     args = ["--sketches", tmp_path / "sim", "-o", out, "--t-start", 200, "--steps", 4]
@@ -63,7 +72,7 @@ def test_the_bundled_model_synthesizes_a_tiny_sketch_through_the_cli(name, tmp_p
     assert made.returncode == 0, made.stderr
     sketch = io.read_volume(io.list_volumes(tmp_path / "sim")[0])
     volume = io.read_volume(io.list_volumes(out)[0])
-    assert volume.image.shape == (48, 56) and np.isfinite(volume.image).all()
+    assert volume.image.shape == shape and np.isfinite(volume.image).all()
     assert np.array_equal(volume.masks, sketch.masks)
     # the image is on the real data's intensity scale and not a copy of the sketch
     norm = load_model(f"bundled:{name}").normalization
