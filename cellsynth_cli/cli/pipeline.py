@@ -92,7 +92,7 @@ def pipeline(
     json_out: JsonOut = False,
 ) -> None:
     """Segment your own images without labels: fit -> train -> simulate -> t_start ->
-    synthesize -> clean -> segment -> predict -> report, in one command.
+    synthesize -> clean -> segment -> predict -> rounds -> report, in one command.
 
     Nothing reads a mask a person drew: a nuclei preset is fitted to your images, a DDPM
     learns them (conditioned on pseudo-sketches), simulated nuclei become realistic images
@@ -111,6 +111,7 @@ def pipeline(
         cellsynth pipeline myproject --data /data/nuclei --budget standard
         cellsynth pipeline --set simulate.n=32     # more synthetic images; reruns from there
         cellsynth pipeline --from segment          # retrain Cellpose and predict again
+        cellsynth pipeline --rounds 2              # + a round on your pseudo-labelled images
         cellsynth pipeline --budget smoke --show-recipe
     """
     from cellsynth_cli.pipeline.run import (
