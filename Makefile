@@ -75,15 +75,17 @@ docs: $(STAMP)
 # EXPERIMENT_DDPM=train trains it. EXPERIMENT_ARGS="--set segment.epochs=100 --budget quick" ...
 EXPERIMENT_DDPM ?= bundled:dsb2018-nuclei-conditional
 EXPERIMENT_ARGS ?=
+# $(call ddpm,MODEL): the pipeline's DDPM setting for an experiment (none for `train`)
+ddpm = $(if $(filter train,$(1)),,--set train.model=$(1))
 experiment: $(STAMP)
-	$(PY) scripts/experiment.py $(if $(filter train,$(EXPERIMENT_DDPM)),,--set train.model=$(EXPERIMENT_DDPM)) $(EXPERIMENT_ARGS)
+	$(PY) scripts/experiment.py $(call ddpm,$(EXPERIMENT_DDPM)) $(EXPERIMENT_ARGS)
 
 # the same on the bundled 3D stack (data/cells3d), with the 3D row's recipe, from the shipped
 # 3D DDPM that this recipe trained (25-60 min on 2 CPU cores); EXPERIMENT_3D_DDPM=train
 # trains it (and --paper-3d, whose DDPM is unconditional, needs it)
 EXPERIMENT_3D_DDPM ?= bundled:cells3d-nuclei-conditional
 experiment-3d: $(STAMP)
-	$(PY) scripts/experiment.py --dataset cells3d $(if $(filter train,$(EXPERIMENT_3D_DDPM)),,--set train.model=$(EXPERIMENT_3D_DDPM)) $(EXPERIMENT_ARGS)
+	$(PY) scripts/experiment.py --dataset cells3d $(call ddpm,$(EXPERIMENT_3D_DDPM)) $(EXPERIMENT_ARGS)
 
 # issue 12: experiment variants x DDPM seeds in one table (hours on a CPU; STUDY_ARGS="--rows paper --seeds 0")
 study: $(STAMP)

