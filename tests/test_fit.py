@@ -237,9 +237,11 @@ def test_generic_preset_works_in_2d_and_3d(tmp_path):
     assert result.exit_code == 2 and "3D" in result.output  # anisotropic presets keep dims
 
 
-def test_textured_large_nuclei_are_counted_by_the_watershed():
+def test_textured_large_nuclei_are_counted_by_the_watershed(monkeypatch):
     """Big nuclei with bright chromatin spots: LoG counts the spots, auto switches to the
-    watershed, which finds each nucleus once with its size."""
+    watershed, which finds each nucleus once with its size. Each detector's first pass runs
+    once (auto weighs them, the watershed then starts from its own: seconds each in 3D)."""
+    from cellsynth_cli.measure import detect
     from cellsynth_cli.measure.detect import detect_nuclei, log_blobs
 
     rng = np.random.default_rng(3)
@@ -252,7 +254,12 @@ def test_textured_large_nuclei_are_counted_by_the_watershed():
     image += ndimage.gaussian_filter(spots.astype(np.float32), 1.5) * 6
     image += rng.normal(0, 0.03, image.shape).astype(np.float32)
     assert len(log_blobs(image)) > 2 * len(centres)
+    calls = []
+    for name in ("log_blobs", "watershed_nuclei"):
+        counted = getattr(detect, name)
+        monkeypatch.setattr(detect, name, lambda *a, f=counted, **k: calls.append(f) or f(*a, **k))
     found = detect_nuclei(image)
+    assert sorted(f.__name__ for f in calls) == ["log_blobs", "watershed_nuclei"]
     assert found.method == "watershed" and len(found) == len(centres)
     np.testing.assert_allclose(found.equivalent_radius, 24, rtol=0.1)
 

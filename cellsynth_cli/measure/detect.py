@@ -23,6 +23,7 @@ the image border count in proportion to their size.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,6 +97,30 @@ def _axis_scale(voxel_size: tuple[float, ...] | None, ndim: int) -> np.ndarray:
     return vs[-1] / vs
 
 
+class FirstPass:
+    """One image's two first detections, each made once when first asked for: "auto" weighs
+    them against each other and the chosen detector then starts from its own (in 3D each
+    takes seconds; on the bundled stack the Otsu watershed ran twice before)."""
+
+    def __init__(
+        self,
+        image: np.ndarray,
+        voxel_size: tuple[float, ...] | None = None,
+        radius_range: tuple[float, float] = DEFAULT_RADIUS_RANGE,
+    ) -> None:
+        self.image = _checked(image)
+        self.voxel_size = voxel_size
+        self.radius_range = radius_range
+
+    @functools.cached_property
+    def blobs(self) -> Detections:
+        return log_blobs(self.image, self.voxel_size, self.radius_range)
+
+    @functools.cached_property
+    def regions(self) -> Detections:
+        return watershed_nuclei(self.image, self.voxel_size)
+
+
 def detect_nuclei(
     image: np.ndarray,
     voxel_size: tuple[float, ...] | None = None,
@@ -104,39 +129,45 @@ def detect_nuclei(
 ) -> Detections:
     """Nuclei in IMAGE (already on a [0, 1] scale, background low): seeds by METHOD (see
     above), each measured on its half-maximum region."""
-    if method not in METHODS:
-        raise InputError(f"nucleus detection method must be one of {', '.join(METHODS)}")
-    image = _checked(image)
+    _check_method(method)
+    return detect_in(FirstPass(image, voxel_size, radius_range), method)
+
+
+def detect_in(first: FirstPass, method: str = "auto") -> Detections:
+    """detect_nuclei on an image whose first pass a caller holds (it chose the method on it)."""
+    _check_method(method)
     if method == "auto":
-        method = choose_method([(image, voxel_size)], radius_range)
+        method = choose_method([first])
     if method == "log":
-        seeds = _log_seeds(image, voxel_size, radius_range)
+        seeds = _log_seeds(first)
     else:
-        seeds = segment_nuclei(
-            image, voxel_size, threshold="local", radius=_typical_radius(image, voxel_size)
-        )
+        radius = _typical_radius(first.regions)
+        seeds = segment_nuclei(first.image, first.voxel_size, threshold="local", radius=radius)
     return region_detections(
-        image, half_maximum_regions(image, voxel_size, seeds), voxel_size, method
+        first.image,
+        half_maximum_regions(first.image, first.voxel_size, seeds),
+        first.voxel_size,
+        method,
     )
 
 
-def _typical_radius(image: np.ndarray, voxel_size: tuple[float, ...] | None) -> float:
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise InputError(f"nucleus detection method must be one of {', '.join(METHODS)}")
+
+
+def _typical_radius(regions: Detections) -> float:
     """Median equal-volume radius of the Otsu watershed's nuclei (sizes the local window)."""
-    regions = watershed_nuclei(image, voxel_size)
     return float(np.median(regions.equivalent_radius)) if len(regions) else 8.0
 
 
-def _log_seeds(
-    image: np.ndarray,
-    voxel_size: tuple[float, ...] | None,
-    radius_range: tuple[float, float],
-) -> np.ndarray:
+def _log_seeds(first: FirstPass) -> np.ndarray:
     """Labels: each LoG blob's part of the local-threshold foreground (a watershed of the
     smoothed image from the blob centres), or, for a blob dimmer than that foreground, a
     ball of LOG_SEED_FRACTION of its radius around its centre (dim nuclei count too)."""
     from skimage.segmentation import watershed
 
-    blobs = log_blobs(image, voxel_size, radius_range)
+    image, blobs = first.image, first.blobs
     markers = np.zeros(image.shape, np.int32)
     if not len(blobs):
         return markers
@@ -428,16 +459,11 @@ def region_detections(
     )
 
 
-def choose_method(
-    images: list[tuple[np.ndarray, tuple[float, ...] | None]],
-    radius_range: tuple[float, float] = DEFAULT_RADIUS_RANGE,
-) -> str:
-    """The "auto" choice for a set of images (on [0, 1]): "log", unless over all of them LoG
-    finds more than AUTO_TEXTURE_RATIO times as many blobs as the watershed finds nuclei."""
-    blobs = regions = 0.0
-    for image, voxel_size in images:
-        blobs += len(log_blobs(image, voxel_size, radius_range))
-        regions += watershed_nuclei(image, voxel_size).count
+def choose_method(images: list[FirstPass]) -> str:
+    """The "auto" choice for a set of images: "log", unless over all of them LoG finds more
+    than AUTO_TEXTURE_RATIO times as many blobs as the watershed finds nuclei."""
+    blobs = sum(len(first.blobs) for first in images)
+    regions = sum(first.regions.count for first in images)
     return "watershed" if blobs > AUTO_TEXTURE_RATIO * max(regions, 1.0) else "log"
 
 

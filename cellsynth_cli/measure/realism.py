@@ -30,7 +30,7 @@ from scipy import ndimage, stats
 from cellsynth_cli import io
 from cellsynth_cli.defaults import SEED
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.measure.detect import Detections, choose_method, detect_nuclei
+from cellsynth_cli.measure.detect import Detections, FirstPass, choose_method, detect_nuclei
 from cellsynth_cli.measure.metrics import bhattacharyya_distance, histogram, kl_divergence
 
 FEATURES = ("intensity", "gradient", "texture")
@@ -250,7 +250,7 @@ def compare_sets(
     # one nucleus detector for both sets, chosen on (the first few volumes of) the real one
     method = choose_method(
         [
-            (np.clip(to_unit(v.image, lo, hi), 0, 1), v.voxel_size)
+            FirstPass(np.clip(to_unit(v.image, lo, hi), 0, 1), v.voxel_size)
             for v, _ in zip(_images(ref_dir, "real"), range(METHOD_VOLUMES), strict=False)
         ]
     )

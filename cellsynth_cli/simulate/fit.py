@@ -37,7 +37,7 @@ import numpy as np
 from cellsynth_cli import io
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.io.intensity import robust_range, to_unit
-from cellsynth_cli.measure.detect import Detections, choose_method, detect_nuclei
+from cellsynth_cli.measure.detect import Detections, FirstPass, choose_method, detect_in
 from cellsynth_cli.simulate.config import (
     FIT_SPREAD,
     SimulationConfig,
@@ -210,11 +210,11 @@ def _detect_all(
 ) -> tuple[str, list]:
     """The detector chosen on all images (one for the whole set) and its nuclei per image."""
     detect_kwargs = {} if radius_range is None else {"radius_range": radius_range}
-    method = choose_method([(to_unit(v.image, lo, hi), v.voxel_size) for v in volumes])
+    passes = [FirstPass(to_unit(v.image, lo, hi), v.voxel_size, **detect_kwargs) for v in volumes]
+    method = choose_method(passes)
     found = []
-    for volume in volumes:
-        unit = to_unit(volume.image, lo, hi)
-        found.append(detect_nuclei(unit, volume.voxel_size, method, **detect_kwargs))
+    for volume, first in zip(volumes, passes, strict=True):
+        found.append(detect_in(first, method))
         if on_volume:
             on_volume(volume.name)
     return method, found
