@@ -134,10 +134,11 @@ def test_brightness_jitter_scales_each_training_crop_by_its_own_factor(tmp_path)
 
 @pytest.fixture(scope="module")
 def tiny_segmenter(tmp_path_factory):
-    """Cellpose trained from scratch (60 epochs) on 8 simulated 80 x 80 images: bright discs
+    """Cellpose trained from scratch (45 epochs) on 8 simulated 80 x 80 images: bright discs
     on a dark background with their masks. Shared by the tests below (it is the slow part).
     80 px: rescaled to Cellpose's 30 px cells a 96 px image needs 4 tiles of 224, this one 1
-    (prediction 17 s instead of 38 s for the 8 images)."""
+    (prediction 17 s instead of 38 s for the 8 images). 45 epochs: dice on its own images
+    0.97 (60 epochs: 0.90 in 1.4x the time; 40: 0.66; 35: 0.14; crops of 48 px: 0.23)."""
     tmp_path = tmp_path_factory.mktemp("tiny_segmenter")
     sim = tmp_path / "sim"
     simulated = run(
@@ -152,7 +153,7 @@ def tiny_segmenter(tmp_path_factory):
         io.write_volume(data, io.Volume(name=v.name, image=v.sketch * 200 + 10, masks=v.masks))
     result = run(
         "segment", "train", "--data", data, "-o", tmp_path / "seg",
-        "--epochs", 60, "--bsize", 64, "--batch", 4, "--json",
+        "--epochs", 45, "--bsize", 64, "--batch", 4, "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return data, tmp_path / "seg", json.loads(result.stdout)
@@ -164,7 +165,7 @@ def test_tiny_cellpose_trains_from_scratch(tiny_segmenter):
     assert config["n_training_images"] == 8 and 10 < config["diameter"] < 20
     # cellpose's per-epoch reports reach us (progress bar) and training made progress
     epochs_logged = [epoch for epoch, _ in config["loss_log"]]
-    assert epochs_logged[:3] == [0, 5, 10] and epochs_logged[-1] == 50
+    assert epochs_logged[:3] == [0, 5, 10] and epochs_logged[-1] == 40
     assert config["loss_log"][-1][1] < 0.7 * config["loss_log"][0][1]
     assert not (seg / ".training").exists()
 
