@@ -87,9 +87,11 @@ def test_rerun_skips_and_a_change_reruns_only_downstream(smoke_2d, tmp_path):
     shutil.copytree(smoke_2d, project, symlinks=True)
     again = _statuses(_pipeline(project))
     assert all(again[name] == "up to date" for name in STAGE_NAMES)
+    assert again["report"] == "up to date"  # nothing to redraw or score again
 
     changed = _statuses(_pipeline(project, "--set", "simulate.n=3"))
     rerun = {name for name in STAGE_NAMES if changed[name] == "ran"}
+    assert changed["report"] == "ran"
     # t_start reads the simulated sketches; fit and the DDPM do not depend on them
     assert rerun == {"simulate", "t_start", "synthesize", "clean", "segment", "predict", "rounds"}
     assert len(io.list_volumes(project / "synth")) == 3
@@ -97,6 +99,8 @@ def test_rerun_skips_and_a_change_reruns_only_downstream(smoke_2d, tmp_path):
 
     forced = _statuses(_pipeline(project, "--from", "segment"))
     assert {n for n in STAGE_NAMES if forced[n] == "ran"} == {"segment", "predict", "rounds"}
+    redrawn = _statuses(_pipeline(project, "--from", "report"))
+    assert {name for name, status in redrawn.items() if status == "ran"} == {"report"}
 
     # a DDPM made elsewhere: the fit and the sketches stay, the conditional model starts at T
     shipped = _pipeline(project, "--set", "train.model=bundled:dsb2018-nuclei-conditional")

@@ -17,6 +17,7 @@ from cellsynth_cli.pipeline import stamps
 from cellsynth_cli.pipeline.stages import CLEAN, Context
 
 SCORED = "pred-score"
+OUTPUTS = ("report.md", "report.png", "report.json")
 METRICS = ("dice", "ap@0.5", "ap@0.75", "f1")
 
 
