@@ -382,7 +382,8 @@ def half_maximum_regions(
     cells = watershed(-smooth, np.where(above, seeds, 0), mask=above | (seeds > 0))
     index = np.arange(1, n + 1)
     level = np.asarray(ndimage.median(smooth, seeds, index))
-    base = np.asarray(ndimage.mean(background, cells, index))
+    with np.errstate(invalid="ignore"):  # a seed without a cell: 0 / 0, replaced below
+        base = np.asarray(ndimage.mean(background, cells, index))
     base = np.where(np.isfinite(base), base, level)  # a seed without a cell keeps none
     cut = np.concatenate([[np.inf], base + HALF_MAXIMUM * (level - base)])
     return np.where((cells > 0) & (smooth > cut[cells]), cells, 0).astype(np.int32)
