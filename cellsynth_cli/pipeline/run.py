@@ -127,9 +127,8 @@ def run_pipeline(
             }
         )
         stamp_of[stage.name] = stamp
-        done = stamps.finished(project, stage.name)
-        outputs_there = all((project / o).exists() for o in stage.outputs)
-        if done and done["stamp"] == stamp and outputs_there and stage.name not in forced:
+        done = _up_to_date(project, stage.name, stamp, stage.outputs, stage.name in forced)
+        if done:
             ctx.results[stage.name] = done["result"]
             summary[stage.name] = {"status": "up to date", **done}
             if on_stage:
@@ -153,9 +152,8 @@ def _report(
     scores the labelled set again (Cellpose predictions: minutes in 3D)."""
     labelled = stamps.data_fingerprint(score_against) if score_against is not None else None
     stamp = stamps.digest({"stage": "report", "inputs": stamp_of, "score_against": labelled})
-    done = stamps.finished(ctx.project, "report")
-    outputs_there = all(ctx.path(name).exists() for name in reporting.OUTPUTS)
-    if done and done["stamp"] == stamp and outputs_there and not forced:
+    done = _up_to_date(ctx.project, "report", stamp, reporting.OUTPUTS, forced)
+    if done:
         if on_stage:
             on_stage("report", "up to date")
         return {"status": "up to date", **done}
@@ -166,6 +164,18 @@ def _report(
     record = {"stamp": stamp, "seconds": round(time.perf_counter() - start, 1), "result": result}
     stamps.mark_finished(ctx.project, "report", io.to_jsonable(record))
     return {"status": "ran", **record}
+
+
+def _up_to_date(
+    project: Path, name: str, stamp: str, outputs: tuple[str, ...], forced: bool
+) -> dict | None:
+    """NAME's finished record when its stamp matches, its outputs are there and it is not
+    forced (make's rule), else None."""
+    done = stamps.finished(project, name)
+    outputs_there = all((project / output).exists() for output in outputs)
+    if done and done["stamp"] == stamp and outputs_there and not forced:
+        return done
+    return None
 
 
 def _run_stage(
