@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,3 +110,14 @@ def fake_segmenter(model_dir: Path, model, monkeypatch, diameter: float, dims: i
         segmenter, "load_segmenter", lambda d, device="auto": (model, segmenter.segmenter_config(d))
     )
     return model_dir
+
+
+def discs(shape, centres, radius=6, seed=0):
+    """A noisy image of bright discs and its instance masks."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    masks = np.zeros(shape, np.int32)
+    for label, (y, x) in enumerate(centres, start=1):
+        masks[(yy - y) ** 2 + (xx - x) ** 2 <= radius**2] = label
+    image = 20 + 150 * (masks > 0) + rng.normal(0, 5, shape)
+    return image.astype(np.float32), masks

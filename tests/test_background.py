@@ -5,24 +5,13 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import run, run_cellsynth
+from conftest import discs, run, run_cellsynth
 from scipy import ndimage
 
 from cellsynth_cli import io
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.segment.background import background_crops, normalize_like_cellpose
 from cellsynth_cli.segment.cellpose_compat import empty_masks_allowed
-
-
-def discs(shape, centres, radius=6, seed=0):
-    """A noisy image of bright discs and its instance masks."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    masks = np.zeros(shape, np.int32)
-    for label, (y, x) in enumerate(centres, start=1):
-        masks[(yy - y) ** 2 + (xx - x) ** 2 <= radius**2] = label
-    image = 20 + 150 * (masks > 0) + rng.normal(0, 5, shape)
-    return image.astype(np.float32), masks
 
 
 def write(folder, name, image, masks=None):

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run
+from conftest import discs, run
 
 from cellsynth_cli import io
 from cellsynth_cli.measure.matching import match, segmentation_scores
@@ -132,20 +132,6 @@ def test_brightness_jitter_scales_each_training_crop_by_its_own_factor(tmp_path)
     assert len(np.unique(factors.round(4))) == len(factors)  # one factor per crop
 
 
-def _discs(n: int, seed: int) -> list[io.Volume]:
-    """N 64 x 64 images of 4 bright discs each, with their masks."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:64, :64]
-    volumes = []
-    for i in range(n):
-        masks = np.zeros((64, 64), np.uint16)
-        for label, (y, x) in enumerate(rng.integers(10, 54, (4, 2)), start=1):
-            masks[((yy - y) ** 2 + (xx - x) ** 2 < 36) & (masks == 0)] = label
-        image = (masks > 0) * 200.0 + rng.normal(10, 2, masks.shape)
-        volumes.append(io.Volume(name=f"d{i}", image=image.astype(np.float32), masks=masks))
-    return volumes
-
-
 def test_cellpose_training_repeats_bit_for_bit_at_one_seed(tmp_path):
     """The studies compare runs: the same data and seed must give the same weights (in one
     process, so one thread count), and another seed others."""
@@ -154,8 +140,11 @@ def test_cellpose_training_repeats_bit_for_bit_at_one_seed(tmp_path):
     from cellsynth_cli.segment.model import MODEL_FILE
     from cellsynth_cli.segment.train import train_segmenter
 
-    for volume in _discs(2, seed=0):
-        io.write_volume(tmp_path / "data", volume)
+    for i in range(2):
+        image, masks = discs(
+            (64, 64), [(16, 16 + 4 * i), (16, 48), (48, 16), (48, 48 - 4 * i)], seed=i
+        )
+        io.write_volume(tmp_path / "data", io.Volume(name=f"d{i}", image=image, masks=masks))
 
     def weights(name: str, seed: int) -> dict:
         out = tmp_path / name
