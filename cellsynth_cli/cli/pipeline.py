@@ -181,6 +181,8 @@ class _StageReporter:
 def _print_result(
     project: Path, budget: str, summary: dict, seconds: float, score: Path | None, json_out: bool
 ) -> None:
+    from cellsynth_cli.pipeline.report import REPORT_MD
+
     if json_out:
         stages = {
             name: {k: row.get(k) for k in ("status", "seconds", "result")}
@@ -192,7 +194,7 @@ def _print_result(
                 "budget": budget,
                 "seconds": round(seconds, 1),
                 "stages": stages,
-                "report": str(project / "report.md"),
+                "report": str(project / REPORT_MD),
             }
         )
         return
@@ -200,7 +202,7 @@ def _print_result(
     rounds = f" (self-training round {kept['kept']})" if len(kept["rounds"]) > 1 else ""
     console.print(
         f"done in {seconds:.0f} s: the segmenter is {project / kept['seg']}{rounds}, your "
-        f"images segmented in {project / kept['pred']}, the report {project / 'report.md'}"
+        f"images segmented in {project / kept['pred']}, the report {project / REPORT_MD}"
     )
     scores = summary["report"]["result"]["scores"]
     if scores:

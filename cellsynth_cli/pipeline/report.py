@@ -17,7 +17,8 @@ from cellsynth_cli.pipeline import stamps
 from cellsynth_cli.pipeline.stages import CLEAN, Context
 
 SCORED = "pred-score"
-OUTPUTS = ("report.md", "report.png", "report.json")
+REPORT_MD, REPORT_PNG, REPORT_JSON = "report.md", "report.png", "report.json"
+OUTPUTS = (REPORT_MD, REPORT_PNG, REPORT_JSON)
 METRICS = ("dice", "ap@0.5", "ap@0.75", "f1")
 
 
@@ -29,7 +30,7 @@ def report(ctx: Context, score_against: Path | None = None) -> dict:
     synth = io.read_volume(io.list_volumes(ctx.path(CLEAN))[0])
     pred = io.read_volume(io.volume_path(ctx.path(ctx.results["rounds"]["pred"]), real.name))
     save_panels(
-        ctx.path("report.png"),
+        ctx.path(REPORT_PNG),
         [
             (f"real ({real.name})", real.image, False),
             ("synthetic", synth.image, False),
@@ -50,8 +51,8 @@ def report(ctx: Context, score_against: Path | None = None) -> dict:
             if (record := stamps.finished(ctx.project, name))
         },
     }
-    io.write_text(ctx.path("report.json"), json.dumps(summary, indent=2) + "\n", overwrite=True)
-    io.write_text(ctx.path("report.md"), _markdown(ctx, summary), overwrite=True)
+    io.write_text(ctx.path(REPORT_JSON), json.dumps(summary, indent=2) + "\n", overwrite=True)
+    io.write_text(ctx.path(REPORT_MD), _markdown(ctx, summary), overwrite=True)
     return {"scores": scores and scores["summary"]}
 
 
@@ -93,7 +94,7 @@ def _markdown(ctx: Context, summary: dict) -> str:
         f"Budget {ctx.recipe.budget}; every setting is in .cellsynth/*.json and "
         "`cellsynth pipeline --show-recipe`. No mask drawn by a person was read.",
         "",
-        "![real | synthetic | sketch | prediction on real](report.png)",
+        f"![real | synthetic | sketch | prediction on real]({REPORT_PNG})",
         "",
         f"- t_start {results['t_start']['t_start']} (rule {results['t_start']['rule']})",
         f"- cleaning (classical judge): kept {results['clean']['kept']} of "
