@@ -153,6 +153,7 @@ def real_rounds_arm(recipe: recipes.Recipe, folders: dict[str, Path], out: Path)
         mode=recipe.predict.mode,
         overwrite=True,
         min_size_fraction=recipe.predict.fraction(),
+        match_brightness=recipe.predict.match_brightness,
     )
     n_crops = write_training_crops(arm / "pseudo", arm / "train", recipe.rounds.tile_cells, True)
     for volume in io.read_volumes(folders["real_train"]):  # beside the crops, as zarr
@@ -167,8 +168,15 @@ def scored(model: Path, test: Path, out: Path, section: recipes.PredictSection) 
     """The real-label arm predicts as the pipeline does (the recipe's [predict] settings)."""
     from cellsynth_cli.segment.predict import predict, score
 
-    fraction = section.fraction()
-    predict(model, test, out, overwrite=True, mode=section.mode, min_size_fraction=fraction)
+    predict(
+        model,
+        test,
+        out,
+        overwrite=True,
+        mode=section.mode,
+        min_size_fraction=section.fraction(),
+        match_brightness=section.match_brightness,
+    )
     return score(out, test)
 
 

@@ -235,6 +235,33 @@ def test_tiny_cellpose_predicts_and_scores(tiny_segmenter, tiny_predictions):
 
 
 @pytest.mark.slow
+def test_predict_dims_a_sparse_image_whose_cells_outshine_the_training_nuclei(
+    tiny_segmenter, tmp_path
+):
+    """The segmenter records how bright its training nuclei were (Cellpose's normalisation);
+    an image that is mostly background (Cellpose's 99th percentile near the background, so
+    its cells come out far brighter than any in training) is segmented again, dimmed
+    (provenance dimmed_by), unless --no-match-brightness; one like the training images once."""
+    from cellsynth_cli.segment import brightness
+
+    data, seg, config = tiny_segmenter
+    assert 0.8 < config[brightness.CONFIG_KEY] < 1.5  # discs at the top of their images
+    first = io.read_volume(io.list_volumes(data)[0])
+    sparse = np.random.default_rng(0).normal(10, 2, (240, 240)).astype(np.float32)
+    sparse[:80, :80] = np.maximum(first.image, sparse[:80, :80])  # cells: 2 % of the pixels
+    for name, image in (("sparse", sparse), ("plain", first.image)):
+        io.write_volume(tmp_path / "real", io.Volume(name=name, image=image))
+    dimmed_by = {}
+    for flag in ("--match-brightness", "--no-match-brightness"):
+        out = tmp_path / flag
+        _predict(seg, tmp_path / "real", out, flag)
+        dimmed_by[flag] = {p.stem: io.read_provenance(p)["dimmed_by"] for p in io.list_volumes(out)}
+    assert dimmed_by["--match-brightness"]["sparse"] > 1.0
+    assert dimmed_by["--match-brightness"]["plain"] == 1.0
+    assert set(dimmed_by["--no-match-brightness"].values()) == {1.0}
+
+
+@pytest.mark.slow
 def test_tiny_cellpose_qc_reports_every_volume(tiny_qc):
     report = tiny_qc
     assert len(report["volumes"]) == 8

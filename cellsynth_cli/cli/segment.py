@@ -30,6 +30,7 @@ from cellsynth_cli.defaults import DEVICE
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.segment.config import (
     JUDGE,
+    MATCH_BRIGHTNESS,
     MAX_SHARE,
     MIN_SIZE_FRACTION,
     MODE,
@@ -199,6 +200,14 @@ def predict(
         + " (Cellpose's 3D mode leaves fragments inside and beside nuclei).",
         show_default=False,
     ),
+    match_brightness: bool = typer.Option(
+        MATCH_BRIGHTNESS,
+        "--match-brightness/--no-match-brightness",
+        help="Segment an image again, dimmed, when its cells are brighter after Cellpose's "
+        "per-image normalisation than the nuclei the model trained on (their 99th "
+        "percentile): bright nuclei among dim ones are otherwise drawn with their glow. "
+        "The factor goes into each output's provenance (dimmed_by).",
+    ),
     device: Device = DEVICE,
     cluster: Cluster = None,
     resume: Resume = False,
@@ -230,6 +239,7 @@ def predict(
             cluster=cluster,
             on_volume=lambda name: status.update(f"segmented {name}"),
             min_size_fraction=min_size_fraction,
+            match_brightness=match_brightness,
         )
     if json_out:
         print_json({"out": str(out), "volumes": rows})

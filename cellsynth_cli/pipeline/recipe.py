@@ -22,6 +22,7 @@ from cellsynth_cli.defaults import SEED
 from cellsynth_cli.diffusion import defaults
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.segment.config import (
+    MATCH_BRIGHTNESS,
     MODE,
     PSEUDO_LABELS,
     TRAINING,
@@ -106,6 +107,8 @@ class PredictSection:
     mode: str = MODE  # 3D volumes: Cellpose's 3D mode, or stitch
     # drop objects under this share of a typical cell; AUTO: segment.config.MIN_SIZE_FRACTION
     min_size_fraction: float = AUTO_FRACTION
+    # segment an image whose cells are brighter than the training nuclei again, dimmed
+    match_brightness: bool = MATCH_BRIGHTNESS
 
     def fraction(self) -> float | None:
         """The min_size_fraction for predict (None: the default for the images' dims)."""

@@ -80,6 +80,7 @@ def _score_model(ctx: Context, seg: str, reference: Path, round_number: int) -> 
         overwrite=True,
         mode=ctx.recipe.predict.mode,
         min_size_fraction=ctx.recipe.predict.fraction(),
+        match_brightness=ctx.recipe.predict.match_brightness,
         device=ctx.device,
         cluster=ctx.cluster,
     )

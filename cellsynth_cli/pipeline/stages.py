@@ -373,6 +373,7 @@ def predict(ctx: Context) -> dict:
         resume=ctx.resume,
         mode=ctx.recipe.predict.mode,
         min_size_fraction=ctx.recipe.predict.fraction(),
+        match_brightness=ctx.recipe.predict.match_brightness,
         on_volume=on_volume,
         device=ctx.device,
         cluster=ctx.cluster,

@@ -15,6 +15,7 @@ from cellsynth_cli.defaults import DEVICE
 from cellsynth_cli.errors import InputError, check_choice
 from cellsynth_cli.runtime import model_cache
 from cellsynth_cli.runtime.device import pick_device
+from cellsynth_cli.segment import brightness
 from cellsynth_cli.segment.cellpose_compat import cellpose_modules
 from cellsynth_cli.segment.config import MODE, MODES
 
@@ -57,9 +58,25 @@ def segment_image(
     mode: str = MODE,
     anisotropy: float = 1.0,
     min_size_fraction: float = 0.0,
+    match_brightness: bool = False,
 ) -> np.ndarray:
+    """segment(...)'s masks."""
+    return segment(model, config, image, mode, anisotropy, min_size_fraction, match_brightness)[0]
+
+
+def segment(
+    model: Any,
+    config: dict,
+    image: np.ndarray,
+    mode: str = MODE,
+    anisotropy: float = 1.0,
+    min_size_fraction: float = 0.0,
+    match_brightness: bool = False,
+) -> tuple[np.ndarray, float]:
     """Instance masks of a 2D or 3D image (3D: mode "3d" or "stitch", see MODES), without
-    the objects smaller than MIN_SIZE_FRACTION of a typical cell (min_cell_size)."""
+    the objects smaller than MIN_SIZE_FRACTION of a typical cell (min_cell_size), and the
+    factor the image was dimmed by: with MATCH_BRIGHTNESS, cells brighter than the
+    segmenter's training nuclei are redrawn from the image dimmed (brightness.py; 1: none)."""
     check_choice(mode, MODES, "--mode")
     kwargs: dict[str, Any] = dict(channels=[0, 0], diameter=config["diameter"])
     if image.ndim == 3:
@@ -69,17 +86,38 @@ def segment_image(
             kwargs.update(do_3D=True, anisotropy=anisotropy)
         else:
             kwargs.update(do_3D=False, stitch_threshold=STITCH_THRESHOLD)
-    masks, _, _ = model.eval(image.astype(np.float32), **kwargs)
-    masks = np.asarray(masks).astype(np.uint32)
-    if min_size_fraction > 0:
-        from skimage.segmentation import relabel_sequential
+    smallest = min_cell_size(config["diameter"], image.ndim, anisotropy, min_size_fraction)
+    masks = _without_small(_eval(model, image.astype(np.float32), kwargs), smallest)
+    trained_top = config.get(brightness.CONFIG_KEY)
+    if not (match_brightness and trained_top):
+        return masks, 1.0
+    from cellsynth_cli.segment.background import normalize_like_cellpose
 
-        smallest = min_cell_size(config["diameter"], image.ndim, anisotropy, min_size_fraction)
-        sizes = np.bincount(masks.ravel())
-        small = np.flatnonzero(sizes < smallest)
-        masks[np.isin(masks, small[small > 0])] = 0
-        masks = relabel_sequential(masks)[0]
-    return masks
+    normalised = normalize_like_cellpose(image)
+    bright = brightness.bright_cells(normalised, masks, trained_top)
+    dimming = brightness.dimming(normalised, masks, trained_top) if bright.size else 1.0
+    if dimming > 1.0:
+        # normalised as cellpose would, then dimmed: cellpose must not normalise it again
+        dimmed = _eval(model, normalised / dimming, {**kwargs, "normalize": False})
+        masks = brightness.redrawn(masks, _without_small(dimmed, smallest), bright)
+    return masks, dimming
+
+
+def _eval(model: Any, image: np.ndarray, kwargs: dict) -> np.ndarray:
+    masks, _, _ = model.eval(image, **kwargs)
+    return np.asarray(masks).astype(np.uint32)
+
+
+def _without_small(masks: np.ndarray, smallest: int) -> np.ndarray:
+    """MASKS without objects of fewer than SMALLEST pixels, relabelled 1..n (1: keep all)."""
+    if smallest <= 1:
+        return masks
+    from skimage.segmentation import relabel_sequential
+
+    sizes = np.bincount(masks.ravel())
+    small = np.flatnonzero(sizes < smallest)
+    masks[np.isin(masks, small[small > 0])] = 0
+    return relabel_sequential(masks)[0]
 
 
 def min_cell_size(diameter: float, ndim: int, anisotropy: float, fraction: float) -> int:

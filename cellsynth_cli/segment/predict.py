@@ -16,8 +16,8 @@ from cellsynth_cli.measure.error_analysis import ERROR_KINDS, error_counts
 from cellsynth_cli.measure.matching import segmentation_scores
 from cellsynth_cli.runtime.per_volume import run_stage
 from cellsynth_cli.segment import model as segmenter
-from cellsynth_cli.segment.config import MIN_SIZE_FRACTION, MODE, MODES
-from cellsynth_cli.segment.model import segment_image
+from cellsynth_cli.segment.config import MATCH_BRIGHTNESS, MIN_SIZE_FRACTION, MODE, MODES
+from cellsynth_cli.segment.model import segment
 from cellsynth_cli.segment.slices import z_anisotropy
 
 
@@ -35,6 +35,7 @@ class PredictJob:
     overwrite: bool
     run: str  # token of this run: a re-run task finds what an earlier attempt wrote
     min_size_fraction: float | None = None  # None: MIN_SIZE_FRACTION for the image's dims
+    match_brightness: bool = MATCH_BRIGHTNESS
 
 
 def predict_one(job: PredictJob) -> dict:
@@ -50,9 +51,12 @@ def predict_one(job: PredictJob) -> dict:
     fraction = job.min_size_fraction
     if fraction is None:
         fraction = MIN_SIZE_FRACTION[volume.image.ndim]
-    masks = segment_image(model, config, volume.image, job.mode, anisotropy, fraction)
+    masks, dimming = segment(
+        model, config, volume.image, job.mode, anisotropy, fraction, job.match_brightness
+    )
     settings = {"mode": job.mode, "anisotropy": anisotropy} if volume.image.ndim == 3 else {}
     settings["min_size_fraction"] = fraction
+    settings["dimmed_by"] = round(dimming, 4)  # brightness matching (1: not dimmed)
     n_cells = int(len(np.unique(masks)) - 1)
     io.write_volume(
         job.out_dir,
@@ -86,13 +90,16 @@ def predict(
     device: str = DEVICE,
     cluster: str | None = None,
     min_size_fraction: float | None = None,
+    match_brightness: bool = MATCH_BRIGHTNESS,
 ) -> list[dict]:
     """Segment every image of IMAGES into OUT (the image with labels/cells).
 
     3D images: mode "3d" is Cellpose's 3D mode with anisotropy = z step / x step of the
     voxel size (1 when unknown); "stitch" joins 2D masks of the z slices. 2D: mode is unused.
     Objects smaller than MIN_SIZE_FRACTION of a typical cell are dropped (None: the default
-    for the image's dimensionality, config.MIN_SIZE_FRACTION).
+    for the image's dimensionality, config.MIN_SIZE_FRACTION). MATCH_BRIGHTNESS: an image
+    whose cells are brighter than the model's training nuclei is segmented again, dimmed
+    (brightness.py); the factor is in each output's provenance (dimmed_by).
     In this process, or one task per image on a Dask cluster (`cluster`, see cluster.py);
     Cellpose is loaded once per process, and only when something is left to segment.
     """
@@ -121,6 +128,7 @@ def predict(
             overwrite,
             run,
             min_size_fraction,
+            match_brightness,
         ),  # fmt: skip
         predict_one,
         cluster,

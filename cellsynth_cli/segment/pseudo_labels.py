@@ -29,7 +29,13 @@ from cellsynth_cli.errors import InputError
 from cellsynth_cli.measure.matching import match
 from cellsynth_cli.runtime.per_volume import run_stage
 from cellsynth_cli.segment import model as segmenter
-from cellsynth_cli.segment.config import MIN_SIZE_FRACTION, MODE, PSEUDO_LABELS, PseudoLabelling
+from cellsynth_cli.segment.config import (
+    MATCH_BRIGHTNESS,
+    MIN_SIZE_FRACTION,
+    MODE,
+    PSEUDO_LABELS,
+    PseudoLabelling,
+)
 from cellsynth_cli.segment.model import (
     min_cell_size,
     segment_image,
@@ -54,6 +60,7 @@ class PseudoLabelJob:
     device: str
     run: str
     min_size_fraction: float | None = None  # None: MIN_SIZE_FRACTION for the image's dims
+    match_brightness: bool = MATCH_BRIGHTNESS  # as predict does (segment/brightness.py)
 
 
 def flipped(image: np.ndarray) -> np.ndarray:
@@ -85,8 +92,9 @@ def pseudo_label_one(job: PseudoLabelJob) -> dict:
     fraction = job.min_size_fraction
     if fraction is None:
         fraction = MIN_SIZE_FRACTION[ndim]
-    masks = segment_image(model, config, volume.image, job.mode, anisotropy, fraction)
-    mirrored = segment_image(model, config, flipped(volume.image), job.mode, anisotropy, fraction)
+    how = (job.mode, anisotropy, fraction, job.match_brightness)
+    masks = segment_image(model, config, volume.image, *how)
+    mirrored = segment_image(model, config, flipped(volume.image), *how)
     again = flipped(mirrored)
     s = job.settings
     size = lambda fraction: min_cell_size(config["diameter"], ndim, anisotropy, fraction)  # noqa: E731
@@ -141,6 +149,7 @@ def pseudo_label(
     cluster: str | None = None,
     on_volume: Callable[[str], None] | None = None,
     min_size_fraction: float | None = None,
+    match_brightness: bool = MATCH_BRIGHTNESS,
 ) -> list[dict]:
     """Pseudo-label every image of IMAGES into OUT (one volume per image, see the module);
     objects under MIN_SIZE_FRACTION of a typical cell are dropped first, as predict does."""
@@ -154,8 +163,18 @@ def pseudo_label(
         names,
         out,
         lambda i, name, run: PseudoLabelJob(
-            model_dir, checksum, paths[i], name, out, settings, mode, device, run, min_size_fraction
-        ),
+            model_dir,
+            checksum,
+            paths[i],
+            name,
+            out,
+            settings,
+            mode,
+            device,
+            run,
+            min_size_fraction,
+            match_brightness,
+        ),  # fmt: skip
         pseudo_label_one,
         cluster,
         overwrite,

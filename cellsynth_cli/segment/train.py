@@ -16,6 +16,7 @@ import numpy as np
 from cellsynth_cli import io
 from cellsynth_cli.defaults import DEVICE
 from cellsynth_cli.errors import InputError, check_choice
+from cellsynth_cli.segment import brightness
 from cellsynth_cli.segment.cellpose_compat import (
     EpochLog,
     cellpose_modules,
@@ -107,6 +108,7 @@ def train_segmenter(
         "batch": batch,
         "images_per_epoch": images_per_epoch,
         "brightness_jitter": brightness_jitter,
+        brightness.CONFIG_KEY: _foreground_top(images, masks, normalize),
         "optimizer": "SGD momentum 0.9",
         "seed": seed,
         "data": str(data),
@@ -215,6 +217,15 @@ def _with_background(
     images = own + [c.image for c in crops]
     masks = found.masks + [np.zeros(c.image.shape, np.int32) for c in crops]
     return images, masks, {"normalize": False}, crops  # a dict: a bool changes its defaults
+
+
+def _foreground_top(images: list[np.ndarray], masks: list, normalize: bool | dict) -> float | None:
+    """The training nuclei's brightness as Cellpose sees them (brightness.foreground_top)."""
+    if normalize is True:  # cellpose normalises these itself, per image
+        from cellsynth_cli.segment.background import normalize_like_cellpose
+
+        images = [normalize_like_cellpose(im) for im in images]
+    return brightness.foreground_top(images, masks)
 
 
 def _background_record(background: Path | None, crops: list) -> dict:
