@@ -203,10 +203,11 @@ def predict(
     match_brightness: bool = typer.Option(
         MATCH_BRIGHTNESS,
         "--match-brightness/--no-match-brightness",
-        help="Segment an image again, dimmed, when its cells are brighter after Cellpose's "
-        "per-image normalisation than the nuclei the model trained on (their 99th "
-        "percentile): bright nuclei among dim ones are otherwise drawn with their glow. "
-        "The factor goes into each output's provenance (dimmed_by).",
+        help="Redraw cells that are brighter on average, after Cellpose's per-image "
+        "normalisation, than the 99th percentile of the nuclei the model trained on, from "
+        "a second pass on the image dimmed to match: bright nuclei among dim ones are "
+        "otherwise drawn with their glow. The factor goes into each output's provenance "
+        "(dimmed_by; 1: not dimmed).",
     ),
     device: Device = DEVICE,
     cluster: Cluster = None,

@@ -97,8 +97,8 @@ def predict(
     3D images: mode "3d" is Cellpose's 3D mode with anisotropy = z step / x step of the
     voxel size (1 when unknown); "stitch" joins 2D masks of the z slices. 2D: mode is unused.
     Objects smaller than MIN_SIZE_FRACTION of a typical cell are dropped (None: the default
-    for the image's dimensionality, config.MIN_SIZE_FRACTION). MATCH_BRIGHTNESS: an image
-    whose cells are brighter than the model's training nuclei is segmented again, dimmed
+    for the image's dimensionality, config.MIN_SIZE_FRACTION). MATCH_BRIGHTNESS: cells
+    brighter than the model's training nuclei are redrawn from the image dimmed
     (brightness.py); the factor is in each output's provenance (dimmed_by).
     In this process, or one task per image on a Dask cluster (`cluster`, see cluster.py);
     Cellpose is loaded once per process, and only when something is left to segment.
