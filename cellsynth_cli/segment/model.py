@@ -51,19 +51,6 @@ def load_segmenter(model_dir: Path, device: str = DEVICE) -> tuple[Any, dict]:
     return model, config
 
 
-def segment_image(
-    model: Any,
-    config: dict,
-    image: np.ndarray,
-    mode: str = MODE,
-    anisotropy: float = 1.0,
-    min_size_fraction: float = 0.0,
-    match_brightness: bool = False,
-) -> np.ndarray:
-    """segment(...)'s masks."""
-    return segment(model, config, image, mode, anisotropy, min_size_fraction, match_brightness)[0]
-
-
 def segment(
     model: Any,
     config: dict,

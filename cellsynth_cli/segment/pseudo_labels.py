@@ -38,7 +38,7 @@ from cellsynth_cli.segment.config import (
 )
 from cellsynth_cli.segment.model import (
     min_cell_size,
-    segment_image,
+    segment,
 )
 from cellsynth_cli.segment.slices import IGNORED, NORMALISED, z_anisotropy
 
@@ -93,8 +93,8 @@ def pseudo_label_one(job: PseudoLabelJob) -> dict:
     if fraction is None:
         fraction = MIN_SIZE_FRACTION[ndim]
     how = (job.mode, anisotropy, fraction, job.match_brightness)
-    masks = segment_image(model, config, volume.image, *how)
-    mirrored = segment_image(model, config, flipped(volume.image), *how)
+    masks = segment(model, config, volume.image, *how)[0]
+    mirrored = segment(model, config, flipped(volume.image), *how)[0]
     again = flipped(mirrored)
     s = job.settings
     size = lambda fraction: min_cell_size(config["diameter"], ndim, anisotropy, fraction)  # noqa: E731

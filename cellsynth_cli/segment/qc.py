@@ -15,7 +15,7 @@ from cellsynth_cli.measure.matching import match_counts
 from cellsynth_cli.measure.qc import phantom_vanished
 from cellsynth_cli.segment import model as segmenter
 from cellsynth_cli.segment.config import JUDGE, JUDGES, MAX_SHARE, MODE, MODES
-from cellsynth_cli.segment.model import segment_image
+from cellsynth_cli.segment.model import segment
 from cellsynth_cli.segment.slices import z_anisotropy
 
 
@@ -40,7 +40,7 @@ def qc_one(job: QCJob) -> dict:
     else:
         model, config = segmenter.cached(job.model_dir, job.model_checksum, job.device)
         anisotropy = z_anisotropy(volume.voxel_size)
-        predicted = segment_image(model, config, volume.image, job.mode, anisotropy)
+        predicted = segment(model, config, volume.image, job.mode, anisotropy)[0]
         counts = match_counts(predicted, volume.masks)
     return {"name": volume.name, "path": str(job.path), **counts}
 
