@@ -153,7 +153,6 @@ def real_rounds_arm(recipe: recipes.Recipe, folders: dict[str, Path], out: Path)
         mode=recipe.predict.mode,
         overwrite=True,
         min_size_fraction=recipe.predict.fraction(),
-        match_brightness=recipe.predict.match_brightness,
     )
     n_crops = write_training_crops(arm / "pseudo", arm / "train", recipe.rounds.tile_cells, True)
     for volume in io.read_volumes(folders["real_train"]):  # beside the crops, as zarr

@@ -307,3 +307,30 @@ def test_segment_train_takes_crops_with_ignored_cells(tmp_path, dims):
     # every slice of the crop crosses the ignored cell except xz / yz ones beside it
     assert 1 <= config["n_with_ignored_pixels"] <= config["n_training_images"] // 2
     assert (out / "cellpose_model").is_file()
+
+
+def test_pseudo_labels_are_drawn_without_the_dimmed_pass_that_predict_adds(tmp_path, monkeypatch):
+    """Cells brighter than the segmenter's training nuclei: predict segments the image twice
+    (brightness matching), pseudo-labelling once per view (image and mirror)."""
+    from cellsynth_cli.segment import brightness
+    from cellsynth_cli.segment.model import CONFIG_FILE
+    from cellsynth_cli.segment.predict import predict
+
+    calls = []
+
+    class Counting(MirrorBlindModel):
+        def eval(self, x, **kwargs):
+            calls.append(kwargs.get("normalize", True))
+            return super().eval(x, **kwargs)
+
+    model_dir = fake_segmenter(tmp_path / "seg", Counting(), monkeypatch, 8.0, 2)
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    config[brightness.CONFIG_KEY] = 0.5  # the blobs (about 1 after normalising) outshine it
+    (model_dir / CONFIG_FILE).write_text(json.dumps(config))
+    io.write_volume(tmp_path / "real", _blobs())
+
+    predict(model_dir, tmp_path / "real", tmp_path / "pred")
+    assert calls == [True, False]  # the first pass, then the dimmed one (normalised already)
+    calls.clear()
+    pseudo_label(model_dir, tmp_path / "real", tmp_path / "pseudo")
+    assert calls == [True, True]  # the image and its mirror, neither dimmed

@@ -208,7 +208,6 @@ def _confidence(ctx: Context, seg: str, out: str) -> dict:
         cluster=ctx.cluster,
         on_volume=lambda name: ctx.on_progress(f"pseudo-labels of {name}", None, None),
         min_size_fraction=ctx.recipe.predict.fraction(),
-        match_brightness=ctx.recipe.predict.match_brightness,
     )
     cells = sum(r["n_cells"] for r in rows)
     confident = sum(r["n_confident"] for r in rows)

@@ -30,9 +30,9 @@ from cellsynth_cli.measure.matching import match
 from cellsynth_cli.runtime.per_volume import run_stage
 from cellsynth_cli.segment import model as segmenter
 from cellsynth_cli.segment.config import (
-    MATCH_BRIGHTNESS,
     MIN_SIZE_FRACTION,
     MODE,
+    PSEUDO_LABEL_MATCH_BRIGHTNESS,
     PSEUDO_LABELS,
     PseudoLabelling,
 )
@@ -60,7 +60,7 @@ class PseudoLabelJob:
     device: str
     run: str
     min_size_fraction: float | None = None  # None: MIN_SIZE_FRACTION for the image's dims
-    match_brightness: bool = MATCH_BRIGHTNESS  # as predict does (segment/brightness.py)
+    match_brightness: bool = PSEUDO_LABEL_MATCH_BRIGHTNESS  # off: see segment/config.py
 
 
 def flipped(image: np.ndarray) -> np.ndarray:
@@ -149,7 +149,7 @@ def pseudo_label(
     cluster: str | None = None,
     on_volume: Callable[[str], None] | None = None,
     min_size_fraction: float | None = None,
-    match_brightness: bool = MATCH_BRIGHTNESS,
+    match_brightness: bool = PSEUDO_LABEL_MATCH_BRIGHTNESS,
 ) -> list[dict]:
     """Pseudo-label every image of IMAGES into OUT (one volume per image, see the module);
     objects under MIN_SIZE_FRACTION of a typical cell are dropped first, as predict does."""
