@@ -54,7 +54,8 @@ MIN_SIZE_FRACTION = {2: 0.0, 3: 0.1}
 MATCH_BRIGHTNESS = True
 # Pseudo-labels (self-training) are drawn without it: round 2 trained on matched pseudo-labels
 # missed the brightest held-back 2D nuclei entirely (8 nuclei missed against 3 from the same
-# round 1's unmatched pseudo-labels, seed 0; 7 in seed 1; docs/experiments.md).
+# round 1's unmatched pseudo-labels, seed 0; seed 1's round 2 was as bad either way;
+# docs/experiments.md).
 PSEUDO_LABEL_MATCH_BRIGHTNESS = False
 
 
