@@ -60,7 +60,6 @@ class PseudoLabelJob:
     device: str
     run: str
     min_size_fraction: float | None = None  # None: MIN_SIZE_FRACTION for the image's dims
-    match_brightness: bool = PSEUDO_LABEL_MATCH_BRIGHTNESS  # off: see segment/config.py
 
 
 def flipped(image: np.ndarray) -> np.ndarray:
@@ -92,7 +91,7 @@ def pseudo_label_one(job: PseudoLabelJob) -> dict:
     fraction = job.min_size_fraction
     if fraction is None:
         fraction = MIN_SIZE_FRACTION[ndim]
-    how = (job.mode, anisotropy, fraction, job.match_brightness)
+    how = (job.mode, anisotropy, fraction, PSEUDO_LABEL_MATCH_BRIGHTNESS)  # see config.py
     masks = segment(model, config, volume.image, *how)[0]
     mirrored = segment(model, config, flipped(volume.image), *how)[0]
     again = flipped(mirrored)
@@ -149,7 +148,6 @@ def pseudo_label(
     cluster: str | None = None,
     on_volume: Callable[[str], None] | None = None,
     min_size_fraction: float | None = None,
-    match_brightness: bool = PSEUDO_LABEL_MATCH_BRIGHTNESS,
 ) -> list[dict]:
     """Pseudo-label every image of IMAGES into OUT (one volume per image, see the module);
     objects under MIN_SIZE_FRACTION of a typical cell are dropped first, as predict does."""
@@ -173,7 +171,6 @@ def pseudo_label(
             device,
             run,
             min_size_fraction,
-            match_brightness,
         ),  # fmt: skip
         pseudo_label_one,
         cluster,
