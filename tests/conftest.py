@@ -41,10 +41,59 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", guarded_create_connection)
 
 
+MARGIN = "margin"  # user property of a checked quantity that hinges on the CPU's kernels
+
+
+@pytest.fixture
+def margin(record_property):
+    """check(name, value, above=LIMIT or below=LIMIT): assert a quantity that depends on what
+    a model learned, or on the CPU's kernels (bf16, blocked convolutions), and record it, so
+    every run lists how far each such test is from its limit on this CPU's kernel set
+    (pytest_terminal_summary) and `make test-isa` shows it on the others. A test using it is
+    marked `kernels`."""
+    import torch
+
+    kernels = torch.backends.cpu.get_cpu_capability()
+
+    def check(name: str, value: float, *, above: float | None = None, below: float | None = None):
+        value = float(value)
+        record_property(MARGIN, {"name": name, "value": value, "above": above, "below": below,
+                                 "kernels": kernels})  # fmt: skip
+        if above is not None:
+            assert value > above, f"{name} {value:.4g} not above {above:g} ({kernels} kernels)"
+        if below is not None:
+            assert value < below, f"{name} {value:.4g} not below {below:g} ({kernels} kernels)"
+
+    return check
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Each `margin` check of the run: its value, its limit and the CPU kernels it ran on."""
+    rows = []
+    stats = terminalreporter.stats
+    for report in stats.get("passed", []) + stats.get("failed", []):
+        if report.when == "call":
+            rows += [(report.nodeid, v) for k, v in report.user_properties if k == MARGIN]
+    if not rows:
+        return
+    terminalreporter.section("margins of the checks that hinge on learning or CPU kernels")
+    for nodeid, v in sorted(rows, key=lambda row: (row[0], row[1]["name"])):
+        limit, side = (v["above"], ">") if v["above"] is not None else (v["below"], "<")
+        terminalreporter.write_line(
+            f"{v['kernels']:>8}  {v['name']} {v['value']:.4g} {side} {limit:g}  "
+            f"(x{v['value'] / limit:.2g})  {nodeid.split('::')[-1]}"
+        )
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the marks
 def pytest_collection_modifyitems(items):
     """The files with the most `slow` tests run first. make test hands whole files to two
     workers (--dist loadfile --no-loadscope-reorder): a long file started last keeps one worker
-    busy for minutes after the other has finished."""
+    busy for minutes after the other has finished. A test that checks a margin is marked
+    `kernels` (make test-isa runs those under each CPU kernel set)."""
+    for item in items:
+        if MARGIN in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kernels)
     slow_in_file: dict[Path, int] = {}
     for item in items:
         slow = item.get_closest_marker("slow") is not None

@@ -132,6 +132,7 @@ def test_brightness_jitter_scales_each_training_crop_by_its_own_factor(tmp_path)
     assert len(np.unique(factors.round(4))) == len(factors)  # one factor per crop
 
 
+@pytest.mark.kernels  # must hold on every kernel set, each against itself
 def test_cellpose_training_repeats_bit_for_bit_at_one_seed(tmp_path):
     """The studies compare runs: the same data and seed must give the same weights (in one
     process, so one thread count), and another seed others."""
@@ -157,13 +158,23 @@ def test_cellpose_training_repeats_bit_for_bit_at_one_seed(tmp_path):
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
+# How the tiny segmenter trains: far past the steep part of its learning curve on every CPU
+# kernel set (docs/contributing.md, "Tests that learn"). Dice on its own 8 images every 5
+# epochs: at Cellpose's rate 0.2 it swings between 0 and 0.99 until epoch ~70 (45 epochs, the
+# old budget: 0.97 with AVX2 kernels, 0.20 with AVX-512 ones). At 0.05 it still swings while
+# the rate is constant, but over 100 epochs Cellpose halves the rate every 5 epochs of the
+# last 50, and from then on it holds: >= 0.92 from epoch 50 (AVX-512), 60 (AVX2), 55 (plain
+# x86-64), and 0.98-0.99 at 110 on all three (F1 0.93-0.95).
+TINY_TRAINING = ["--epochs", 110, "--lr", 0.05, "--images-per-epoch", 4, "--bsize", 64]
+TINY_TRAINING += ["--batch", 4]
+
+
 @pytest.fixture(scope="module")
 def tiny_segmenter(tmp_path_factory):
-    """Cellpose trained from scratch (45 epochs) on 8 simulated 80 x 80 images: bright discs
-    on a dark background with their masks. Shared by the tests below (it is the slow part).
-    80 px: rescaled to Cellpose's 30 px cells a 96 px image needs 4 tiles of 224, this one 1
-    (prediction 17 s instead of 38 s for the 8 images). 45 epochs: dice on its own images
-    0.97 (60 epochs: 0.90 in 1.4x the time; 40: 0.66; 35: 0.14; crops of 48 px: 0.23)."""
+    """Cellpose trained from scratch on 8 simulated 80 x 80 images: bright discs on a dark
+    background with their masks (TINY_TRAINING). Shared by the tests below (it is the slow
+    part). 80 px: rescaled to Cellpose's 30 px cells a 96 px image needs 4 tiles of 224, this
+    one 1 (prediction 17 s instead of 38 s for the 8 images)."""
     tmp_path = tmp_path_factory.mktemp("tiny_segmenter")
     sim = tmp_path / "sim"
     simulated = run(
@@ -177,21 +188,21 @@ def tiny_segmenter(tmp_path_factory):
         v = io.read_volume(path)
         io.write_volume(data, io.Volume(name=v.name, image=v.sketch * 200 + 10, masks=v.masks))
     result = run(
-        "segment", "train", "--data", data, "-o", tmp_path / "seg",
-        "--epochs", 45, "--bsize", 64, "--batch", 4, "--json",
-    )  # fmt: skip
+        "segment", "train", "--data", data, "-o", tmp_path / "seg", *TINY_TRAINING, "--json"
+    )
     assert result.exit_code == 0, result.output
     return data, tmp_path / "seg", json.loads(result.stdout)
 
 
 @pytest.mark.slow
-def test_tiny_cellpose_trains_from_scratch(tiny_segmenter):
+def test_tiny_cellpose_trains_from_scratch(tiny_segmenter, margin):
     _, seg, config = tiny_segmenter
     assert config["n_training_images"] == 8 and 10 < config["diameter"] < 20
     # cellpose's per-epoch reports reach us (progress bar) and training made progress
     epochs_logged = [epoch for epoch, _ in config["loss_log"]]
-    assert epochs_logged[:3] == [0, 5, 10] and epochs_logged[-1] == 40
-    assert config["loss_log"][-1][1] < 0.7 * config["loss_log"][0][1]
+    assert epochs_logged[:3] == [0, 5, 10] and epochs_logged[-1] == 100
+    margin("loss last / first report", config["loss_log"][-1][1] / config["loss_log"][0][1],
+           below=0.5)  # fmt: skip
     assert not (seg / ".training").exists()
 
 
@@ -225,30 +236,39 @@ def tiny_qc(tiny_segmenter):
 
 
 @pytest.mark.slow
-def test_tiny_cellpose_predicts_and_scores(tiny_segmenter, tiny_predictions):
+def test_tiny_cellpose_predicts_and_scores(tiny_segmenter, tiny_predictions, margin):
+    """Learned behaviour: a converged model finds its own discs (0.96-1.0 from epoch 65 on
+    every kernel set); a model on the steep part of its curve would not pass 0.8."""
     data, _, _ = tiny_segmenter
     pred = io.read_volume(io.list_volumes(tiny_predictions)[0])
     assert pred.masks.shape == (80, 80)
     scored = run("segment", "score", "--pred", tiny_predictions, "--ref", data, "--json")
     assert scored.exit_code == 0
-    assert json.loads(scored.stdout)["summary"]["dice"]["mean"] > 0.5
+    summary = json.loads(scored.stdout)["summary"]
+    margin("dice on its training images", summary["dice"]["mean"], above=0.8)
+    margin("F1 on its training images", summary["f1"]["mean"], above=0.8)
 
 
 @pytest.mark.slow
 def test_predict_dims_a_sparse_image_whose_cells_outshine_the_training_nuclei(
-    tiny_segmenter, tmp_path
+    tiny_segmenter, tmp_path, margin
 ):
     """The segmenter records how bright its training nuclei were (Cellpose's normalisation);
-    an image that is mostly background (Cellpose's 99th percentile near the background, so
-    its cells come out far brighter than any in training) is segmented again, dimmed
-    (provenance dimmed_by), unless --no-match-brightness; one like the training images once."""
+    an image whose 99th percentile lies below its cells (a dim band across it, the cells 0.6 %
+    of its pixels) has cells far brighter than any in training after normalisation: it is
+    segmented again, dimmed (provenance dimmed_by), unless --no-match-brightness; an image like
+    the training ones is segmented once. dimmed_by is fixed by the image more than by the
+    model: 1.61 with the models of all three kernel sets (2 cells found by each). With the
+    cells over 1 % of the pixels (the whole training image pasted) the percentile falls inside
+    them and dimmed_by is 1.09: too close to 1 to check."""
     from cellsynth_cli.segment import brightness
 
     data, seg, config = tiny_segmenter
     assert 0.8 < config[brightness.CONFIG_KEY] < 1.5  # discs at the top of their images
     first = io.read_volume(io.list_volumes(data)[0])
     sparse = np.random.default_rng(0).normal(10, 2, (240, 240)).astype(np.float32)
-    sparse[:80, :80] = np.maximum(first.image, sparse[:80, :80])  # cells: 2 % of the pixels
+    sparse[:48, :48] = np.maximum(first.image[:48, :48], sparse[:48, :48])
+    sparse[200:206] += 120  # 2.5 % of the pixels, about half as bright as the cells
     for name, image in (("sparse", sparse), ("plain", first.image)):
         io.write_volume(tmp_path / "real", io.Volume(name=name, image=image))
     dimmed_by = {}
@@ -256,12 +276,13 @@ def test_predict_dims_a_sparse_image_whose_cells_outshine_the_training_nuclei(
         out = tmp_path / flag
         _predict(seg, tmp_path / "real", out, flag)
         dimmed_by[flag] = {p.stem: io.read_provenance(p)["dimmed_by"] for p in io.list_volumes(out)}
-    assert dimmed_by["--match-brightness"]["sparse"] > 1.0
+    margin("dimmed_by of the sparse image", dimmed_by["--match-brightness"]["sparse"], above=1.0)
     assert dimmed_by["--match-brightness"]["plain"] == 1.0
     assert set(dimmed_by["--no-match-brightness"].values()) == {1.0}
 
 
 @pytest.mark.slow
+@pytest.mark.kernels
 def test_tiny_cellpose_qc_reports_every_volume(tiny_qc):
     report = tiny_qc
     assert len(report["volumes"]) == 8
@@ -270,11 +291,16 @@ def test_tiny_cellpose_qc_reports_every_volume(tiny_qc):
 
 
 @pytest.mark.slow
+@pytest.mark.kernels
 def test_predict_and_qc_on_dask_find_the_same_cells(
     tiny_segmenter, tiny_predictions, tiny_qc, tmp_path
 ):
     """On a Dask cluster (one worker, kept warm for both commands: Cellpose loads once
-    there): the same cells as in this process, on 3 of the 8 images (each takes seconds)."""
+    there): the same cells as in this process, on 3 of the 8 images (each takes seconds).
+    Both run on one kernel set, but their thread counts may differ (a worker's own, or
+    pytest's without make's OMP_NUM_THREADS), which can move the last bits: matching at IoU
+    0.5 tolerates a pixel drawn differently, not a cell lost. Every image has cells (an
+    empty pair would score 0: a model that finds nothing fails here, not silently)."""
     import shutil
 
     from distributed import LocalCluster
@@ -290,7 +316,7 @@ def test_predict_and_qc_on_dask_find_the_same_cells(
     for path in io.list_volumes(some):
         here = io.read_volume(tiny_predictions / path.name).masks
         there = io.read_volume(tmp_path / "pred-dask" / path.name).masks
-        assert segmentation_scores(there, here)["f1"] == 1.0, path.name
+        assert here.max() > 0 and segmentation_scores(there, here)["f1"] == 1.0, path.name
     names = {path.stem for path in io.list_volumes(some)}
     assert len(qc_dask["volumes"]) == 3
     assert set(qc_dask["passed"]) == names & set(tiny_qc["passed"])

@@ -63,7 +63,7 @@ def sketches2d(tmp_path_factory):
     return out
 
 
-def test_training_writes_a_self_describing_run_and_loss_falls(run2d):
+def test_training_writes_a_self_describing_run_and_loss_falls(run2d, margin):
     out, report = run2d
     assert report["step"] == 60
     state = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -74,7 +74,9 @@ def test_training_writes_a_self_describing_run_and_loss_falls(run2d):
     assert json.loads((out / "config.json").read_text())["dims"] == 2
     losses = np.loadtxt(out / "loss.csv", delimiter=",", skiprows=1)[:, 1]
     assert len(losses) == 60
-    assert losses[-15:].mean() < 0.6 * losses[:5].mean()
+    # untrained it predicts no noise (ratio 1); trained it halves the loss: 0.48-0.52 over
+    # seeds 0-5, the same to 3 digits on AVX-512, AVX2 and plain x86-64 kernels
+    margin("loss last 15 / first 5 steps", losses[-15:].mean() / losses[:5].mean(), below=0.75)
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -405,7 +407,7 @@ def test_tiny_3d_model_trains_and_synthesizes(tmp_path):
     assert out.image.shape == (10, 24, 36) and np.isfinite(out.image).all()
 
 
-def test_bf16_precision_on_cpu_stays_close_to_fp32(run2d, sketches2d, tmp_path):
+def test_bf16_precision_on_cpu_stays_close_to_fp32(run2d, sketches2d, tmp_path, margin):
     model, _ = run2d
     args = [
         "synthesize",
@@ -426,7 +428,8 @@ def test_bf16_precision_on_cpu_stays_close_to_fp32(run2d, sketches2d, tmp_path):
     a = io.read_volume(io.list_volumes(tmp_path / "fp32")[0]).image
     b = io.read_volume(io.list_volumes(tmp_path / "bf16")[0]).image
     spread = float(a.max() - a.min())
-    assert np.isfinite(b).all() and np.abs(a - b).max() < 0.1 * spread
+    assert np.isfinite(b).all()
+    margin("bf16 - fp32, max / spread", np.abs(a - b).max() / spread, below=0.1)
 
 
 def test_anisotropic_3d_model_keeps_z_and_synthesizes_without_z_padding(tmp_path):

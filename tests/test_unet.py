@@ -92,7 +92,7 @@ def test_wrong_dims_and_sizes_raise_clear_errors():
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-def test_tiny_model_overfits_a_fixed_pair(dims):
+def test_tiny_model_overfits_a_fixed_pair(dims, margin):
     torch.manual_seed(0)
     model = UNet(tiny(dims))
     x = torch.randn(2, 1, *([8] * dims))
@@ -106,9 +106,10 @@ def test_tiny_model_overfits_a_fixed_pair(dims):
         loss.backward()
         opt.step()
         first = loss.item() if first is None else first
-    assert loss.item() < first / 10
+    margin("loss after 60 steps / first", loss.item() / first, below=0.1)
 
 
+@pytest.mark.kernels  # batch 1 and batch 2 take different convolution kernels
 @pytest.mark.parametrize("dims", [2, 3])
 def test_batch_one_matches_batched_forward(dims):
     # batch 1 takes the routed oneDNN path for small convs and folds the time FiLM into
@@ -128,7 +129,7 @@ def test_batch_one_matches_batched_forward(dims):
     torch.testing.assert_close(torch.cat(ones), both, rtol=1e-4, atol=1e-5)
 
 
-def test_bf16_network_is_a_copy_close_to_fp32():
+def test_bf16_network_is_a_copy_close_to_fp32(margin):
     from cellsynth_cli.ddpm.synthesize import network_in
 
     torch.manual_seed(0)
@@ -141,7 +142,7 @@ def test_bf16_network_is_a_copy_close_to_fp32():
         half = network_in(model, "bf16")(x, t)
     assert half.dtype == torch.float32 and all(p.dtype == torch.float32 for p in model.parameters())
     assert not torch.equal(half, exact)  # really computed in bf16
-    assert ((half - exact).norm() / exact.norm()).item() < 0.03
+    margin("bf16 - fp32, relative norm", ((half - exact).norm() / exact.norm()).item(), below=0.03)
     assert network_in(model, "fp32") is model
 
 
