@@ -17,7 +17,7 @@ TEST_WORKERS   ?= 2
 # two cores (407 tests, one session, AVX2 CPU: 552 s with 1 thread, 737 s with torch's default)
 TEST_THREADS   ?= 1
 
-.PHONY: install demo demo-full bundled-model test test-fast bench bench-gpu lint docs experiment experiment-3d study study-rounds clean
+.PHONY: install demo demo-full bundled-model test test-isa test-fast bench bench-gpu lint docs experiment experiment-3d study study-rounds clean
 
 install: $(STAMP)
 
@@ -51,9 +51,22 @@ demo-full: $(STAMP)
 bundled-model: $(STAMP)
 	$(PY) scripts/bundled_model.py $(BUNDLED_ARGS)
 
-# --durations: every run lists its slowest tests, the ones a `slow` mark is set from
+# --durations: every run lists its slowest tests, the ones a `slow` mark is set from. Then the
+# cheap part of test-isa: the `kernels` tests that are not slow, as an AVX2 and a plain x86-64
+# CPU would run them (TEST_ISA= skips it)
+TEST_ISA ?= avx2,default
 test: $(STAMP)
 	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
+	$(if $(TEST_ISA),$(MAKE) --no-print-directory test-isa ISA_SETS=$(TEST_ISA) ISA_TESTS="kernels and not slow")
+
+# the tests marked `kernels` (what a tiny model learned, bf16 against fp32) under each CPU
+# kernel set this CPU can run: its own, AVX2 and plain x86-64 (ATEN_CPU_CAPABILITY with
+# ONEDNN_MAX_CPU_ISA to match), so an AVX2 machine shows what an AVX-512 or an old one would;
+# run it before submitting a change to training or prediction (docs/reproducibility.md)
+ISA_SETS  ?= native,avx2,default
+ISA_TESTS ?= kernels
+test-isa: $(STAMP)
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) scripts/test_isa.py --sets $(ISA_SETS) -- -m "$(ISA_TESTS)" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" $(PYTEST_ARGS)
