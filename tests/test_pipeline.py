@@ -88,6 +88,7 @@ def test_rerun_skips_and_a_change_reruns_only_downstream(smoke_2d, tmp_path):
     again = _statuses(_pipeline(project))
     assert all(again[name] == "up to date" for name in STAGE_NAMES)
     assert again["report"] == "up to date"  # nothing to redraw or score again
+    _stages_made_by_another_version_are_kept_and_named(project)
 
     changed = _statuses(_pipeline(project, "--set", "simulate.n=3"))
     rerun = {name for name in STAGE_NAMES if changed[name] == "ran"}
@@ -108,6 +109,33 @@ def test_rerun_skips_and_a_change_reruns_only_downstream(smoke_2d, tmp_path):
     assert ran == set(STAGE_NAMES) - {"fit", "simulate"} | {"report"}
     assert (project / "runs" / "ddpm").is_symlink()
     assert json.loads((project / "t_start.json").read_text())["t_start"] == 1000
+
+
+def _stages_made_by_another_version_are_kept_and_named(project: Path) -> None:
+    """After an upgrade, a rerun keeps what an earlier cellsynth made (stamps cover settings
+    and inputs, not code) and says so, a line per stage, in its output and in the report."""
+    from cellsynth_cli import __version__
+
+    state = project / ".cellsynth"
+    records = {name: json.loads((state / f"{name}.json").read_text()) for name in STAGE_NAMES}
+    assert {record["version"] for record in records.values()} == {__version__}
+    records["fit"]["version"] = "0.0.1"
+    del records["train"]["version"]  # a record from before versions were kept
+    for name in ("fit", "train"):
+        (state / f"{name}.json").write_text(json.dumps(records[name]))
+    rerun = run_cellsynth("pipeline", project)  # as a user sees it, not --json
+    assert rerun.returncode == 0, rerun.stderr
+    lines = rerun.stderr.splitlines()  # progress and stage lines go to stderr
+    kept = f"fit: up to date, made by cellsynth 0.0.1, this is {__version__}: `--from fit`"
+    assert kept in lines[0]
+    train = next(line for line in lines if line.startswith("train:"))
+    assert "made by an earlier cellsynth (version unrecorded)" in train and "--from train" in train
+    assert "simulate: up to date" in rerun.stderr and "simulate: up to date," not in rerun.stderr
+    assert "report: running" in rerun.stderr  # it names them, so it is redrawn
+    report = (project / "report.md").read_text()
+    assert "- fit: up to date, made by cellsynth 0.0.1" in report and "- train:" in report
+    made_by = json.loads((project / "report.json").read_text())["made_by_another_version"]
+    assert set(made_by) == {"fit", "train"}
 
 
 @pytest.mark.slow  # over 80 s in `pytest --durations` (2 cores, shared)

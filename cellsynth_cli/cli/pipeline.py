@@ -187,7 +187,7 @@ def _print_result(
 
     if json_out:
         stages = {
-            name: {k: row.get(k) for k in ("status", "seconds", "result")}
+            name: {k: row.get(k) for k in ("status", "seconds", "result", "version")}
             for name, row in summary.items()
         }
         print_json(

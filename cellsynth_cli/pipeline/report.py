@@ -25,6 +25,7 @@ METRICS = ("dice", "ap@0.5", "ap@0.75", "f1")
 def report(ctx: Context, score_against: Path | None = None) -> dict:
     from cellsynth_cli.io.preview import save_panels
     from cellsynth_cli.measure.realism import compare_sets
+    from cellsynth_cli.runtime.device import machine
 
     real = io.read_volume(io.list_volumes(ctx.data)[0])
     synth = io.read_volume(io.list_volumes(ctx.path(CLEAN))[0])
@@ -40,15 +41,19 @@ def report(ctx: Context, score_against: Path | None = None) -> dict:
     )
     realism = compare_sets(ctx.path(workdir.SYNTH), ctx.data).to_dict()
     scores = _score(ctx, score_against) if score_against is not None else None
+    records = {name: stamps.finished(ctx.project, name) for name in ctx.results}
     summary = {
         "recipe": ctx.recipe.to_dict(),
+        "machine": machine(),  # of the report; a rerun may have kept stages made elsewhere
         "results": ctx.results,
         "realism": realism["scores"],
         "scores": scores,
-        "seconds": {
-            name: record["seconds"]
-            for name in ctx.results
-            if (record := stamps.finished(ctx.project, name))
+        "seconds": {name: record["seconds"] for name, record in records.items() if record},
+        # stages kept from another cellsynth version (their stamps cover settings, not code)
+        "made_by_another_version": {
+            name: made_by
+            for name, record in records.items()
+            if record and (made_by := stamps.made_by_another_version(record))
         },
     }
     io.write_text(ctx.path(REPORT_JSON), json.dumps(summary, indent=2) + "\n", overwrite=True)
@@ -95,6 +100,8 @@ def _markdown(ctx: Context, summary: dict) -> str:
         f"Budget {ctx.recipe.budget}; every setting is in .cellsynth/*.json and "
         "`cellsynth pipeline --show-recipe`. No mask drawn by a person was read.",
         "",
+        _machine_line(summary["machine"]),
+        "",
         f"![real | synthetic | sketch | prediction on real]({REPORT_PNG})",
         "",
         f"- t_start {results['t_start']['t_start']} (rule {results['t_start']['rule']})",
@@ -104,6 +111,8 @@ def _markdown(ctx: Context, summary: dict) -> str:
     ]
     if results["segment"].get("note"):
         lines.append(f"- segment: {results['segment']['note']}")
+    for name, made_by in summary["made_by_another_version"].items():
+        lines.append(f"- {name}: {stamps.kept_from_another_version(name, made_by)}")
     lines += ["", "## Realism of the synthetic set (unpaired, ratio 1 = as close as real halves)"]
     lines += ["", "| distance | value | floor | ratio |", "|---|---|---|---|"]
     for row in summary["realism"]:
@@ -119,6 +128,15 @@ def _markdown(ctx: Context, summary: dict) -> str:
     lines += ["", "## Stage times", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in summary["seconds"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _machine_line(machine: dict) -> str:
+    """Where the results repeat bit for bit: these versions, kernels and threads."""
+    where = machine["gpu"] or f"{machine['cpu_kernels']} CPU kernels, {machine['threads']} threads"
+    return (
+        f"Reported by cellsynth {machine['cellsynth']} (torch {machine['torch']}, {where}); "
+        "another CPU kernel set or thread count trains other models (docs/reproducibility.md)."
+    )
 
 
 def _rounds_lines(rounds: dict, scores: dict | None) -> list[str]:

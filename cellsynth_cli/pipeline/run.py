@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cellsynth_cli import io, workdir
+from cellsynth_cli import __version__, io, workdir
 from cellsynth_cli.defaults import DEVICE
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.pipeline import recipe as recipes
@@ -132,7 +132,7 @@ def run_pipeline(
             ctx.results[stage.name] = done["result"]
             summary[stage.name] = {"status": "up to date", **done}
             if on_stage:
-                on_stage(stage.name, "up to date")
+                on_stage(stage.name, _kept_status(stage.name, done))
             continue
         summary[stage.name] = _run_stage(
             ctx, stage, stamp, stage.name in forced, on_stage, on_progress
@@ -151,18 +151,28 @@ def _report(
     """The report, stamped like a stage: a rerun with nothing changed neither redraws it nor
     scores the labelled set again (Cellpose predictions: minutes in 3D)."""
     labelled = stamps.data_fingerprint(score_against) if score_against is not None else None
-    stamp = stamps.digest({"stage": "report", "inputs": stamp_of, "score_against": labelled})
+    # the report names the stages another version made: it is redrawn when that changes
+    made_by = {name: stamps.finished(ctx.project, name).get("version") for name in ctx.results}
+    stamp = stamps.digest(
+        {
+            "stage": "report",
+            "inputs": stamp_of,
+            "score_against": labelled,
+            "made_by": made_by,
+            "version": __version__,
+        }
+    )
     done = _up_to_date(ctx.project, "report", stamp, reporting.OUTPUTS, forced)
     if done:
         if on_stage:
-            on_stage("report", "up to date")
+            on_stage("report", _kept_status("report", done))
         return {"status": "up to date", **done}
     if on_stage:
         on_stage("report", "running")
     start = time.perf_counter()
     result = reporting.report(ctx, score_against)
     record = {"stamp": stamp, "seconds": round(time.perf_counter() - start, 1), "result": result}
-    stamps.mark_finished(ctx.project, "report", io.to_jsonable(record))
+    record = stamps.mark_finished(ctx.project, "report", io.to_jsonable(record))
     return {"status": "ran", **record}
 
 
@@ -176,6 +186,12 @@ def _up_to_date(
     if done and done["stamp"] == stamp and outputs_there and not forced:
         return done
     return None
+
+
+def _kept_status(name: str, record: dict) -> str:
+    """Up to date, and which version made the kept outputs when it is not this one."""
+    made_by = stamps.made_by_another_version(record)
+    return "up to date" if made_by is None else stamps.kept_from_another_version(name, made_by)
 
 
 def _run_stage(
@@ -207,9 +223,9 @@ def _run_stage(
         "resumed": ctx.resume,
         "result": result,
     }
-    stamps.mark_finished(ctx.project, stage.name, io.to_jsonable(record))
+    written = stamps.mark_finished(ctx.project, stage.name, io.to_jsonable(record))
     ctx.results[stage.name] = result
-    return {"status": "resumed" if ctx.resume else "ran", **record}
+    return {"status": "resumed" if ctx.resume else "ran", **record, "version": written["version"]}
 
 
 def _settings(recipe: Recipe, stage: Stage) -> dict:

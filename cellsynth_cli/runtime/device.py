@@ -16,3 +16,17 @@ def pick_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise InputError(f"--device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)
+
+
+def machine() -> dict:
+    """What a result depends on besides its inputs and seed (docs/reproducibility.md): the
+    versions, torch's CPU kernel set (AVX-512, AVX2 or plain x86-64 code) and its threads."""
+    from cellsynth_cli import __version__
+
+    return {
+        "cellsynth": __version__,
+        "torch": torch.__version__,
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
