@@ -12,7 +12,9 @@ the right half is held back for scoring only.
  4. with --real-rounds, the fair upper baseline: the real-label model's own self-training
     round 2 on the same unlabelled images (the pipeline's round 2 with the real labels in
     place of the synthetic set);
- 5. OUT/report.md, report.png and results.json (which scripts/study.py tables).
+ 5. OUT/report.md, report.png and results.json (which scripts/study.py tables), with the
+    machine they were made on: a run repeats bit for bit only with the same CPU kernel set
+    and thread count (docs/reproducibility.md), so compare rows made alike.
 
     python scripts/experiment.py                              # 2D, the recipe's defaults
     python scripts/experiment.py --set train.model=bundled:dsb2018-nuclei-conditional
@@ -39,6 +41,7 @@ from cellsynth_cli import io
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.pipeline import recipe as recipes
 from cellsynth_cli.pipeline.run import run_pipeline
+from cellsynth_cli.runtime.device import machine
 
 REPO = Path(__file__).resolve().parent.parent
 # each data set's recipe before --set: in 2D and 3D the recipe's defaults (the study's best
@@ -297,7 +300,11 @@ def write_report(
         )
         rows.append(f"| {label} | " + " | ".join(f"{means[m]['mean']:.3f}" for m in metrics) + " |")
     t_start = summary["t_start"]["result"]
+    made_on = machine()
     text = f"""# Annotation-free segmentation experiment ({dataset})
+
+Made by cellsynth {made_on["cellsynth"]} (torch {made_on["torch"]}) on {made_on["cpu_kernels"]}
+CPU kernels with {made_on["threads"]} threads{f", {made_on['gpu']}" if made_on["gpu"] else ""}.
 
 Left half: the unlabelled training part; right half: held back for scoring. The synthetic
 arm is `cellsynth pipeline` with this recipe (budget {recipe.budget}); its settings are in
@@ -321,6 +328,7 @@ simulated masks at IoU 0.5): phantom {qc["phantom"]:.1%}, vanished {qc["vanished
     (out / "report.md").write_text(text)
     results = {
         "dataset": dataset,
+        "machine": made_on,
         "recipe": recipe.to_dict(),
         "t_start": t_start["t_start"],
         "ddpm": summary["train"].get("result"),

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from study import METRICS, spread
+from study import METRICS, machines_line, spread
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = Path(os.environ.get("ROUNDS_STUDY_OUT", REPO / "experiment_rounds"))
@@ -144,7 +144,9 @@ def main() -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             for row in rows:
                 run(row, seed, args.budget)
-    text = "# Self-training rounds (issue 25)\n\n" + table() + "\n"
+    every_run = [json.loads(p.read_text()) for p in sorted(OUT.glob("*-s*/results.json"))]
+    text = "# Self-training rounds (issue 25)\n\n" + machines_line(every_run) + "\n\n"
+    text += table() + "\n"
     (OUT / "report.md").write_text(text)
     print(text)
 

@@ -175,6 +175,23 @@ def spread(values: list[float], fmt: str = "{:.3f}") -> str:
     return text
 
 
+def machines_line(results: list[dict]) -> str:
+    """Which machines the runs of a table were made on: rows compare alike only on one CPU
+    kernel set and thread count (docs/reproducibility.md). Runs from before experiment.py
+    recorded it count as unknown."""
+    made_on = sorted(
+        {
+            f"{m['cpu_kernels']} CPU kernels, {m['threads']} threads, torch {m['torch']}"
+            if (m := r.get("machine"))
+            else "unrecorded"
+            for r in results
+        }
+    )
+    if len(made_on) == 1:
+        return f"Every run made on: {made_on[0]}."
+    return f"Runs made on {len(made_on)} machine kinds ({'; '.join(made_on)}): compare with care."
+
+
 def compute_minutes(results: dict) -> float:
     """Minutes of the synthetic arm: every stage but the real-label Cellpose; a reused DDPM
     counts with its own training time (from its loss log), as if the row had trained it."""
@@ -307,7 +324,9 @@ def main() -> None:
         for seed in seeds:
             for row in rows:
                 run(row, seed, finished_real_arm(), args.budget)
-    text = HEADER + table() + "\n\n" + ERRORS_HEADER + error_table() + "\n"
+    every_run = [json.loads(p.read_text()) for p in sorted(STUDY.glob("*-s*/results.json"))]
+    text = HEADER + machines_line(every_run) + "\n\n" + table() + "\n\n"
+    text += ERRORS_HEADER + error_table() + "\n"
     (STUDY / "report.md").write_text(text)
     print(text)
 
