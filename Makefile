@@ -66,7 +66,7 @@ test: $(STAMP)
 ISA_SETS  ?= native,avx2,default
 ISA_TESTS ?= kernels
 test-isa: $(STAMP)
-	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) scripts/test_isa.py --sets $(ISA_SETS) -- -m "$(ISA_TESTS)" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) scripts/kernel_sets.py --sets $(ISA_SETS) -- -m "$(ISA_TESTS)" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" $(PYTEST_ARGS)

@@ -6,8 +6,8 @@ steps, or a bf16 result, differs in the last bits between them, and a test on th
 of what a tiny model learns passes on one and fails on another. ATEN_CPU_CAPABILITY and
 ONEDNN_MAX_CPU_ISA make a CPU use a smaller set, so a developer sees what another CPU would.
 
-    python scripts/test_isa.py                      # native, avx2, default
-    python scripts/test_isa.py --sets avx2,default -- -m "kernels and not slow"
+    python scripts/kernel_sets.py                      # native, avx2, default
+    python scripts/kernel_sets.py --sets avx2,default -- -m "kernels and not slow"
 
 Arguments after `--` go to pytest (default: -m kernels). Every run ends with the margins of
 its checks (tests/conftest.py), so the three tables side by side show each test's headroom.
