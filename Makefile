@@ -17,7 +17,7 @@ TEST_WORKERS   ?= 2
 # two cores (407 tests, one session, AVX2 CPU: 552 s with 1 thread, 737 s with torch's default)
 TEST_THREADS   ?= 1
 
-.PHONY: install demo demo-full bundled-model test test-isa test-fast bench bench-gpu lint docs experiment experiment-3d study study-rounds clean
+.PHONY: install demo demo-full bundled-model test test-isa test-fast bench bench-gpu lint docs experiment experiment-3d generalise study study-rounds clean
 
 install: $(STAMP)
 
@@ -104,6 +104,13 @@ EXPERIMENT_3D_DDPM ?= bundled:cells3d-nuclei-conditional
 experiment-3d: $(STAMP)
 	$(PY) scripts/experiment.py --dataset cells3d $(call ddpm,$(EXPERIMENT_3D_DDPM)) $(EXPERIMENT_ARGS)
 
+# issue 46: the generalisation bench (scripts/bench_data.py): how right `simulate fit` is on
+# each data set, then the pipeline against a real-label Cellpose per set and budget (hours on a
+# CPU; GENERALISE_ARGS="--fit-only" for the fit table alone, "--sets dsb2018-dim --budgets quick")
+GENERALISE_ARGS ?=
+generalise: $(STAMP)
+	$(PY) scripts/generalise.py $(GENERALISE_ARGS)
+
 # issue 12: experiment variants x DDPM seeds in one table (hours on a CPU; STUDY_ARGS="--rows paper --seeds 0")
 study: $(STAMP)
 	$(PY) scripts/study.py $(STUDY_ARGS)
@@ -115,4 +122,4 @@ study-rounds: $(STAMP)
 	$(PY) scripts/rounds_study.py $(ROUNDS_STUDY_ARGS)
 
 clean:
-	rm -rf $(VENV) site demo_out demo_full_out bundled_build experiment_out experiment_3d_out experiment_study experiment_rounds .pytest_cache
+	rm -rf $(VENV) site demo_out demo_full_out bundled_build experiment_out experiment_3d_out experiment_study experiment_rounds generalise_out .pytest_cache

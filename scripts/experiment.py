@@ -34,6 +34,7 @@ import shutil
 import time
 from pathlib import Path
 
+import bench_data  # scripts/: the generalisation bench's data sets (issue 46)
 import dsb_halves  # scripts/: the same halves as the demo and the bundled model
 import numpy as np
 
@@ -66,10 +67,20 @@ PAPER_3D = {
 }
 
 
+def recipe_of(dataset: str, images: Path) -> dict:
+    """DATASET's recipe changes: its own, or for a bench set those of its kind (2D or 3D)."""
+    if dataset in DATASETS:
+        return DATASETS[dataset]
+    dims = io.read_volume(io.list_volumes(images)[0]).image.ndim
+    return DATASETS["cells3d" if dims == 3 else "dsb2018"]
+
+
 def split(dataset: str, out: Path) -> dict[str, Path]:
     """real_train (image + masks), real_train_unlabelled (image only), real_test."""
     if dataset == "dsb2018":
         return dsb_halves.split(out)
+    if dataset != "cells3d":  # a set of the generalisation bench
+        return bench_data.build(dataset, out)
     from cellsynth_cli.io.export import write_tiff_volume
 
     volume = io.read_volume(REPO / "data" / "cells3d" / "cells3d.tif")
@@ -184,7 +195,9 @@ def scored(model: Path, test: Path, out: Path, section: recipes.PredictSection) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="dsb2018")
+    parser.add_argument(
+        "--dataset", choices=sorted(set(DATASETS) | set(bench_data.DATASETS)), default="dsb2018"
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--budget", default=None, help="smoke | quick | standard | full")
     parser.add_argument("--set", action="append", default=[], dest="settings")
@@ -201,7 +214,8 @@ def main() -> None:
     out = args.out or REPO / (
         "experiment_out" if args.dataset == "dsb2018" else "experiment_3d_out"
     )
-    dataset = DATASETS[args.dataset]
+    folders = split(args.dataset, out)
+    dataset = recipe_of(args.dataset, folders["real_train_unlabelled"])
     if args.paper_3d:
         dataset = recipes.merge(dataset, PAPER_3D)
     if args.budget:  # the budget scales the work: the data set's own step counts give way
@@ -216,7 +230,6 @@ def main() -> None:
     if args.paper_3d and recipe.train.model:  # a model made elsewhere keeps its own condition
         parser.error("--paper-3d trains its own unconditional DDPM: drop --set train.model "
                      "(make experiment-3d EXPERIMENT_3D_DDPM=train)")  # fmt: skip
-    folders = split(args.dataset, out)
     project = out / "pipeline"
     summary = run_pipeline(
         project,
