@@ -1,6 +1,7 @@
 """`simulate fit`: presets estimated from images alone match what made the images."""
 
 import json
+import sys
 import tomllib
 
 import numpy as np
@@ -22,12 +23,12 @@ def microscope(sketch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (noisy * 900 + 100).astype(np.float32)
 
 
-def textured_microscope(made, rng: np.random.Generator) -> np.ndarray:
-    """Simulated nuclei made to look like a real stain: each nucleus's brightness drawn over a
-    decade (many dim ones), chromatin texture and bright spots, dark nucleoli (from the
+def textured_microscope(made, rng: np.random.Generator, decades: float = 1.0) -> np.ndarray:
+    """Simulated nuclei made to look like a real stain: each nucleus's brightness drawn over
+    DECADES (many dim ones), chromatin texture and bright spots, dark nucleoli (from the
     simulator), blur, uneven illumination, shot and read noise."""
     masks, n = made.masks, int(made.masks.max())
-    level = np.concatenate([[0.0], 10 ** rng.uniform(-1, 0, n)])
+    level = np.concatenate([[0.0], 10 ** rng.uniform(-decades, 0, n)])
     top = np.concatenate([[1.0], ndimage.maximum(made.sketch, masks, np.arange(1, n + 1))])
     relative = made.sketch / top[masks]  # 1, darker in nucleoli
     chromatin = ndimage.gaussian_filter(rng.normal(size=masks.shape), 1.2)
@@ -235,6 +236,36 @@ def test_generic_preset_works_in_2d_and_3d(tmp_path):
         assert volume.voxel_size == (1.0,) * volume.masks.ndim
     result = run("simulate", "celegans", "-n", 1, "-o", tmp_path / "c", "--shape", "64,64")
     assert result.exit_code == 2 and "3D" in result.output  # anisotropic presets keep dims
+
+
+def test_fit_sizes_and_counts_large_textured_nuclei_on_the_image_shrunk(tmp_path, monkeypatch):
+    """The bench's large textured nuclei (the bundled left half magnified 2.5x, chromatin
+    grain, nucleoli: scripts/bench_data.py): the detector's pixel scales suit ~10 px nuclei,
+    so the fit shrinks the image first and sizes each nucleus whole (0.93x the labels' count
+    per image, 1.04x their median radius). Detected at full size the texture splits them."""
+    import importlib.util
+
+    from cellsynth_cli.measure import detect
+
+    spec = importlib.util.spec_from_file_location("bench_data", REPO / "scripts" / "bench_data.py")
+    bench_data = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_data", bench_data)  # its dataclasses look there
+    spec.loader.exec_module(bench_data)
+    folders = bench_data.build("dsb2018-x2.5-textured", tmp_path)
+    labelled = io.read_volume(io.list_volumes(folders["real_train"])[0])
+    true_count = counted_like_the_detector(labelled.masks)
+    true_radius = np.median(whole_mask_radii(labelled.masks))
+
+    def ratios() -> tuple[float, float]:
+        fit = fit_nuclei(folders["real_train_unlabelled"])
+        radius = float(fit.estimates["radius (px, median)"])
+        return fit.detections[0].count / true_count, radius / true_radius
+
+    count, radius = ratios()
+    assert abs(count - 1) <= 0.2 and abs(radius - 1) <= 0.15, (count, radius)
+    monkeypatch.setattr(detect, "RESCALE_ABOVE", np.inf)  # detected at full size
+    count, radius = ratios()
+    assert count > 2 and radius < 0.5, (count, radius)
 
 
 def test_textured_large_nuclei_are_counted_by_the_watershed(monkeypatch):

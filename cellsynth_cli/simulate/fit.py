@@ -37,7 +37,15 @@ import numpy as np
 from cellsynth_cli import io
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.io.intensity import robust_range, to_unit
-from cellsynth_cli.measure.detect import Detections, FirstPass, choose_method, detect_in
+from cellsynth_cli.measure.detect import (
+    Detections,
+    FirstPass,
+    choose_method,
+    detect_in,
+    detection_scale,
+    grown,
+    shrunk,
+)
 from cellsynth_cli.simulate.config import (
     FIT_SPREAD,
     SimulationConfig,
@@ -208,13 +216,19 @@ def _detect_all(
     radius_range: tuple[float, float] | None,
     on_volume: Callable[[str], None] | None,
 ) -> tuple[str, list]:
-    """The detector chosen on all images (one for the whole set) and its nuclei per image."""
+    """The detector chosen on all images (one for the whole set) and its nuclei per image,
+    found on the images shrunk when their nuclei are large (detect.detection_scale)."""
     detect_kwargs = {} if radius_range is None else {"radius_range": radius_range}
-    passes = [FirstPass(to_unit(v.image, lo, hi), v.voxel_size, **detect_kwargs) for v in volumes]
+    units = [to_unit(v.image, lo, hi) for v in volumes]
+    factor = detection_scale(units, [v.voxel_size for v in volumes])
+    passes = [
+        FirstPass(*shrunk(unit, v.voxel_size, factor), **detect_kwargs)
+        for unit, v in zip(units, volumes, strict=True)
+    ]
     method = choose_method(passes)
     found = []
     for volume, first in zip(volumes, passes, strict=True):
-        found.append(detect_in(first, method))
+        found.append(grown(detect_in(first, method), volume.image.shape, volume.voxel_size))
         if on_volume:
             on_volume(volume.name)
     return method, found
