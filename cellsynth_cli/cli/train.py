@@ -197,7 +197,7 @@ def train(
                     on_checkpoint=saved.append,
                 )
         except KeyboardInterrupt:
-            distributed.shutdown()
+            distributed.shutdown(wait=False)
             progress.stop()
             where = f"checkpoint at step {saved[-1]} in {out}" if saved else "nothing saved"
             console.print(f"interrupted: {where}; continue with --resume")
