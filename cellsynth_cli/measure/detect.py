@@ -50,15 +50,12 @@ AUTO_TEXTURE_RATIO = 2.0  # auto: LoG blobs per watershed nucleus above which Lo
 # whose typical inscribed radius is over RESCALE_ABOVE px are detected on the image shrunk
 # in-plane until it is CANONICAL_RADIUS, where chromatin grain and nucleoli fall below the
 # detector's scales (a 2.5x magnified, textured DSB image: 3.9x too many nuclei at 0.30x their
-# radius without it, 0.93x at 1.04x with it; 10 px instead of 7 split nucleolated nuclei more
-# often, 5 merged neighbours; docs/experiments.md)
+# radius without it, 0.93x at 1.04x with it; simulated nucleolated nuclei of radius ~30 px,
+# four seeds: 0.96-1.08x the count at 7 px, 1.12-1.38x at 10, neighbours merged at 5;
+# docs/experiments.md)
 CANONICAL_RADIUS = 7.0
 RESCALE_ABOVE = 25.0
 SCALE_SMOOTHING = 2.0  # in-plane voxels: the first foreground the scale is measured on
-# a region this much smaller (equal radius) than the median, touching another within
-# FRAGMENT_GAP voxels, is a piece of it (a seed on a chromatin spot), not a nucleus
-FRAGMENT = 0.35
-FRAGMENT_GAP = 2
 
 
 @dataclass
@@ -156,48 +153,12 @@ def detect_in(first: FirstPass, method: str = "auto") -> Detections:
     else:
         radius = _typical_radius(first.regions)
         seeds = segment_nuclei(first.image, first.voxel_size, threshold="local", radius=radius)
-    regions = half_maximum_regions(first.image, first.voxel_size, seeds)
-    regions = without_fragments(regions, _axis_scale(first.voxel_size, first.image.ndim))
-    return region_detections(first.image, regions, first.voxel_size, method)
-
-
-def without_fragments(labels: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """LABELS with each fragment (a region under FRAGMENT of the median equal radius) joined
-    to the region it touches most within FRAGMENT_GAP voxels, smallest first; a fragment
-    touching none stays (a small nucleus); relabelled 1..n."""
-    from skimage.segmentation import relabel_sequential
-
-    n = int(labels.max())
-    if n < 2:
-        return labels
-    index = np.arange(1, n + 1)
-    size = np.asarray(ndimage.sum_labels(np.ones(labels.shape), labels, index))
-    in_plane = size / float(np.prod(scale))
-    radius = np.sqrt(in_plane / np.pi) if labels.ndim == 2 else np.cbrt(0.75 * in_plane / np.pi)
-    typical = float(np.median(radius[size > 0]))
-    owner = np.arange(n + 1)  # where each label went (a chain, followed to its end)
-
-    def final(label: int) -> int:
-        while owner[label] != label:
-            label = owner[label]
-        return label
-
-    boxes = ndimage.find_objects(labels)
-    ring = ndimage.generate_binary_structure(labels.ndim, 1)
-    fragments = index[(size > 0) & (radius < FRAGMENT * typical)]
-    for label in fragments[np.argsort(radius[fragments - 1])]:
-        box = tuple(
-            slice(max(0, b.start - FRAGMENT_GAP), b.stop + FRAGMENT_GAP) for b in boxes[label - 1]
-        )
-        inside = labels[box] == label
-        near = ndimage.binary_dilation(inside, ring, iterations=FRAGMENT_GAP) & ~inside
-        touched, counts = np.unique(labels[box][near], return_counts=True)
-        counts = counts[touched > 0]
-        touched = touched[touched > 0]
-        if len(touched):
-            owner[label] = final(int(touched[np.argmax(counts)]))
-    joined = np.array([final(label) for label in range(n + 1)])
-    return relabel_sequential(joined[labels])[0].astype(np.int32)
+    return region_detections(
+        first.image,
+        half_maximum_regions(first.image, first.voxel_size, seeds),
+        first.voxel_size,
+        method,
+    )
 
 
 def _check_method(method: str) -> None:
