@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import dsb_halves  # noqa: E402  (scripts/: the bundled halves)
 
 from cellsynth_cli import io  # noqa: E402
+from cellsynth_cli.errors import InputError  # noqa: E402
 from cellsynth_cli.io.export import write_tiff_volume  # noqa: E402
 
 SEED = 46
@@ -83,8 +84,7 @@ def cells3d() -> Split:
     half = volume.image.shape[-1] // 2
     parts = []
     for cut in (np.s_[..., :half], np.s_[..., half:]):
-        image = volume.image[cut].astype(np.float32)
-        parts.append([Part("cells3d", image, volume.masks[cut], volume.voxel_size)])
+        parts.append([Part("cells3d", volume.image[cut], volume.masks[cut], volume.voxel_size)])
     return parts[0], parts[1]
 
 
@@ -265,10 +265,10 @@ def build(name: str, where: Path) -> dict[str, Path]:
 
 def _holds(folder: Path, volume: io.Volume) -> bool:
     """Whether FOLDER already holds VOLUME's pixels (and masks, or none)."""
-    path = folder / f"{volume.name}.tif"
-    if not path.exists():
+    try:
+        there = io.read_volume(folder / f"{volume.name}.tif")
+    except (InputError, OSError, ValueError):  # none yet, or unreadable: (re)write it
         return False
-    there = io.read_volume(path)
     if there.image.shape != volume.image.shape or not np.array_equal(there.image, volume.image):
         return False
     if volume.masks is None:

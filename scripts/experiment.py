@@ -39,7 +39,6 @@ import dsb_halves  # scripts/: the same halves as the demo and the bundled model
 import numpy as np
 
 from cellsynth_cli import io
-from cellsynth_cli.errors import InputError
 from cellsynth_cli.pipeline import recipe as recipes
 from cellsynth_cli.pipeline.run import run_pipeline
 from cellsynth_cli.runtime.device import machine
@@ -79,41 +78,7 @@ def split(dataset: str, out: Path) -> dict[str, Path]:
     """real_train (image + masks), real_train_unlabelled (image only), real_test."""
     if dataset == "dsb2018":
         return dsb_halves.split(out)
-    if dataset != "cells3d":  # a set of the generalisation bench
-        return bench_data.build(dataset, out)
-    from cellsynth_cli.io.export import write_tiff_volume
-
-    volume = io.read_volume(REPO / "data" / "cells3d" / "cells3d.tif")
-    half = volume.image.shape[-1] // 2
-    parts = {
-        "real_train": (np.s_[..., :half], True),
-        "real_test": (np.s_[..., half:], True),
-        "real_train_unlabelled": (np.s_[..., :half], False),
-    }
-    for folder, (part, labelled) in parts.items():
-        cut = io.Volume(
-            "cells3d",
-            image=volume.image[part],
-            masks=volume.masks[part] if labelled else None,
-            voxel_size=volume.voxel_size,
-        )
-        if not _holds(out / folder, cut):  # unchanged files keep a finished run finished
-            write_tiff_volume(out / folder, cut, overwrite=True)
-    return {name: out / name for name in parts}
-
-
-def _holds(folder: Path, volume: io.Volume) -> bool:
-    """Whether FOLDER already holds VOLUME's pixels (and masks, or none)."""
-    try:
-        there = io.read_volume(folder / f"{volume.name}.tif")
-    except (InputError, OSError, ValueError):  # none yet, or unreadable: (re)write it
-        return False
-    same_masks = (there.masks is None and volume.masks is None) or (
-        there.masks is not None
-        and volume.masks is not None
-        and np.array_equal(there.masks, volume.masks)
-    )
-    return np.array_equal(there.image, volume.image) and same_masks
+    return bench_data.build(dataset, out)  # the 3D stack's halves and the bench's sets
 
 
 def real_arm(recipe: recipes.Recipe, train: Path, out: Path, reuse: bool) -> float:
