@@ -353,7 +353,12 @@ def _foreground(
         foreground = smooth > otsu
     else:
         raise ValueError(f"threshold must be otsu or local, got {threshold!r}")
-    if image.ndim == 3:
+    return _holes_filled(foreground)
+
+
+def _holes_filled(foreground: np.ndarray) -> np.ndarray:
+    """FOREGROUND with its holes filled, slice by slice in 3D."""
+    if foreground.ndim == 3:
         return np.stack([ndimage.binary_fill_holes(plane) for plane in foreground])
     return ndimage.binary_fill_holes(foreground)
 
@@ -487,11 +492,7 @@ def _inscribed(image: np.ndarray, scale: np.ndarray, sigma: float) -> float:
     smooth = ndimage.gaussian_filter(image, np.maximum(sigma * scale, 0.3))
     if float(smooth.max()) <= float(smooth.min()):
         return CANONICAL_RADIUS
-    foreground = smooth > threshold_otsu(smooth)
-    if image.ndim == 3:
-        foreground = np.stack([ndimage.binary_fill_holes(plane) for plane in foreground])
-    else:
-        foreground = ndimage.binary_fill_holes(foreground)
+    foreground = _holes_filled(smooth > threshold_otsu(smooth))
     labels, n = ndimage.label(foreground)
     if n == 0:
         return CANONICAL_RADIUS
