@@ -41,7 +41,7 @@ import numpy as np
 from cellsynth_cli import io
 from cellsynth_cli.pipeline import recipe as recipes
 from cellsynth_cli.pipeline.run import run_pipeline
-from cellsynth_cli.runtime.device import machine
+from cellsynth_cli.runtime.device import described, machine
 
 REPO = Path(__file__).resolve().parent.parent
 # each data set's recipe before --set: in 2D and 3D the recipe's defaults (the study's best
@@ -281,8 +281,7 @@ def write_report(
     made_on = machine()
     text = f"""# Annotation-free segmentation experiment ({dataset})
 
-Made by cellsynth {made_on["cellsynth"]} (torch {made_on["torch"]}) on {made_on["cpu_kernels"]}
-CPU kernels with {made_on["threads"]} threads{f", {made_on['gpu']}" if made_on["gpu"] else ""}.
+Made by {described(made_on)}.
 
 Left half: the unlabelled training part; right half: held back for scoring. The synthetic
 arm is `cellsynth pipeline` with this recipe (budget {recipe.budget}); its settings are in

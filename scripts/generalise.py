@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import bench_data  # noqa: E402
 
 from cellsynth_cli import io  # noqa: E402
-from cellsynth_cli.runtime.device import machine  # noqa: E402
+from cellsynth_cli.runtime.device import described, machine  # noqa: E402
 
 OUT = Path(os.environ.get("GENERALISE_OUT", REPO / "generalise_out"))
 # the issue's bar for the fit: size within 15 %, count within 20 %, brightness reaching 95 %
@@ -200,11 +200,9 @@ def main() -> None:
     for name in names:
         print(f"== fit: {name}", flush=True)
         rows.append(fit_row(name))
-    made_on = machine()
     text = (
         "# Generalisation bench (issue 46)\n\n"
-        f"cellsynth {made_on['cellsynth']}, torch {made_on['torch']}, "
-        f"{made_on['cpu_kernels']} CPU kernels, {made_on['threads']} threads.\n\n"
+        f"{described(machine())}.\n\n"
         "## `simulate fit` on the unlabelled training images, against their labels\n\n"
         f"Bar: count within {COUNT_TOLERANCE:.0%}, median radius within {SIZE_TOLERANCE:.0%}, "
         f"the fitted brightness range holding {BRIGHTNESS_REACH:.0%} of the labelled nuclei "

@@ -132,10 +132,11 @@ def _markdown(ctx: Context, summary: dict) -> str:
 
 def _machine_line(machine: dict) -> str:
     """Where the results repeat bit for bit: these versions, kernels and threads."""
-    where = machine["gpu"] or f"{machine['cpu_kernels']} CPU kernels, {machine['threads']} threads"
+    from cellsynth_cli.runtime.device import described
+
     return (
-        f"Reported by cellsynth {machine['cellsynth']} (torch {machine['torch']}, {where}); "
-        "another CPU kernel set or thread count trains other models (docs/reproducibility.md)."
+        f"Reported by {described(machine)}; another CPU kernel set or thread count trains "
+        "other models (docs/reproducibility.md)."
     )
 
 

@@ -30,3 +30,13 @@ def machine() -> dict:
         "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
+
+
+def described(record: dict) -> str:
+    """A machine() record in words, for reports: "cellsynth 0.2.0, torch 2.13.0+cpu, AVX512
+    CPU kernels, 2 threads" (and the GPU where there was one)."""
+    words = (
+        f"cellsynth {record['cellsynth']}, torch {record['torch']}, "
+        f"{record['cpu_kernels']} CPU kernels, {record['threads']} threads"
+    )
+    return words + (f", {record['gpu']}" if record["gpu"] else "")
