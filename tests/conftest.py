@@ -116,6 +116,19 @@ def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+def script_module(name: str):
+    """scripts/NAME.py as a module (scripts/ is not a package), loaded once per process."""
+    import importlib.util
+    import sys
+
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def cellsynth_command() -> list[str]:
     """The installed `cellsynth` entry point (the real executable users type)."""
     import shutil

@@ -1,13 +1,12 @@
 """`simulate fit`: presets estimated from images alone match what made the images."""
 
 import json
-import sys
 import tomllib
 
 import numpy as np
 import pytest
 import tifffile
-from conftest import DSB_DIR, REPO, run
+from conftest import DSB_DIR, REPO, run, script_module
 from scipy import ndimage
 
 from cellsynth_cli import io
@@ -243,15 +242,9 @@ def test_fit_sizes_and_counts_large_textured_nuclei_on_the_image_shrunk(tmp_path
     grain, nucleoli: scripts/bench_data.py): the detector's pixel scales suit ~10 px nuclei,
     so the fit shrinks the image first and sizes each nucleus whole (0.93x the labels' count
     per image, 1.04x their median radius). Detected at full size the texture splits them."""
-    import importlib.util
-
     from cellsynth_cli.measure import detect
 
-    spec = importlib.util.spec_from_file_location("bench_data", REPO / "scripts" / "bench_data.py")
-    bench_data = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_data", bench_data)  # its dataclasses look there
-    spec.loader.exec_module(bench_data)
-    folders = bench_data.build("dsb2018-x2.5-textured", tmp_path)
+    folders = script_module("bench_data").build("dsb2018-x2.5-textured", tmp_path)
     labelled = io.read_volume(io.list_volumes(folders["real_train"])[0])
     true_count = counted_like_the_detector(labelled.masks)
     true_radius = np.median(whole_mask_radii(labelled.masks))

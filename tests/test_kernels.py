@@ -3,16 +3,13 @@ what it does not know: otherwise it would test the native set three times and sa
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, script_module
 
 SCRIPT = REPO / "scripts" / "kernel_sets.py"
-_spec = importlib.util.spec_from_file_location("kernel_sets", SCRIPT)  # scripts/: no package
-kernel_sets = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(kernel_sets)
+kernel_sets = script_module("kernel_sets")
 
 
 def test_each_kernel_set_it_asks_for_is_the_one_torch_runs():
