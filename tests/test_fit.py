@@ -10,6 +10,7 @@ from conftest import DSB_DIR, REPO, run, script_module
 from scipy import ndimage
 
 from cellsynth_cli import io
+from cellsynth_cli.errors import InputError
 from cellsynth_cli.simulate.config import load_preset, replace
 from cellsynth_cli.simulate.fit import fit_nuclei
 from cellsynth_cli.simulate.simulators import get_simulator
@@ -237,28 +238,31 @@ def test_generic_preset_works_in_2d_and_3d(tmp_path):
     assert result.exit_code == 2 and "3D" in result.output  # anisotropic presets keep dims
 
 
-def test_fit_sizes_and_counts_large_textured_nuclei_on_the_image_shrunk(tmp_path, monkeypatch):
+def test_fit_sizes_and_counts_large_textured_nuclei_on_the_image_shrunk(tmp_path):
     """The bench's large textured nuclei (the bundled left half magnified 2.5x, chromatin
     grain, nucleoli: scripts/bench_data.py): the detector's pixel scales suit ~10 px nuclei,
     so the fit shrinks the image first and sizes each nucleus whole (0.93x the labels' count
-    per image, 1.04x their median radius). Detected at full size the texture splits them."""
-    from cellsynth_cli.measure import detect
-
+    per image, 1.04x their median radius). Told the nuclei are small (`--radius 5`: not
+    shrunk) the texture splits them, and the fit says so: the pieces make up 0.67 of the
+    bright foreground (whole nuclei 1.27)."""
     folders = script_module("bench_data").build("dsb2018-x2.5-textured", tmp_path)
     labelled = io.read_volume(io.list_volumes(folders["real_train"])[0])
     true_count = counted_like_the_detector(labelled.masks)
     true_radius = np.median(whole_mask_radii(labelled.masks))
 
-    def ratios() -> tuple[float, float]:
-        fit = fit_nuclei(folders["real_train_unlabelled"])
+    def fitted(**kwargs) -> tuple[float, float, list[str]]:
+        fit = fit_nuclei(folders["real_train_unlabelled"], **kwargs)
         radius = float(fit.estimates["radius (px, median)"])
-        return fit.detections[0].count / true_count, radius / true_radius
+        return fit.detections[0].count / true_count, radius / true_radius, fit.warnings
 
-    count, radius = ratios()
+    count, radius, warnings = fitted()
     assert abs(count - 1) <= 0.2 and abs(radius - 1) <= 0.15, (count, radius)
-    monkeypatch.setattr(detect, "RESCALE_ABOVE", np.inf)  # detected at full size
-    count, radius = ratios()
+    assert warnings == []
+    count, radius, warnings = fitted(radius=5.0)
     assert count > 2 and radius < 0.5, (count, radius)
+    assert len(warnings) == 1 and "bright foreground" in warnings[0], warnings
+    with pytest.raises(InputError, match="radius"):
+        fit_nuclei(folders["real_train_unlabelled"], radius=0.0)
 
 
 def test_textured_large_nuclei_are_counted_by_the_watershed(monkeypatch):
@@ -304,6 +308,25 @@ def test_fit_on_the_bundled_3d_stack_matches_its_masks():
     # nuclei are flatter in z than in-plane (masks: median z/xy extent 0.72 in micrometres)
     assert 0.55 < np.mean(fit.config.scale_z) < 0.9
     assert fit.config.rotate_in_plane_only  # flat nuclei lie flat
+
+
+@pytest.mark.slow
+def test_fit_sizes_the_dimmed_3d_stack_whole(tmp_path):
+    """The bench's cells3d-dim (the bundled stack's left half, 40 % of its nuclei dimmed
+    3-10x): found on the stack shrunk in-plane, the dim textured nuclei are no longer cut
+    at their chromatin (0.82x the labels' count at 1.06x their radius; unshrunk 1.63x at
+    0.63x), and they make up the bright foreground."""
+    folders = script_module("bench_data").build("cells3d-dim", tmp_path)
+    labelled = io.read_volume(io.list_volumes(folders["real_train"])[0])
+    z_per_xy = labelled.voxel_size[0] / labelled.voxel_size[-1]
+    fit = fit_nuclei(folders["real_train_unlabelled"])
+    found = fit.detections[0]
+    count = found.count / counted_like_the_detector(labelled.masks)
+    radius = np.median(found.equivalent_radius[found.complete]) / np.median(
+        whole_mask_radii(labelled.masks, z_per_xy=z_per_xy)
+    )
+    assert abs(count - 1) <= 0.2 and abs(radius - 1) <= 0.15, (count, radius)
+    assert fit.warnings == []
 
 
 def test_fit_3d_squeezed_nuclei_recovers_the_base_radius(tmp_path):

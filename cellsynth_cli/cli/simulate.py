@@ -189,8 +189,15 @@ def fit(
         FIT_SPREAD,
         "--spread",
         help="'central' ranges span the usual nucleus (20-80 % of the detected sizes, "
-        "10-90 % of brightness and aspect); 'wide' ones 2-98 % of each, so rare small, large, "
-        "dim and bright nuclei are simulated too.",
+        "10-98 % of brightness, 10-90 % of aspect); 'wide' ones 2-98 % of each, so rare "
+        "small, large, dim and bright nuclei are simulated too.",
+    ),
+    radius: float = typer.Option(
+        None,
+        "--radius",
+        help="The typical nucleus radius in pixels, if the fit's picture shows pieces of nuclei "
+        "(it decides how much the images are shrunk for the detector; sizes are still "
+        "measured). Default: measured.",
     ),
     overwrite: Overwrite = False,
     json_out: JsonOut = False,
@@ -199,7 +206,8 @@ def fit(
 
     It finds the nuclei (a LoG blob detector, or a watershed for large textured nuclei) and
     writes radius, aspect ratio, z extent, count per image, brightness on the sketch scale,
-    foreground, shape and voxel size. Check its picture before simulating from it.
+    foreground, shape and voxel size. Check its picture before simulating from it; it warns
+    when the nuclei found do not make up the images' bright foreground.
 
     Examples:
 
@@ -207,7 +215,7 @@ def fit(
         cellsynth simulate fit --data real/ -o mine.toml --spread wide  # rare nuclei too
         cellsynth simulate mine.toml -n 50
     """
-    _fit(data, out, overwrite, json_out, spread)
+    _fit(data, out, overwrite, json_out, spread, radius)
 
 
 @simulate_app.command("from-labels", cls=SiblingOptionCommand)
@@ -250,7 +258,14 @@ def from_labels(
     _report(results, out, json_out)
 
 
-def _fit(data: Path | None, out: Path | None, overwrite: bool, json_out: bool, spread: str) -> None:
+def _fit(
+    data: Path | None,
+    out: Path | None,
+    overwrite: bool,
+    json_out: bool,
+    spread: str,
+    radius: float | None,
+) -> None:
     from rich.table import Table
 
     from cellsynth_cli import io
@@ -266,7 +281,10 @@ def _fit(data: Path | None, out: Path | None, overwrite: bool, json_out: bool, s
             raise InputError(f"{path} already exists (pass --overwrite to replace it)")
     with console.status("finding nuclei", spinner="dots") as status:
         fit = fit_nuclei(
-            data, on_volume=lambda name: status.update(f"found nuclei in {name}"), spread=spread
+            data,
+            on_volume=lambda name: status.update(f"found nuclei in {name}"),
+            spread=spread,
+            radius=radius,
         )
     io.write_text(out, to_toml(fit, data), overwrite=overwrite)
     save_fit_picture(picture, fit, data)
@@ -277,6 +295,7 @@ def _fit(data: Path | None, out: Path | None, overwrite: bool, json_out: bool, s
                 "picture": str(picture),
                 "estimates": fit.estimates,
                 "config": fit.config.to_dict(),
+                "warnings": fit.warnings,
             }
         )
         return
@@ -286,6 +305,8 @@ def _fit(data: Path | None, out: Path | None, overwrite: bool, json_out: bool, s
     for key, value in fit.estimates.items():
         table.add_row(key, str(value))
     console.print(table)
+    for warning in fit.warnings:
+        console.print(f"warning: {warning}", style="yellow", highlight=False)
     console.print(
         f"wrote the preset {out} and the detections picture {picture}; simulate with "
         f"`cellsynth simulate {out} -n 50`"

@@ -47,14 +47,16 @@ CELL_NOISE = 2.0  # noise levels above the background that a watershed cell may 
 LOG_SEED_FRACTION = 0.5  # a LoG nucleus's level is taken within this fraction of its radius
 AUTO_TEXTURE_RATIO = 2.0  # auto: LoG blobs per watershed nucleus above which LoG sees texture
 # The fixed pixel settings above suit nuclei of ~10 px radius (the bundled DSB image): nuclei
-# whose typical inscribed radius is over RESCALE_ABOVE px are detected on the image shrunk
+# whose typical inscribed radius is over RESCALE_ABOVE px are found on the image shrunk
 # in-plane until it is CANONICAL_RADIUS, where chromatin grain and nucleoli fall below the
-# detector's scales (a 2.5x magnified, textured DSB image: 3.9x too many nuclei at 0.30x their
-# radius without it, 0.93x at 1.04x with it; simulated nucleolated nuclei of radius ~30 px,
-# four seeds: 0.96-1.08x the count at 7 px, 1.12-1.38x at 10, neighbours merged at 5;
-# docs/experiments.md)
+# detector's scales, and measured on the image itself (a 2.5x magnified, textured DSB image:
+# 3.9x too many nuclei at 0.30x their radius without it, 0.93x at 1.04x with it; simulated
+# nucleolated nuclei of radius ~30 px, four seeds: 0.96-1.08x the count at 7 px, 1.12-1.38x
+# at 10, neighbours merged at 5). 18 px takes in the bundled stack's textured nuclei
+# (inscribed 20 px; with 40 % of them dimmed: 1.63x the count at 0.63x the radius unshrunk,
+# 0.82x at 1.06x shrunk) and leaves DSB-sized ones (12-14 px) as they are. docs/experiments.md
 CANONICAL_RADIUS = 7.0
-RESCALE_ABOVE = 25.0
+RESCALE_ABOVE = 18.0
 SCALE_SMOOTHING = 2.0  # in-plane voxels: the first foreground the scale is measured on
 
 
@@ -89,6 +91,12 @@ class Detections:
             return np.zeros(0)
         in_plane = self.radii / np.asarray(self.axis_scale)
         return np.exp(np.mean(np.log(in_plane), axis=1))
+
+    @property
+    def volume(self) -> float:
+        """The nuclei's summed volume (area in 2D) in voxels, from their semi-axes."""
+        unit_ball = np.pi if len(self.shape) == 2 else 4.0 / 3.0 * np.pi
+        return float(unit_ball * np.sum(np.prod(self.radii, axis=1)))
 
     @property
     def count(self) -> float:
@@ -136,15 +144,26 @@ def detect_nuclei(
     voxel_size: tuple[float, ...] | None = None,
     method: str = "auto",
     radius_range: tuple[float, float] = DEFAULT_RADIUS_RANGE,
+    shrink: float = 1.0,
 ) -> Detections:
     """Nuclei in IMAGE (already on a [0, 1] scale, background low): seeds by METHOD (see
-    above), each measured on its half-maximum region."""
+    above), each measured on its half-maximum region; found on the image SHRINK times smaller
+    in-plane (detection_scale) and measured on IMAGE."""
     _check_method(method)
-    return detect_in(FirstPass(image, voxel_size, radius_range), method)
+    image = _checked(image)
+    first = FirstPass(*shrunk(image, voxel_size, shrink), radius_range)
+    return detect_in(first, method, image, voxel_size)
 
 
-def detect_in(first: FirstPass, method: str = "auto") -> Detections:
-    """detect_nuclei on an image whose first pass a caller holds (it chose the method on it)."""
+def detect_in(
+    first: FirstPass,
+    method: str = "auto",
+    image: np.ndarray | None = None,
+    voxel_size: tuple[float, ...] | None = None,
+) -> Detections:
+    """detect_nuclei on an image whose first pass a caller holds (it chose the method on it).
+    IMAGE, VOXEL_SIZE: the full-size image FIRST was shrunk from, where the regions found
+    are measured (sizes, brightness); by default FIRST's own."""
     _check_method(method)
     if method == "auto":
         method = choose_method([first])
@@ -153,12 +172,18 @@ def detect_in(first: FirstPass, method: str = "auto") -> Detections:
     else:
         radius = _typical_radius(first.regions)
         seeds = segment_nuclei(first.image, first.voxel_size, threshold="local", radius=radius)
-    return region_detections(
-        first.image,
-        half_maximum_regions(first.image, first.voxel_size, seeds),
-        first.voxel_size,
-        method,
-    )
+    regions = half_maximum_regions(first.image, first.voxel_size, seeds)
+    if image is None:
+        image, voxel_size = first.image, first.voxel_size
+    return region_detections(image, _resized(regions, image.shape), voxel_size, method)
+
+
+def _resized(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """LABELS stretched to SHAPE (nearest voxel): regions found on a shrunk image, at full size."""
+    if labels.shape == tuple(shape):
+        return labels
+    index = np.ix_(*(np.arange(n) * m // n for n, m in zip(shape, labels.shape, strict=True)))
+    return labels[index]
 
 
 def _check_method(method: str) -> None:
@@ -505,10 +530,30 @@ def _inscribed(image: np.ndarray, scale: np.ndarray, sigma: float) -> float:
     return float(peaks[order][np.searchsorted(share, 0.5)])
 
 
-def detection_scale(images: list[np.ndarray], voxel_sizes: list) -> float:
-    """How much to shrink a set's images in-plane before detection (1: not at all)."""
-    pairs = zip(images, voxel_sizes, strict=True)
-    radius = float(np.median([inscribed_radius(im, vs) for im, vs in pairs]))
+def bright_foreground(
+    image: np.ndarray, voxel_size: tuple[float, ...] | None, radius: float
+) -> np.ndarray:
+    """The voxels of IMAGE above one Otsu threshold once smoothed at a quarter of the typical
+    nucleus RADIUS (in-plane voxels; texture and noise smoothed away), holes filled: what the
+    nuclei found, or segmented, should make up (dim nuclei under the threshold aside)."""
+    from skimage.filters import threshold_otsu
+
+    image = _checked(image)
+    scale = _axis_scale(voxel_size, image.ndim)
+    smooth = ndimage.gaussian_filter(image, np.maximum(radius / 4 * scale, 0.3))
+    if float(smooth.max()) <= float(smooth.min()):
+        return np.zeros(image.shape, bool)
+    return _holes_filled(smooth > threshold_otsu(smooth))
+
+
+def detection_scale(
+    images: list[np.ndarray], voxel_sizes: list, radius: float | None = None
+) -> float:
+    """How much to shrink a set's images in-plane before detection (1: not at all), from the
+    typical nucleus RADIUS in in-plane voxels (by default their measured inscribed radius)."""
+    if radius is None:
+        pairs = zip(images, voxel_sizes, strict=True)
+        radius = float(np.median([inscribed_radius(im, vs) for im, vs in pairs]))
     return radius / CANONICAL_RADIUS if radius > RESCALE_ABOVE else 1.0
 
 
@@ -522,27 +567,9 @@ def shrunk(
     plane = (1.0,) * (image.ndim - 2)
     smooth = ndimage.gaussian_filter(image, (0.0,) * len(plane) + (factor / 2,) * 2)
     small = ndimage.zoom(smooth, plane + (1 / factor,) * 2, order=1)
-    if voxel_size is None:
-        return small, None
+    voxel_size = voxel_size or (1.0,) * image.ndim  # the shrunk axes are coarser than z now
     grow = [a / b for a, b in zip(image.shape, small.shape, strict=True)]
     return small, tuple(float(v * g) for v, g in zip(voxel_size, grow, strict=True))
-
-
-def grown(found: Detections, shape: tuple[int, ...], voxel_size) -> Detections:
-    """FOUND (on a shrunk image) in the voxels of the full image of SHAPE."""
-    if tuple(found.shape) == tuple(shape):
-        return found
-    zoom = np.asarray(shape, float) / np.asarray(found.shape, float)
-    return Detections(
-        centres=np.minimum(np.rint(found.centres * zoom), np.asarray(shape) - 1).astype(int),
-        radii=found.radii * zoom,
-        brightness=found.brightness,
-        shape=tuple(shape),
-        axis_scale=tuple(float(v) for v in _axis_scale(voxel_size, len(shape))),
-        method=found.method,
-        weights=found.weights,
-        complete=found.complete,
-    )
 
 
 def choose_method(images: list[FirstPass]) -> str:
@@ -551,6 +578,32 @@ def choose_method(images: list[FirstPass]) -> str:
     blobs = sum(len(first.blobs) for first in images)
     regions = sum(first.regions.count for first in images)
     return "watershed" if blobs > AUTO_TEXTURE_RATIO * max(regions, 1.0) else "log"
+
+
+@dataclass(frozen=True)
+class Detector:
+    """How a set's nuclei are found, chosen once on (some of) its images and used for each:
+    the seed method and how much the images are shrunk in-plane first (detection_scale)."""
+
+    method: str
+    shrink: float = 1.0
+
+    def detect(self, image: np.ndarray, voxel_size=None, **kwargs) -> Detections:
+        return detect_nuclei(image, voxel_size, self.method, shrink=self.shrink, **kwargs)
+
+
+def choose_detector(
+    images: list[np.ndarray], voxel_sizes: list, radius: float | None = None
+) -> tuple[Detector, list[FirstPass]]:
+    """The detector for a set of IMAGES (on a [0, 1] scale) and each image's first pass (on
+    the shrunk image; a caller detecting on these same images starts from them). RADIUS: the
+    typical nucleus radius in in-plane voxels, if the measured one is wrong."""
+    shrink = detection_scale(images, voxel_sizes, radius)
+    passes = [
+        FirstPass(*shrunk(_checked(im), vs, shrink))
+        for im, vs in zip(images, voxel_sizes, strict=True)
+    ]
+    return Detector(choose_method(passes), shrink), passes
 
 
 def _drop_nested(

@@ -30,7 +30,7 @@ from scipy import ndimage, stats
 from cellsynth_cli import io
 from cellsynth_cli.defaults import SEED
 from cellsynth_cli.errors import InputError
-from cellsynth_cli.measure.detect import Detections, FirstPass, choose_method, detect_nuclei
+from cellsynth_cli.measure.detect import Detections, Detector, choose_detector
 from cellsynth_cli.measure.metrics import bhattacharyya_distance, histogram, kl_divergence
 
 FEATURES = ("intensity", "gradient", "texture")
@@ -195,7 +195,7 @@ def _units(
     ranges: dict[str, tuple[float, float]],
     split: bool,
     where: str,
-    method: str,
+    detector: Detector,
 ) -> list[_Stats]:
     """The statistics of one volume: as one unit, or as its two halves (split)."""
     from cellsynth_cli.io.intensity import to_unit
@@ -204,7 +204,7 @@ def _units(
     if not np.isfinite(unit).all():
         raise InputError(f"{where}: image contains NaN or infinite values")
     features = feature_maps(unit)
-    found = detect_nuclei(np.clip(unit, 0, 1), volume.voxel_size, method)
+    found = detector.detect(np.clip(unit, 0, 1), volume.voxel_size)
     if not split:
         whole = tuple(slice(None) for _ in unit.shape)
         return [_Stats.of(features, ranges, whole, found, np.ones(len(found), bool))]
@@ -248,16 +248,15 @@ def compare_sets(
     split = len(samples) == 1
     units: dict[str, list[_Stats]] = {"real": [], "synthetic": []}
     # one nucleus detector for both sets, chosen on (the first few volumes of) the real one
-    method = choose_method(
-        [
-            FirstPass(np.clip(to_unit(v.image, lo, hi), 0, 1), v.voxel_size)
-            for v, _ in zip(_images(ref_dir, "real"), range(METHOD_VOLUMES), strict=False)
-        ]
+    chosen_on = [v for v, _ in zip(_images(ref_dir, "real"), range(METHOD_VOLUMES), strict=False)]
+    detector, _ = choose_detector(
+        [np.clip(to_unit(v.image, lo, hi), 0, 1) for v in chosen_on],
+        [v.voxel_size for v in chosen_on],
     )
     for role, directory in (("real", ref_dir), ("synthetic", pred_dir)):
         for volume in _images(directory, role):
             where = f"{directory}/{volume.name}"
-            units[role].extend(_units(volume, lo, hi, ranges, split, where, method))
+            units[role].extend(_units(volume, lo, hi, ranges, split, where, detector))
             if on_volume:
                 on_volume(volume.name)
     real, synthetic = units["real"], units["synthetic"]
@@ -288,7 +287,7 @@ def compare_sets(
         split=f"{len(splits)} splits of the "
         + ("one real volume into halves" if split else "real volumes into halves"),
         groups=len(groups),
-        detector=method,
+        detector=detector.method,
     )
 
 

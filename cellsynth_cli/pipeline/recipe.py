@@ -37,6 +37,7 @@ AUTO_FRACTION = -1.0  # [predict] min_size_fraction: the default for the data (T
 @dataclass(frozen=True)
 class FitSection:
     spread: str = FIT_SPREAD  # fitted ranges: central (20-80 %) or wide (2-98 %)
+    radius: float = 0.0  # typical nucleus radius in pixels for the detector; 0: measured
 
 
 @dataclass(frozen=True)

@@ -64,12 +64,13 @@ def fit(ctx: Context) -> dict:
     found = fit_nuclei(
         ctx.data,
         spread=ctx.recipe.fit.spread,
+        radius=ctx.recipe.fit.radius or None,
         on_volume=lambda name: ctx.on_progress(f"found nuclei in {name}", None, None),
     )
     io.write_text(ctx.path(FIT_PRESET), to_toml(found, ctx.data), overwrite=True)
     ctx.midpoint("fit")
     save_fit_picture(ctx.path("fit.png"), found, ctx.data)
-    return {"estimates": found.estimates}
+    return {"estimates": found.estimates, "warnings": found.warnings}
 
 
 def train(ctx: Context) -> dict:
