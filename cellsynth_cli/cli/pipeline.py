@@ -206,6 +206,8 @@ def _print_result(
         f"done in {seconds:.0f} s: the segmenter is {project / kept['seg']}{rounds}, your "
         f"images segmented in {project / kept['pred']}, the report {project / REPORT_MD}"
     )
+    for warning in summary["report"]["result"].get("warnings", []):
+        console.print(f"warning: {warning}", style="yellow", highlight=False)
     scores = summary["report"]["result"]["scores"]
     if scores:
         console.print(

@@ -14,6 +14,7 @@ from pathlib import Path
 from cellsynth_cli import io, workdir
 from cellsynth_cli.measure.error_analysis import ERROR_KINDS
 from cellsynth_cli.pipeline import stamps
+from cellsynth_cli.pipeline.checks import run_checks
 from cellsynth_cli.pipeline.stages import CLEAN, Context
 
 SCORED = "pred-score"
@@ -40,6 +41,14 @@ def report(ctx: Context, score_against: Path | None = None) -> dict:
         ],
     )
     realism = compare_sets(ctx.path(workdir.SYNTH), ctx.data).to_dict()
+    checks = run_checks(
+        ctx.data,
+        ctx.path(ctx.results["rounds"]["pred"]),
+        ctx.results["fit"]["estimates"],
+        realism["scores"],
+    )
+    # the fit's own warnings first (records from before 0.3.0 hold none)
+    warnings = ctx.results["fit"].get("warnings", []) + [c.warning() for c in checks if not c.ok]
     scores = _score(ctx, score_against) if score_against is not None else None
     records = {name: stamps.finished(ctx.project, name) for name in ctx.results}
     summary = {
@@ -47,6 +56,8 @@ def report(ctx: Context, score_against: Path | None = None) -> dict:
         "machine": machine(),  # of the report; a rerun may have kept stages made elsewhere
         "results": ctx.results,
         "realism": realism["scores"],
+        "checks": [c.to_dict() for c in checks],
+        "warnings": warnings,
         "scores": scores,
         "seconds": {name: record["seconds"] for name, record in records.items() if record},
         # stages kept from another cellsynth version (their stamps cover settings, not code)
@@ -58,7 +69,7 @@ def report(ctx: Context, score_against: Path | None = None) -> dict:
     }
     io.write_text(ctx.path(REPORT_JSON), json.dumps(summary, indent=2) + "\n", overwrite=True)
     io.write_text(ctx.path(REPORT_MD), _markdown(ctx, summary), overwrite=True)
-    return {"scores": scores and scores["summary"]}
+    return {"scores": scores and scores["summary"], "warnings": warnings}
 
 
 def _score(ctx: Context, reference: Path) -> dict:
@@ -113,6 +124,7 @@ def _markdown(ctx: Context, summary: dict) -> str:
         lines.append(f"- segment: {results['segment']['note']}")
     for name, made_by in summary["made_by_another_version"].items():
         lines.append(f"- {name}: {stamps.kept_from_another_version(name, made_by)}")
+    lines += _checks_lines(summary["checks"], summary["warnings"])
     lines += ["", "## Realism of the synthetic set (unpaired, ratio 1 = as close as real halves)"]
     lines += ["", "| distance | value | floor | ratio |", "|---|---|---|---|"]
     for row in summary["realism"]:
@@ -128,6 +140,17 @@ def _markdown(ctx: Context, summary: dict) -> str:
     lines += ["", "## Stage times", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in summary["seconds"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _checks_lines(checks: list[dict], warnings: list[str]) -> list[str]:
+    lines = ["", "## Checks without labels", ""]
+    lines += ["| check | value | a sound run | |", "|---|---|---|---|"]
+    for c in checks:
+        verdict = "ok" if c["ok"] else "**off**"
+        lines.append(f"| {c['name']} | {c['value']:.2f} | {c['sound']} | {verdict} |")
+    if warnings:
+        lines += ["", *(f"- **warning**: {w}" for w in warnings)]
+    return lines
 
 
 def _machine_line(machine: dict) -> str:

@@ -1,0 +1,144 @@
+"""Checks of a pipeline run that need no labels: does what it segmented agree with what
+`simulate fit` saw in the same images, and do its synthetic nuclei look like the real ones?
+
+Each check is a measured value, the range a sound run stays in, and what to try when it does
+not. The report tables them; the CLI prints a warning line for each one out of range.
+
+- nuclei per image and median radius of the kept segmenter's masks on the user's images,
+  against the fit's (two label-free estimates of the same nuclei: the fit sized from the
+  images, the segmenter from what it learned on the synthetic set);
+- the share of the images' bright foreground (detect.bright_foreground) the masks cover;
+- the realism table's nucleus-radius distance (KS) against the real halves' own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cellsynth_cli import io
+
+# (low, high) a sound run stays within; the bundled image (standard budget) and stack sit
+# near 1 (docs/experiments.md, "Checks without labels")
+COUNT_RATIO = (0.75, 1.33)
+RADIUS_RATIO = (0.8, 1.25)
+FOREGROUND_COVERED = (0.75, None)  # no upper bound
+RADIUS_KS = (0.0, 2.5)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: float
+    low: float
+    high: float | None  # None: no upper bound
+    advice: str  # what it means and what to try, when out of range
+
+    @property
+    def ok(self) -> bool:
+        return self.low <= self.value and (self.high is None or self.value <= self.high)
+
+    @property
+    def sound(self) -> str:
+        """The range a sound run stays in, for people."""
+        return f"at least {self.low:g}" if self.high is None else f"{self.low:g}-{self.high:g}"
+
+    def warning(self) -> str:
+        return f"{self.name} is {self.value:.2f} (a sound run: {self.sound}): {self.advice}"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "sound": self.sound, "ok": self.ok}
+
+
+def run_checks(
+    data: Path, predictions: Path, fit_estimates: dict, realism: list[dict]
+) -> list[Check]:
+    """The checks of a run on DATA whose kept segmenter wrote PREDICTIONS."""
+    fitted_radius = float(fit_estimates["radius (px, median)"])
+    measured = _masks_against_images(data, predictions, fitted_radius)
+    fitted_count = float(fit_estimates["nuclei found"]) / float(fit_estimates["images"])
+    if measured["count"] == 0:
+        return [
+            Check(
+                "nuclei segmented per image",
+                0.0,
+                1.0,
+                None,
+                "the segmenter found none in your images: a larger budget (`--budget "
+                "standard`), and look at report.png",
+            ),
+            *_realism_checks(realism),
+        ]
+    checks = [
+        Check(
+            "segmented / fitted nuclei per image",
+            measured["count"] / max(fitted_count, 1e-9),
+            *COUNT_RATIO,
+            "the segmenter splits or merges nuclei, or the fit miscounted them: compare "
+            "fit.png with the predictions in napari; if the fit is wrong, `--set "
+            "fit.radius=PIXELS`",
+        ),
+        Check(
+            "segmented / fitted median radius",
+            measured["radius"] / max(fitted_radius, 1e-9),
+            *RADIUS_RATIO,
+            "the segmenter draws nuclei of another size than the fit measured: pieces of nuclei "
+            "(fit.png shows circles inside nuclei: `--set fit.radius=PIXELS`) or loose outlines",
+        ),
+        Check(
+            "bright foreground covered by the masks",
+            measured["covered"],
+            *FOREGROUND_COVERED,
+            "nuclei the segmenter does not find (dim ones, or ones unlike the synthetic set): "
+            "look at report.png; `--set fit.spread=wide` simulates rarer nuclei",
+        ),
+    ]
+    return checks + _realism_checks(realism)
+
+
+def _realism_checks(realism: list[dict]) -> list[Check]:
+    radius_ks = next((row for row in realism if row["name"] == "radius_ks"), None)
+    if radius_ks is None or not np.isfinite(radius_ks["ratio"]):
+        return []
+    return [
+        Check(
+            "synthetic nuclei's radius distance (x the real halves')",
+            float(radius_ks["ratio"]),
+            *RADIUS_KS,
+            "the synthetic nuclei are sized unlike the real ones: check fit.png",
+        )
+    ]
+
+
+def _masks_against_images(data: Path, predictions: Path, radius: float) -> dict[str, float]:
+    """Mean masks per image, their median equal-area (equal-volume, in in-plane voxels)
+    radius, and the share of the images' bright foreground they cover."""
+    from cellsynth_cli.io.intensity import robust_range, to_unit
+    from cellsynth_cli.measure.detect import bright_foreground
+
+    volumes = io.read_images(data, "checks")
+    lo, hi = robust_range([v.image for v in volumes])
+    counts, radii, covered, foreground = [], [], 0, 0
+    for volume in volumes:
+        masks = io.read_volume(io.volume_path(predictions, volume.name)).masks
+        _, sizes = np.unique(masks[masks > 0], return_counts=True)
+        counts.append(len(sizes))
+        radii.append(_equivalent_radius(sizes, masks.ndim, volume.voxel_size))
+        bright = bright_foreground(to_unit(volume.image, lo, hi), volume.voxel_size, radius)
+        covered += int(np.sum(bright & (masks > 0)))
+        foreground += int(bright.sum())
+    radii = np.concatenate(radii)
+    return {
+        "count": float(np.mean(counts)),
+        "radius": float(np.median(radii)) if len(radii) else 0.0,
+        "covered": covered / max(foreground, 1),
+    }
+
+
+def _equivalent_radius(sizes: np.ndarray, ndim: int, voxel_size) -> np.ndarray:
+    if ndim == 2:
+        return np.sqrt(sizes / np.pi)
+    z_per_xy = voxel_size[0] / voxel_size[-1] if voxel_size else 1.0
+    return np.cbrt(3 * sizes * z_per_xy / (4 * np.pi))
