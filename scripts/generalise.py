@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import bench_data  # noqa: E402
 
 from cellsynth_cli import io  # noqa: E402
+from cellsynth_cli.measure.outline import outline_profile  # noqa: E402
 from cellsynth_cli.runtime.device import described, machine  # noqa: E402
 
 OUT = Path(os.environ.get("GENERALISE_OUT", REPO / "generalise_out"))
@@ -147,6 +148,10 @@ def run_experiment(name: str, budget: str) -> dict:
     test = out / "real_test"
     predictions = {"synthetic": out / "pipeline" / "pred-score", "real": out / "pred_real"}
     results["dim_recall"] = {arm: dim_recall(folder, test) for arm, folder in predictions.items()}
+    results["outline"] = {
+        "real labels": outline_profile(test),
+        "synthetic": outline_profile(out / "pipeline" / "clean"),
+    }
     return results
 
 
@@ -183,6 +188,15 @@ def score_table(budget: str, runs: dict[str, dict]) -> str:
         ratios = [f"{synthetic[m]['mean'] / max(real[m]['mean'], 1e-9):.2f}x" for m in METRICS]
         gap = r["dim_recall"]["synthetic"] - r["dim_recall"]["real"]
         lines.append(f"| {name} | ratio | {' | '.join(ratios)} | {gap:+.2f} |")
+    lines += ["", "Where nuclei end against their masks (measure/outline.py; crossing: px past"]
+    lines += ["the outline where they fall halfway to background; halo: mean 1-3 px out, 0-1):", ""]
+    lines += ["| set | real labels: crossing, halo | synthetic: crossing, halo |", "|---|---|---|"]
+    for name, r in runs.items():
+        real, synthetic = r["outline"]["real labels"], r["outline"]["synthetic"]
+        lines.append(
+            f"| {name} | {real.crossing:+.2f} px, {real.halo:.2f} | "
+            f"{synthetic.crossing:+.2f} px, {synthetic.halo:.2f} |"
+        )
     return "\n".join(lines)
 
 

@@ -8,7 +8,10 @@ not. The report tables them; the CLI prints a warning line for each one out of r
   against the fit's (two label-free estimates of the same nuclei: the fit sized from the
   images, the segmenter from what it learned on the synthetic set);
 - the share of the images' bright foreground (detect.bright_foreground) the masks cover;
-- the realism table's nucleus-radius distance (KS) against the real halves' own.
+- the realism table's nucleus-radius distance (KS) against the real halves' own;
+- where the synthetic nuclei end against their masks (measure/outline.py): a person draws
+  an outline about where a nucleus falls halfway to the background, so masks the segmenter
+  learns from should end there too.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from cellsynth_cli import io
+from cellsynth_cli.measure.outline import outline_profile
 
 # (low, high) a sound run stays within; the bundled image (standard budget) and stack sit
 # near 1 (docs/experiments.md, "Checks without labels")
@@ -26,6 +30,7 @@ COUNT_RATIO = (0.75, 1.33)
 RADIUS_RATIO = (0.8, 1.25)
 FOREGROUND_COVERED = (0.75, None)  # no upper bound
 RADIUS_KS = (0.0, 2.5)
+OUTLINE_CROSSING = (-1.0, 1.0)  # px past the mask outline
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,7 @@ class Check:
     @property
     def sound(self) -> str:
         """The range a sound run stays in, for people."""
-        return f"at least {self.low:g}" if self.high is None else f"{self.low:g}-{self.high:g}"
+        return f"at least {self.low:g}" if self.high is None else f"{self.low:g} to {self.high:g}"
 
     def warning(self) -> str:
         return f"{self.name} is {self.value:.2f} (a sound run: {self.sound}): {self.advice}"
@@ -53,9 +58,14 @@ class Check:
 
 
 def run_checks(
-    data: Path, predictions: Path, fit_estimates: dict, realism: list[dict]
+    data: Path,
+    predictions: Path,
+    fit_estimates: dict,
+    realism: list[dict],
+    synthetic: Path | None = None,
 ) -> list[Check]:
-    """The checks of a run on DATA whose kept segmenter wrote PREDICTIONS."""
+    """The checks of a run on DATA whose kept segmenter wrote PREDICTIONS, trained on the
+    SYNTHETIC set (images with their simulated masks)."""
     fitted_radius = float(fit_estimates["radius (px, median)"])
     measured = _masks_against_images(data, predictions, fitted_radius)
     fitted_count = float(fit_estimates["nuclei found"]) / float(fit_estimates["images"])
@@ -69,7 +79,7 @@ def run_checks(
                 "the segmenter found none in your images: a larger budget (`--budget "
                 "standard`), and look at report.png",
             ),
-            *_realism_checks(realism),
+            *_synthetic_checks(realism, synthetic),
         ]
     checks = [
         Check(
@@ -95,21 +105,33 @@ def run_checks(
             "look at report.png; `--set fit.spread=wide` simulates rarer nuclei",
         ),
     ]
-    return checks + _realism_checks(realism)
+    return checks + _synthetic_checks(realism, synthetic)
 
 
-def _realism_checks(realism: list[dict]) -> list[Check]:
+def _synthetic_checks(realism: list[dict], synthetic: Path | None) -> list[Check]:
+    checks = []
     radius_ks = next((row for row in realism if row["name"] == "radius_ks"), None)
-    if radius_ks is None or not np.isfinite(radius_ks["ratio"]):
-        return []
-    return [
-        Check(
-            "synthetic nuclei's radius distance (x the real halves')",
-            float(radius_ks["ratio"]),
-            *RADIUS_KS,
-            "the synthetic nuclei are sized unlike the real ones: check fit.png",
+    if radius_ks is not None and np.isfinite(radius_ks["ratio"]):
+        checks.append(
+            Check(
+                "synthetic nuclei's radius distance (x the real halves')",
+                float(radius_ks["ratio"]),
+                *RADIUS_KS,
+                "the synthetic nuclei are sized unlike the real ones: check fit.png",
+            )
         )
-    ]
+    crossing = outline_profile(synthetic).crossing if synthetic is not None else np.nan
+    if np.isfinite(crossing):
+        checks.append(
+            Check(
+                "synthetic nuclei end past their masks (px)",
+                crossing,
+                *OUTLINE_CROSSING,
+                "the segmenter learns outlines tighter (> 0) or looser (< 0) than the nuclei "
+                "it sees: compare a synthetic image with its masks in napari",
+            )
+        )
+    return checks
 
 
 def _masks_against_images(data: Path, predictions: Path, radius: float) -> dict[str, float]:

@@ -46,6 +46,7 @@ def report(ctx: Context, score_against: Path | None = None) -> dict:
         ctx.path(ctx.results["rounds"]["pred"]),
         ctx.results["fit"]["estimates"],
         realism["scores"],
+        ctx.path(CLEAN),
     )
     # the fit's own warnings first (records from before 0.3.0 hold none)
     warnings = ctx.results["fit"].get("warnings", []) + [c.warning() for c in checks if not c.ok]
