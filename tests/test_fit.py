@@ -381,3 +381,23 @@ def test_wide_spread_spans_the_rare_nuclei_the_central_one_leaves_out(tmp_path):
     assert bad.exit_code == 2 and "spread must be one of central, wide" in bad.output
     misplaced = run("simulate", "nuclei", "-n", 1, "--spread", "wide", "-o", tmp_path / "s")
     assert misplaced.exit_code == 2 and "--spread is for `simulate fit`" in misplaced.output
+
+
+def test_a_nucleus_cut_where_there_is_no_valley_is_joined_but_touching_nuclei_are_not():
+    """A nucleus whose seeds cut it into a bright part and a dimmer one, with no valley
+    between them, is one nucleus; two touching nuclei with a dim seam stay two."""
+    from cellsynth_cli.measure.detect import _joined_without_valley
+
+    yy, xx = np.mgrid[:64, :128]
+    image = np.full((64, 128), 0.05, np.float32)
+    regions = np.zeros((64, 128), np.int32)
+    nucleus = (yy - 32) ** 2 + (xx - 32) ** 2 <= 14**2
+    image[nucleus] = np.where(xx[nucleus] < 30, 0.8, 0.45)  # dense chromatin on one side
+    regions[nucleus] = np.where(xx[nucleus] < 30, 1, 2)  # cut where it dims
+    for label, cx in ((3, 84), (4, 108)):
+        disc = (yy - 32) ** 2 + (xx - cx) ** 2 <= 12**2
+        image[disc], regions[disc] = 0.7, label
+    image[:, 95:97] = np.where(regions[:, 95:97] > 0, 0.2, image[:, 95:97])  # the seam
+    joined = _joined_without_valley(image, None, regions)
+    assert len(np.unique(joined[nucleus])) == 1
+    assert len(np.unique(joined[regions >= 3])) == 2

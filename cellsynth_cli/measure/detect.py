@@ -46,6 +46,10 @@ BACKGROUND_SCALE = 30.0  # in-plane voxels of smoothing of the background map (i
 CELL_NOISE = 2.0  # noise levels above the background that a watershed cell may span
 LOG_SEED_FRACTION = 0.5  # a LoG nucleus's level is taken within this fraction of its radius
 AUTO_TEXTURE_RATIO = 2.0  # auto: LoG blobs per watershed nucleus above which LoG sees texture
+# two touching regions are one nucleus when the boundary between them is brighter than this
+# times the dimmer one's level: no valley, a textured nucleus cut at a chromatin spot (BBBC007:
+# 1.20x -> 1.11x the labels' count; 0.9 merged touching DSB nuclei, 1.05 none)
+NO_VALLEY = 1.05
 # The fixed pixel settings above suit nuclei of ~10 px radius (the bundled DSB image): nuclei
 # whose typical inscribed radius is over RESCALE_ABOVE px are found on the image shrunk
 # in-plane until it is CANONICAL_RADIUS, where chromatin grain and nucleoli fall below the
@@ -173,9 +177,52 @@ def detect_in(
         radius = _typical_radius(first.regions)
         seeds = segment_nuclei(first.image, first.voxel_size, threshold="local", radius=radius)
     regions = half_maximum_regions(first.image, first.voxel_size, seeds)
+    regions = _joined_without_valley(first.image, first.voxel_size, regions)
     if image is None:
         image, voxel_size = first.image, first.voxel_size
     return region_detections(image, _resized(regions, image.shape), voxel_size, method)
+
+
+def _joined_without_valley(
+    image: np.ndarray, voxel_size: tuple[float, ...] | None, regions: np.ndarray
+) -> np.ndarray:
+    """REGIONS with each pair that touches without a valley between them (NO_VALLEY) joined:
+    above the background, the mean of the smoothed image across their shared boundary against
+    the dimmer one's median level."""
+    index = np.arange(1, int(regions.max()) + 1)
+    if len(index) < 2:
+        return regions
+    scale = _axis_scale(voxel_size, image.ndim)
+    smooth = ndimage.gaussian_filter(image, np.maximum(SMOOTHING * scale, 0.3))
+    contrast = smooth - _background(smooth, regions == 0, scale)
+    level = np.concatenate([[np.inf], ndimage.median(contrast, regions, index)])
+    first, second, value = [], [], []
+    for axis in range(regions.ndim):
+        n = regions.shape[axis] - 1
+        a, b = (np.take(regions, range(k, n + k), axis) for k in (0, 1))
+        c_a, c_b = (np.take(contrast, range(k, n + k), axis) for k in (0, 1))
+        touch = (a > 0) & (b > 0) & (a != b)
+        first.append(np.minimum(a, b)[touch])
+        second.append(np.maximum(a, b)[touch])
+        value.append((c_a[touch] + c_b[touch]) / 2)
+    first, second, value = (np.concatenate(v) for v in (first, second, value))
+    if len(first) == 0:
+        return regions
+    pairs, inverse = np.unique(np.stack([first, second], axis=1), axis=0, return_inverse=True)
+    boundary = np.bincount(inverse.ravel(), value) / np.bincount(inverse.ravel())
+    joined = boundary >= NO_VALLEY * np.minimum(level[pairs[:, 0]], level[pairs[:, 1]])
+    parent = np.arange(len(index) + 1)
+    for p, q in pairs[joined]:
+        root_p, root_q = _root(parent, p), _root(parent, q)
+        parent[max(root_p, root_q)] = min(root_p, root_q)
+    roots = np.array([_root(parent, i) for i in range(len(parent))])
+    return roots[regions].astype(np.int32)
+
+
+def _root(parent: np.ndarray, i: int) -> int:
+    while parent[i] != i:
+        i = parent[i]
+    return int(i)
 
 
 def _resized(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -413,11 +460,7 @@ def half_maximum_regions(
         return seeds
     scale = _axis_scale(voxel_size, image.ndim)
     smooth = ndimage.gaussian_filter(image, np.maximum(SMOOTHING * scale, 0.3))
-    away = seeds == 0
-    wide = BACKGROUND_SCALE * scale
-    background = ndimage.gaussian_filter(np.where(away, smooth, 0), wide) / np.maximum(
-        ndimage.gaussian_filter(away.astype(np.float32), wide), 1e-3
-    )
+    background = _background(smooth, seeds == 0, scale)
     above = smooth > background + CELL_NOISE * _noise_level(image)
     cells = watershed(-smooth, np.where(above, seeds, 0), mask=above | (seeds > 0))
     index = np.arange(1, n + 1)
@@ -427,6 +470,14 @@ def half_maximum_regions(
     base = np.where(np.isfinite(base), base, level)  # a seed without a cell keeps none
     cut = np.concatenate([[np.inf], base + HALF_MAXIMUM * (level - base)])
     return np.where((cells > 0) & (smooth > cut[cells]), cells, 0).astype(np.int32)
+
+
+def _background(smooth: np.ndarray, away: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """A smooth map of SMOOTH from its AWAY voxels only (uneven illumination, not nuclei)."""
+    wide = BACKGROUND_SCALE * scale
+    return ndimage.gaussian_filter(np.where(away, smooth, 0), wide) / np.maximum(
+        ndimage.gaussian_filter(away.astype(np.float32), wide), 1e-3
+    )
 
 
 def _noise_level(image: np.ndarray) -> float:
