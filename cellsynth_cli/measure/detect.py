@@ -56,11 +56,10 @@ NO_VALLEY = 1.05
 # detector's scales, and measured on the image itself (a 2.5x magnified, textured DSB image:
 # 3.9x too many nuclei at 0.30x their radius without it, 0.93x at 1.04x with it; simulated
 # nucleolated nuclei of radius ~30 px, four seeds: 0.96-1.08x the count at 7 px, 1.12-1.38x
-# at 10, neighbours merged at 5). 18 px takes in the bundled stack's textured nuclei
-# (inscribed 20 px; with 40 % of them dimmed: 1.63x the count at 0.63x the radius unshrunk,
-# 0.82x at 1.06x shrunk) and leaves DSB-sized ones (12-14 px) as they are. docs/experiments.md
+# at 10, neighbours merged at 5; docs/experiments.md). The bundled stack's nuclei (inscribed
+# 20 px) are not shrunk: at 18 px they were, and its fit moved (z extent, brightness top).
 CANONICAL_RADIUS = 7.0
-RESCALE_ABOVE = 18.0
+RESCALE_ABOVE = 25.0
 SCALE_SMOOTHING = 2.0  # in-plane voxels: the first foreground the scale is measured on
 
 
