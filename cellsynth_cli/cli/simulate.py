@@ -189,7 +189,7 @@ def fit(
         FIT_SPREAD,
         "--spread",
         help="'central' ranges span the usual nucleus (20-80 % of the detected sizes, "
-        "10-98 % of brightness, 10-90 % of aspect); 'wide' ones 2-98 % of each, so rare "
+        "2-98 % of brightness, 10-90 % of aspect); 'wide' ones 2-98 % of each, so rare "
         "small, large, dim and bright nuclei are simulated too.",
     ),
     radius: float = typer.Option(
