@@ -2,4 +2,4 @@
 
 # the one place the version is written (pyproject reads it). A change to what a stage makes
 # raises it: `cellsynth pipeline` then tells which kept stages an older version made.
-__version__ = "0.2.0"
+__version__ = "0.3.0"
