@@ -57,7 +57,7 @@ FULL_REGION_COVER = 0.7  # a fitted ellipsoid covering this much of the image me
 MOMENT_WINDOW = 1.5  # radii around a centre used for its in-plane intensity moments
 FLAT_Z = 0.9  # z / in-plane extent below which fitted 3D nuclei are rotated about z only
 # the nuclei found should make up the images' bright foreground (count x size): on the bench
-# 0.95-1.27 of it (more where dim nuclei lie under its threshold); 0.67 where the detector cut
+# 0.91-1.27 of it (more where dim nuclei lie under its threshold); 0.65 where the detector cut
 # large textured nuclei into pieces (docs/experiments.md)
 EXPLAINED_FOREGROUND = 0.75
 # percentiles of the detections each range spans: (sizes, brightness, other ranges), by spread.
