@@ -38,6 +38,7 @@ from cellsynth_cli import io
 from cellsynth_cli.errors import InputError
 from cellsynth_cli.io.intensity import robust_range, to_unit
 from cellsynth_cli.measure.detect import (
+    CANONICAL_RADIUS,
     Detections,
     bright_foreground,
     choose_detector,
@@ -81,6 +82,7 @@ class Fit:
     detections: list[Detections] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # where its own checks disagree
+    intensity_scale: tuple[float, float] = (0.0, 1.0)  # the images' values at 0 and 1
 
 
 def _aspect_ratios(image: np.ndarray, found: Detections) -> np.ndarray:
@@ -217,7 +219,7 @@ def fit_nuclei(
     estimates = _estimates(found, method, spread, radii, ranges, changes, (lo, hi))
     explained = _explained_foreground(volumes, lo, hi, found)
     estimates["nuclei / bright foreground (volume)"] = round(explained, 2)
-    return Fit(config, estimates, found, names, _warnings(explained))
+    return Fit(config, estimates, found, names, _warnings(explained), (lo, hi))
 
 
 def _explained_foreground(
@@ -317,7 +319,8 @@ def to_toml(fit: Fit, data: Path) -> str:
 
 
 def save_fit_picture(path: Path, fit: Fit, data: Path) -> Path:
-    """The first image (max projection in 3D) with every detection drawn as a circle."""
+    """The first image (max projection in 3D) with every detection drawn as a circle, and the
+    outline of the bright foreground they should make up."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -327,26 +330,27 @@ def save_fit_picture(path: Path, fit: Fit, data: Path) -> Path:
     volume = next(v for v in io.read_volumes(data) if v.image is not None)
     image = volume.image.max(axis=0) if volume.image.ndim == 3 else volume.image
     found = fit.detections[0]
+    radius = float(np.median(found.equivalent_radius)) if len(found) else CANONICAL_RADIUS
+    unit = to_unit(volume.image, *fit.intensity_scale)
+    foreground = bright_foreground(unit, volume.voxel_size, radius)
+    foreground = foreground.any(axis=0) if foreground.ndim == 3 else foreground
     h, w = image.shape
     scale = 8.0 / max(h, w)
     fig, ax = plt.subplots(figsize=(w * scale + 0.2, h * scale + 0.6))
     lo, hi = np.percentile(image, [1, 99.8])
     ax.imshow(image, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
-    for centre, radius in zip(found.centres, found.equivalent_radius, strict=True):
-        ax.add_patch(Circle((centre[-1], centre[-2]), radius, fill=False, color="yellow", lw=0.8))
-    explained = fit.estimates.get("nuclei / bright foreground (volume)")
-    ax.set_title(
-        f"{fit.names[0]}: {len(found)} nuclei found"
-        + (" (max projection)" if volume.image.ndim == 3 else "")
-        + (
-            f"; all images: they make up {explained:.0%} of the bright foreground"
-            if explained
-            else ""
-        )
-        + ("\nWARNING: " + fit.warnings[0].split(":")[0] if fit.warnings else ""),
-        fontsize=9,
-        color="red" if fit.warnings else "black",
-    )
+    if foreground.any():
+        ax.contour(foreground, [0.5], colors="cyan", linewidths=0.6)
+    for centre, r in zip(found.centres, found.equivalent_radius, strict=True):
+        ax.add_patch(Circle((centre[-1], centre[-2]), r, fill=False, color="yellow", lw=0.8))
+    explained = fit.estimates["nuclei / bright foreground (volume)"]
+    lines = [
+        f"{fit.names[0]}: {len(found)} nuclei found (yellow)"
+        + (", max projection" if volume.image.ndim == 3 else ""),
+        f"all images: they make up {explained:.0%} of the bright foreground (cyan)",
+        *(["WARNING: see the warning simulate fit printed"] if fit.warnings else []),
+    ]
+    ax.set_title("\n".join(lines), fontsize=8, color="red" if fit.warnings else "black")
     ax.axis("off")
     fig.tight_layout()
     with io.atomic_file(path, overwrite=True) as tmp:
