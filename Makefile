@@ -106,7 +106,8 @@ experiment-3d: $(STAMP)
 
 # issue 46: the generalisation bench (scripts/bench_data.py): how right `simulate fit` is on
 # each data set, then the pipeline against a real-label Cellpose per set and budget (hours on a
-# CPU; GENERALISE_ARGS="--fit-only" for the fit table alone, "--sets dsb2018-dim --budgets quick")
+# CPU; GENERALISE_ARGS="--fit-only" for the fit table alone, "--sets dsb2018-dim --budgets quick",
+# "--seeds 0,1,2" for three seeds of simulation, synthesis and both arms' Cellpose)
 GENERALISE_ARGS ?=
 generalise: $(STAMP)
 	$(PY) scripts/generalise.py $(GENERALISE_ARGS)
