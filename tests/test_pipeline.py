@@ -81,6 +81,21 @@ def test_smoke_pipeline_writes_every_output(smoke_2d):
     assert not list(smoke_2d.rglob(".*tmp*"))
 
 
+def test_the_report_checks_itself_and_the_cli_warns(smoke_2d):
+    """Every check out of range is a warning line, in the report and printed by the CLI (a
+    smoke run's segmenter finds next to nothing: something is always off)."""
+    summary = json.loads((smoke_2d / "report.json").read_text())
+    off = [c for c in summary["checks"] if not c["ok"]]
+    assert off and len(summary["warnings"]) == len(off) + len(summary["results"]["fit"]["warnings"])
+    report = (smoke_2d / "report.md").read_text()
+    assert "## Checks without labels" in report
+    assert all(f"- **warning**: {w}" in report for w in summary["warnings"])
+    rerun = run_cellsynth("pipeline", smoke_2d, "--budget", "smoke")  # up to date: seconds
+    assert rerun.returncode == 0, rerun.stderr
+    printed = [line for line in rerun.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(printed) == len(summary["warnings"]), rerun.stderr  # the console is stderr
+
+
 @pytest.mark.slow  # over 80 s in `pytest --durations` (2 cores, shared)
 def test_rerun_skips_and_a_change_reruns_only_downstream(smoke_2d, tmp_path):
     project = tmp_path / "project"
