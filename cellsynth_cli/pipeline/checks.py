@@ -24,11 +24,13 @@ import numpy as np
 from cellsynth_cli import io
 from cellsynth_cli.measure.outline import outline_profile
 
-# (low, high) a sound run stays within; the bundled image (standard budget) and stack sit
-# near 1 (docs/experiments.md, "Checks without labels")
+# (low, high) a sound run stays within. Measured (docs/pipeline.md): the bundled image and
+# stack's `make experiment` runs (AP@0.5 0.94 / 0.87 / 0.67) at count 1.03 / 1.21 / 1.20,
+# radius 0.95 / 0.95 / 0.97, foreground covered 0.78 / 0.77 / 0.73; two quick-budget bench
+# runs (AP@0.75 0.11 / 0.40) at count 0.72 / 0.74, foreground 0.58 / 0.67
 COUNT_RATIO = (0.75, 1.33)
 RADIUS_RATIO = (0.8, 1.25)
-FOREGROUND_COVERED = (0.75, None)  # no upper bound
+FOREGROUND_COVERED = (0.7, None)  # no upper bound
 RADIUS_KS = (0.0, 2.5)
 OUTLINE_CROSSING = (-1.0, 1.0)  # px past the mask outline
 
@@ -68,7 +70,10 @@ def run_checks(
     SYNTHETIC set (images with their simulated masks)."""
     fitted_radius = float(fit_estimates["radius (px, median)"])
     measured = _masks_against_images(data, predictions, fitted_radius)
-    fitted_count = float(fit_estimates["nuclei found"]) / float(fit_estimates["images"])
+    fitted_count = float(
+        fit_estimates.get("nuclei per image (mean)")  # a fit by cellsynth 0.2.0 has no mean
+        or float(fit_estimates["nuclei found"]) / float(fit_estimates["images"])
+    )
     if measured["count"] == 0:
         return [
             Check(
@@ -135,8 +140,9 @@ def _synthetic_checks(realism: list[dict], synthetic: Path | None) -> list[Check
 
 
 def _masks_against_images(data: Path, predictions: Path, radius: float) -> dict[str, float]:
-    """Mean masks per image, their median equal-area (equal-volume, in in-plane voxels)
-    radius, and the share of the images' bright foreground they cover."""
+    """Masks per image (those cut by the border by their size, as the fit counts), the
+    median equal-area (equal-volume, in in-plane voxels) radius of the whole ones, and the
+    share of the images' bright foreground they cover."""
     from cellsynth_cli.io.intensity import robust_range, to_unit
     from cellsynth_cli.measure.detect import bright_foreground
 
@@ -145,9 +151,10 @@ def _masks_against_images(data: Path, predictions: Path, radius: float) -> dict[
     counts, radii, covered, foreground = [], [], 0, 0
     for volume in volumes:
         masks = io.read_volume(io.volume_path(predictions, volume.name)).masks
-        _, sizes = np.unique(masks[masks > 0], return_counts=True)
-        counts.append(len(sizes))
-        radii.append(_equivalent_radius(sizes, masks.ndim, volume.voxel_size))
+        labels, sizes = np.unique(masks[masks > 0], return_counts=True)
+        whole = ~np.isin(labels, _on_the_border(masks))
+        counts.append(_counted(sizes, whole))
+        radii.append(_equivalent_radius(sizes[whole], masks.ndim, volume.voxel_size))
         bright = bright_foreground(to_unit(volume.image, lo, hi), volume.voxel_size, radius)
         covered += int(np.sum(bright & (masks > 0)))
         foreground += int(bright.sum())
@@ -157,6 +164,21 @@ def _masks_against_images(data: Path, predictions: Path, radius: float) -> dict[
         "radius": float(np.median(radii)) if len(radii) else 0.0,
         "covered": covered / max(foreground, 1),
     }
+
+
+def _on_the_border(masks: np.ndarray) -> np.ndarray:
+    """Labels that touch the in-plane border."""
+    edge = [masks[..., 0, :], masks[..., -1, :], masks[..., :, 0], masks[..., :, -1]]
+    return np.unique(np.concatenate([e.ravel() for e in edge]))
+
+
+def _counted(sizes: np.ndarray, whole: np.ndarray) -> float:
+    """Objects counted as the fit counts nuclei: one cut by the border by its size against
+    the median whole one."""
+    if not whole.any():
+        return float(len(sizes))
+    typical = float(np.median(sizes[whole]))
+    return float(np.sum(np.where(whole, 1.0, np.minimum(1.0, sizes / typical))))
 
 
 def _equivalent_radius(sizes: np.ndarray, ndim: int, voxel_size) -> np.ndarray:

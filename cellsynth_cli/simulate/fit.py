@@ -287,6 +287,8 @@ def _estimates(
         "spread": spread,
         "nuclei found": sum(len(d) for d in found),
         "nuclei per image": f"{min(counts):.0f}-{max(counts):.0f}",
+        # nuclei cut by the image border count by their size (detect.region_detections)
+        "nuclei per image (mean)": round(float(np.mean(counts)), 2),
         "radius (px, median)": round(float(np.median(radii)), 2),
         f"radius (px, {size_pct[0]}-{size_pct[1]} %)": "{:.1f}-{:.1f}".format(*ranges["radius"]),
         f"aspect ratio ({other_pct[0]}-{other_pct[1]} %)": f"{aspect_lo:.2f}-{aspect_hi:.2f}",
