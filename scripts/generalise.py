@@ -197,9 +197,9 @@ def score_table(budget: str, runs: dict[str, list[dict]]) -> str:
             cells = [_spread(values[m]) for m in METRICS]
             lines.append(f"| {name} | {arm} | {' | '.join(cells)} | {means[key]['dim']:.2f} |")
         synthetic, real = means["synthetic"], means["real"]
-        ratios = {m: synthetic[m] / max(real[m], 1e-9) for m in METRICS}
         gap = synthetic["dim"] - real["dim"]
-        cells = [f"{ratios[m]:.2f}x" for m in METRICS]
+        # a real-label arm that found nothing has no ratio to give
+        cells = [f"{synthetic[m] / real[m]:.2f}x" if real[m] > 0 else "n/a" for m in METRICS]
         lines.append(f"| {name} | ratio ({len(seeds)} seeds) | {' | '.join(cells)} | {gap:+.2f} |")
     lines += ["", f"Bar: AP@0.5 >= {AP50_RATIO}x, AP@0.75 >= {AP75_RATIO}x the real-label arm's,"]
     lines += [f"recall on the dimmest fifth within {DIM_RECALL_GAP} of it.", ""]
