@@ -140,22 +140,22 @@ def _synthetic_checks(realism: list[dict], synthetic: Path | None) -> list[Check
 
 
 def _masks_against_images(data: Path, predictions: Path, radius: float) -> dict[str, float]:
-    """Masks per image (those cut by the border by their size, as the fit counts), the
-    median equal-area (equal-volume, in in-plane voxels) radius of the whole ones, and the
-    share of the images' bright foreground they cover."""
+    """Masks per image counted as the fit counts its nuclei (detect.region_detections: one
+    cut by the border by its size), the median equal-area (equal-volume, in in-plane voxels)
+    radius of the whole ones, and the share of the images' bright foreground they cover."""
     from cellsynth_cli.io.intensity import robust_range, to_unit
-    from cellsynth_cli.measure.detect import bright_foreground
+    from cellsynth_cli.measure.detect import bright_foreground, region_detections
 
     volumes = io.read_images(data, "checks")
     lo, hi = robust_range([v.image for v in volumes])
     counts, radii, covered, foreground = [], [], 0, 0
     for volume in volumes:
-        masks = io.read_volume(io.volume_path(predictions, volume.name)).masks
-        labels, sizes = np.unique(masks[masks > 0], return_counts=True)
-        whole = ~np.isin(labels, _on_the_border(masks))
-        counts.append(_counted(sizes, whole))
-        radii.append(_equivalent_radius(sizes[whole], masks.ndim, volume.voxel_size))
-        bright = bright_foreground(to_unit(volume.image, lo, hi), volume.voxel_size, radius)
+        masks = io.read_volume(io.volume_path(predictions, volume.name)).masks.astype(np.int32)
+        unit = to_unit(volume.image, lo, hi)
+        segmented = region_detections(unit, masks, volume.voxel_size, "segmented")
+        counts.append(segmented.count)
+        radii.append(segmented.equivalent_radius[segmented.complete])
+        bright = bright_foreground(unit, volume.voxel_size, radius)
         covered += int(np.sum(bright & (masks > 0)))
         foreground += int(bright.sum())
     radii = np.concatenate(radii)
@@ -164,25 +164,3 @@ def _masks_against_images(data: Path, predictions: Path, radius: float) -> dict[
         "radius": float(np.median(radii)) if len(radii) else 0.0,
         "covered": covered / max(foreground, 1),
     }
-
-
-def _on_the_border(masks: np.ndarray) -> np.ndarray:
-    """Labels that touch the in-plane border."""
-    edge = [masks[..., 0, :], masks[..., -1, :], masks[..., :, 0], masks[..., :, -1]]
-    return np.unique(np.concatenate([e.ravel() for e in edge]))
-
-
-def _counted(sizes: np.ndarray, whole: np.ndarray) -> float:
-    """Objects counted as the fit counts nuclei: one cut by the border by its size against
-    the median whole one."""
-    if not whole.any():
-        return float(len(sizes))
-    typical = float(np.median(sizes[whole]))
-    return float(np.sum(np.where(whole, 1.0, np.minimum(1.0, sizes / typical))))
-
-
-def _equivalent_radius(sizes: np.ndarray, ndim: int, voxel_size) -> np.ndarray:
-    if ndim == 2:
-        return np.sqrt(sizes / np.pi)
-    z_per_xy = voxel_size[0] / voxel_size[-1] if voxel_size else 1.0
-    return np.cbrt(3 * sizes * z_per_xy / (4 * np.pi))
