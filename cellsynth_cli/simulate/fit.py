@@ -163,7 +163,8 @@ def fit_nuclei(
     volumes = io.read_images(data, "fit")
     images = [v.image for v in volumes]
     lo, hi = robust_range(images)
-    method, found = _detect_all(volumes, lo, hi, radius, on_volume)
+    units = [to_unit(image, lo, hi) for image in images]  # the sketch scale, each image once
+    method, found = _detect_all(volumes, units, radius, on_volume)
     names = [v.name for v in volumes]
     n_found = sum(len(d) for d in found)
     if n_found < MIN_DETECTIONS or not any(d.complete.any() for d in found):
@@ -174,7 +175,7 @@ def fit_nuclei(
     radii = np.concatenate([d.equivalent_radius[d.complete] for d in found])
     brightness = np.concatenate([d.brightness for d in found])
     aspects = np.concatenate(
-        [_aspect_ratios(to_unit(v.image, lo, hi), d) for v, d in zip(volumes, found, strict=True)]
+        [_aspect_ratios(unit, d) for unit, d in zip(units, found, strict=True)]
     )
     aspect_lo, aspect_hi = (
         tuple(float(v) for v in np.percentile(aspects, other_pct)) if len(aspects) else (1.0, 1.0)
@@ -217,19 +218,20 @@ def fit_nuclei(
     config = replace(load_preset(GENERIC_PRESET), changes, source="simulate fit")
     ranges = {"radius": radius_pct, "aspect": (aspect_lo, aspect_hi), "z": (z_lo, z_hi)}
     estimates = _estimates(found, method, spread, radii, ranges, changes, (lo, hi))
-    explained = _explained_foreground(volumes, lo, hi, found)
+    explained = _explained_foreground(volumes, units, found)
     estimates["nuclei / bright foreground (volume)"] = round(explained, 2)
     return Fit(config, estimates, found, names, _warnings(explained), (lo, hi))
 
 
 def _explained_foreground(
-    volumes: list[io.Volume], lo: float, hi: float, found: list[Detections]
+    volumes: list[io.Volume], units: list[np.ndarray], found: list[Detections]
 ) -> float:
-    """The nuclei found (count x size) over the images' bright foreground, all images."""
+    """The nuclei found (count x size) over the images' bright foreground (UNITS: the images
+    on the sketch scale), all images."""
     radius = float(np.median(np.concatenate([d.equivalent_radius for d in found])))
     foreground = sum(
-        int(bright_foreground(to_unit(v.image, lo, hi), v.voxel_size, radius).sum())
-        for v in volumes
+        int(bright_foreground(unit, v.voxel_size, radius).sum())
+        for v, unit in zip(volumes, units, strict=True)
     )
     return sum(d.volume for d in found) / max(foreground, 1)
 
@@ -248,15 +250,13 @@ def _warnings(explained: float) -> list[str]:
 
 def _detect_all(
     volumes: list[io.Volume],
-    lo: float,
-    hi: float,
+    units: list[np.ndarray],
     radius: float | None,
     on_volume: Callable[[str], None] | None,
 ) -> tuple[str, list]:
-    """The detector chosen on all images (one for the whole set) and its nuclei per image,
-    found on the images shrunk when their nuclei are large (detect.detection_scale) and
-    measured on the images themselves."""
-    units = [to_unit(v.image, lo, hi) for v in volumes]
+    """The detector chosen on all images (one for the whole set) and its nuclei per image
+    (UNITS: the images on the sketch scale), found on the images shrunk when their nuclei are
+    large (detect.detection_scale) and measured on the images themselves."""
     voxel_sizes = [v.voxel_size for v in volumes]
     detector, passes = choose_detector(units, voxel_sizes, radius)
     found = []
