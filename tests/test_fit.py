@@ -401,3 +401,29 @@ def test_a_nucleus_cut_where_there_is_no_valley_is_joined_but_touching_nuclei_ar
     joined = _joined_without_valley(image, None, regions)
     assert len(np.unique(joined[nucleus])) == 1
     assert len(np.unique(joined[regions >= 3])) == 2
+
+
+def test_dim_nuclei_beside_bright_ones_are_found_and_sized_and_nothing_else():
+    """Nuclei five to ten times dimmer than their neighbours (under LoG's threshold on the
+    [0, 1] scale, whose top a few of the brightest set) are found by the second look, each
+    once and about its size; no bright nucleus's glow becomes one."""
+    from cellsynth_cli.measure.detect import detect_nuclei
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:256, :256]
+    masks = np.zeros((256, 256), np.int32)
+    level = np.zeros(1)
+    for i, (cy, cx) in enumerate([(y, x) for y in range(32, 256, 64) for x in range(32, 256, 64)]):
+        masks[(yy - cy) ** 2 + (xx - cx) ** 2 <= 11**2] = i + 1
+        dim = (i % 4) == (i // 4) % 4  # one in four, spread over the grid
+        level = np.append(level, rng.uniform(0.03, 0.04) if dim else rng.uniform(0.15, 0.3))
+    level[[2, 7]] = 1.0  # the brightest
+    sketch = ndimage.gaussian_filter(level[masks], 1.5) + 0.05
+    image = (sketch + rng.normal(0, 0.02, sketch.shape)).astype(np.float32)
+    found = detect_nuclei(image, method="log")
+    hit = masks[tuple(found.centres.T)]
+    assert np.all(hit > 0), "a detection outside every nucleus"
+    assert sorted(hit) == list(range(1, 17)), hit  # every nucleus, each once
+    dim_ones = level[hit] < 0.05
+    assert dim_ones.sum() == 4
+    assert np.all(np.abs(found.equivalent_radius[dim_ones] / 11 - 1) < 0.25)
