@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 REPO = Path(__file__).resolve().parent.parent
 DSB_DIR = REPO / "data" / "dsb2018"
@@ -183,3 +184,21 @@ def discs(shape, centres, radius=6, seed=0):
         masks[(yy - y) ** 2 + (xx - x) ** 2 <= radius**2] = label
     image = 20 + 150 * (masks > 0) + rng.normal(0, 5, shape)
     return image.astype(np.float32), masks
+
+
+def dim_and_bright_nuclei(seed=3):
+    """(image on a [0, 1] scale, masks, each label's level): a 4 x 4 grid of nuclei of radius
+    11, one in four (labels 1, 6, 11, 16) five to ten times dimmer than the others, two (3 and
+    8) far brighter, as the top of a robust range sets it; blur, background, noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:256, :256]
+    masks = np.zeros((256, 256), np.int32)
+    level = np.zeros(1)
+    for i, (cy, cx) in enumerate([(y, x) for y in range(32, 256, 64) for x in range(32, 256, 64)]):
+        masks[(yy - cy) ** 2 + (xx - cx) ** 2 <= 11**2] = i + 1
+        dim = (i % 4) == (i // 4) % 4  # one in four, spread over the grid
+        level = np.append(level, rng.uniform(0.03, 0.04) if dim else rng.uniform(0.15, 0.3))
+    level[[3, 8]] = 0.5  # the brightest
+    sketch = ndimage.gaussian_filter(level[masks], 1.5) + 0.05
+    image = (sketch + rng.normal(0, 0.02, sketch.shape)).astype(np.float32)
+    return image, masks, level

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import DSB_DIR, run_cellsynth
+from conftest import DSB_DIR, dim_and_bright_nuclei, run_cellsynth
 from scipy import ndimage
 
 from cellsynth_cli import io
@@ -416,3 +416,16 @@ def test_fine_tuning_refuses_a_model_that_does_not_fit(conditional_run, tmp_path
     assert made.returncode == 2, made.stderr
     assert message in made.stderr and "Traceback" not in made.stderr
     assert not (out / "checkpoint.pt").exists()
+
+
+def test_pseudo_sketches_hold_the_dim_nuclei_beside_bright_ones():
+    """The DDPM is taught on the nuclei the fit simulates: a nucleus five to ten times dimmer
+    than its neighbours is in the pseudo-sketch (else it is learned as background)."""
+    image, masks, level = dim_and_bright_nuclei()
+    sketch, labels = pseudo_sketch(image * 1000 + 100, 100.0, 1100.0)
+    for nucleus in range(1, int(masks.max()) + 1):
+        inside = masks == nucleus
+        assert np.mean(labels[inside] > 0) > 0.5, (nucleus, level[nucleus])
+        assert len(np.unique(labels[inside & (labels > 0)])) == 1  # one region each
+    dim = masks == 1
+    assert 0 < np.median(sketch[dim]) < 0.5 * np.median(sketch[masks == 2])

@@ -6,7 +6,7 @@ import tomllib
 import numpy as np
 import pytest
 import tifffile
-from conftest import DSB_DIR, REPO, run, script_module
+from conftest import DSB_DIR, REPO, dim_and_bright_nuclei, run, script_module
 from scipy import ndimage
 
 from cellsynth_cli import io
@@ -409,17 +409,7 @@ def test_dim_nuclei_beside_bright_ones_are_found_and_sized_and_nothing_else():
     once and about its size; no bright nucleus's glow becomes one."""
     from cellsynth_cli.measure.detect import detect_nuclei
 
-    rng = np.random.default_rng(3)
-    yy, xx = np.mgrid[:256, :256]
-    masks = np.zeros((256, 256), np.int32)
-    level = np.zeros(1)
-    for i, (cy, cx) in enumerate([(y, x) for y in range(32, 256, 64) for x in range(32, 256, 64)]):
-        masks[(yy - cy) ** 2 + (xx - cx) ** 2 <= 11**2] = i + 1
-        dim = (i % 4) == (i // 4) % 4  # one in four, spread over the grid
-        level = np.append(level, rng.uniform(0.03, 0.04) if dim else rng.uniform(0.15, 0.3))
-    level[[2, 7]] = 1.0  # the brightest
-    sketch = ndimage.gaussian_filter(level[masks], 1.5) + 0.05
-    image = (sketch + rng.normal(0, 0.02, sketch.shape)).astype(np.float32)
+    image, masks, level = dim_and_bright_nuclei()
     found = detect_nuclei(image, method="log")
     hit = masks[tuple(found.centres.T)]
     assert np.all(hit > 0), "a detection outside every nucleus"

@@ -40,7 +40,7 @@ from cellsynth_cli.ddpm.checkpoint import (
 )
 from cellsynth_cli.ddpm.config import TrainConfig
 from cellsynth_cli.ddpm.patches import PatchSampler
-from cellsynth_cli.ddpm.pseudo_sketch import pseudo_sketch
+from cellsynth_cli.ddpm.pseudo_sketch import pseudo_sketches
 from cellsynth_cli.diffusion.conditioning import CONDITIONS, is_conditional
 from cellsynth_cli.diffusion.process import training_loss
 from cellsynth_cli.diffusion.schedule import make_schedule
@@ -94,9 +94,9 @@ def training_sketches(
     found: TrainingImages, condition: str, low: float, high: float
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(sketch in [0, 1], instance labels) of each training image: a pseudo-sketch from a
-    classical segmentation, or a label-sketch from the image's own masks."""
+    classical detection of the nuclei, or a label-sketch from the image's own masks."""
     if condition == "pseudo-sketch":
-        return [pseudo_sketch(im, low, high, found.voxel_size) for im in found.images]
+        return pseudo_sketches(found.images, low, high, found.voxel_size)
     sketches = []
     for name, image, masks in zip(found.names, found.images, found.masks, strict=True):
         if masks is None or not masks.any():

@@ -184,6 +184,17 @@ def detect_in(
     """detect_nuclei on an image whose first pass a caller holds (it chose the method on it).
     IMAGE, VOXEL_SIZE: the full-size image FIRST was shrunk from, where the regions found
     are measured (sizes, brightness); by default FIRST's own."""
+    regions, method = nucleus_regions(first, method, None if image is None else image.shape)
+    if image is None:
+        image, voxel_size = first.image, first.voxel_size
+    return region_detections(image, regions, voxel_size, method)
+
+
+def nucleus_regions(
+    first: FirstPass, method: str = "auto", shape: tuple[int, ...] | None = None
+) -> tuple[np.ndarray, str]:
+    """(instance labels, the method used): each nucleus's half-maximum region (see above) in
+    the image FIRST was made from, stretched to SHAPE where FIRST's image was shrunk."""
     _check_method(method)
     if method == "auto":
         method = choose_method([first])
@@ -196,9 +207,7 @@ def detect_in(
     regions = _joined_without_valley(first.image, first.voxel_size, regions)
     if method == "log":  # the watershed's local foreground keeps dim nuclei already
         regions = _with_dim_nuclei(first.image, first.voxel_size, regions)
-    if image is None:
-        image, voxel_size = first.image, first.voxel_size
-    return region_detections(image, _resized(regions, image.shape), voxel_size, method)
+    return _resized(regions, shape or first.image.shape), method
 
 
 def _joined_without_valley(
