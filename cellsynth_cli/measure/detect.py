@@ -16,10 +16,12 @@ z is sampled ten times more coarsely than y/x). Two ways to find the nuclei (see
 Either way each nucleus is then measured on its half-maximum region (`half_maximum_regions`):
 the voxels of its watershed cell brighter than halfway from the local background to the
 nucleus's own level; two touching regions with no valley between them are one nucleus (a
-textured nucleus cut at its chromatin). Sizes are that region's equal-area (2D) /
-equal-volume (3D) radius (a blurred edge crosses half height where the object ends, so blur
-does not bias it; LoG scales and global thresholds undersize textured and dim nuclei),
-brightness its mean; regions cut by the image border count in proportion to their size.
+textured nucleus cut at its chromatin). With LoG seeds, a second look finds the dim nuclei
+beside bright ones that its threshold missed (`_with_dim_nuclei`). Sizes are that region's
+equal-area (2D) / equal-volume (3D) radius (a blurred edge crosses half height where the
+object ends, so blur does not bias it; LoG scales and global thresholds undersize textured
+and dim nuclei), brightness its mean; regions cut by the image border count in proportion
+to their size.
 """
 
 from __future__ import annotations
@@ -256,15 +258,37 @@ def _with_dim_nuclei(
     volume = np.bincount(regions.ravel())[1:] / float(np.prod(scale))
     radius = _ball_radius(float(np.median(volume[volume > 0])), image.ndim)
     smooth = ndimage.gaussian_filter(image, np.maximum(SMOOTHING * scale, 0.3))
+    centres = _dim_candidates(smooth, regions, scale, radius)
+    if len(centres) == 0:
+        return regions
+    marks = np.zeros(image.shape, np.int32)
+    marks[tuple(centres.T)] = np.arange(n + 1, n + len(centres) + 1)
+    distance, nearest = ndimage.distance_transform_edt(
+        marks == 0, sampling=1.0 / scale, return_indices=True
+    )
+    ball = (distance <= radius / 2) & (regions == 0)
+    seeds = np.where(ball, marks[tuple(nearest)], regions)
+    # sized on the image smoothed at a quarter radius: a dim nucleus is near the noise level
+    calm = ndimage.gaussian_filter(image, np.maximum(radius / 4 * scale, 0.3))
+    grown = half_maximum_regions(calm, voxel_size, seeds)
+    dim = _plausible(np.where(grown > n, grown, 0), smooth, regions, scale, n, radius)
+    # a candidate with no valley between it and a nucleus found is the rest of that nucleus
+    return _joined_without_valley(image, voxel_size, np.where(regions > 0, regions, dim), n)
+
+
+def _dim_candidates(
+    smooth: np.ndarray, regions: np.ndarray, scale: np.ndarray, radius: float
+) -> np.ndarray:
+    """Centres (n, ndim) of the LoG peaks at RADIUS on SMOOTH above its background, the
+    nuclei found (REGIONS) taken out, that stand out (DIM_SIGNIFICANCE, DIM_CLEARANCE)."""
     clearance = ndimage.distance_transform_edt(regions == 0, sampling=1.0 / scale)
     near = clearance <= radius / 2
     residual = np.where(near, 0.0, smooth - _background(smooth, ~near, scale))
-    response = _log_response(
-        residual.astype(np.float32), np.maximum(radius / np.sqrt(image.ndim) * scale, MIN_SIGMA)
-    )
+    sigma = np.maximum(radius / np.sqrt(smooth.ndim) * scale, MIN_SIGMA)
+    response = _log_response(residual.astype(np.float32), sigma)
     empty = response[clearance > 1.5 * radius]
     if empty.size == 0:
-        return regions
+        return np.zeros((0, smooth.ndim), int)
     middle = float(np.median(empty))
     spread = 1.4826 * float(np.median(np.abs(empty - middle)))
     window = [max(3, int(2 * round(radius * s) + 1)) for s in scale]
@@ -275,23 +299,8 @@ def _with_dim_nuclei(
     )
     candidates, found = ndimage.label(peaks)
     if found == 0:
-        return regions
-    centres = np.rint(ndimage.center_of_mass(peaks, candidates, range(1, found + 1)))
-    seeds = regions.copy()
-    marks = np.zeros(image.shape, np.int32)
-    marks[tuple(centres.astype(int).T)] = np.arange(n + 1, n + found + 1)
-    distance, nearest = ndimage.distance_transform_edt(
-        marks == 0, sampling=1.0 / scale, return_indices=True
-    )
-    ball = (distance <= radius / 2) & (regions == 0)
-    seeds[ball] = marks[tuple(nearest)][ball]
-    # sized on the image smoothed at a quarter radius: a dim nucleus is near the noise level
-    calm = ndimage.gaussian_filter(image, np.maximum(radius / 4 * scale, 0.3))
-    grown = half_maximum_regions(calm, voxel_size, seeds)
-    dim = np.where(grown > n, grown, 0)
-    dim = _plausible(dim, smooth, regions, scale, n, radius)
-    # a candidate with no valley between it and a nucleus found is the rest of that nucleus
-    return _joined_without_valley(image, voxel_size, np.where(regions > 0, regions, dim), n)
+        return np.zeros((0, smooth.ndim), int)
+    return np.rint(ndimage.center_of_mass(peaks, candidates, range(1, found + 1))).astype(int)
 
 
 def _plausible(
