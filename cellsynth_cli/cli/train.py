@@ -99,7 +99,7 @@ def train(
         "--condition",
         help="none: the paper's unconditional DDPM (synthesis follows a sketch only through "
         "t_start). pseudo-sketch: the network also sees a sketch of each training image, made "
-        "without annotations (nuclei segmented by a local threshold + watershed, filled with "
+        "without annotations (the nuclei `simulate fit` finds, dim ones included, filled with "
         "their mean intensity; RUN/pseudo-sketch.png shows one), and synthesis follows the "
         "simulated sketch at every step. label-sketch: the same, drawn from each image's own "
         "masks (real annotations, or `segment predict` output: better outlines than the "
