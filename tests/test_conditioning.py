@@ -11,7 +11,7 @@ from scipy import ndimage
 from cellsynth_cli import io
 from cellsynth_cli.ddpm.checkpoint import load_model
 from cellsynth_cli.ddpm.patches import PatchSampler
-from cellsynth_cli.ddpm.pseudo_sketch import pseudo_sketch
+from cellsynth_cli.ddpm.pseudo_sketch import pseudo_sketches
 from cellsynth_cli.ddpm.synthesize import (
     SynthesisOptions,
     guided_predictor,
@@ -61,7 +61,7 @@ def test_pseudo_sketch_recovers_the_instances_of_a_simulated_image(dims):
     made = get_simulator("nuclei")(config, rng)
     image = ndimage.gaussian_filter(made.sketch, 1.0) + rng.normal(0, 0.03, made.sketch.shape)
     image = (image * 900 + 100).astype(np.float32)
-    sketch, labels = pseudo_sketch(image, 100.0, 1000.0)
+    [(sketch, labels)] = pseudo_sketches([image], 100.0, 1000.0)
     best = _best_iou(labels, made.masks)
     assert (best >= 0.7).mean() >= 0.7, best
     # each region is filled with its mean intensity on the unit scale, background 0
@@ -73,7 +73,7 @@ def test_pseudo_sketch_recovers_the_instances_of_a_simulated_image(dims):
 
 def test_pseudo_sketch_of_an_empty_image_is_a_clear_error():
     with pytest.raises(InputError, match="no nuclei"):
-        pseudo_sketch(np.full((64, 64), 5.0, np.float32), 0.0, 10.0)
+        pseudo_sketches([np.full((64, 64), 5.0, np.float32)], 0.0, 10.0)
 
 
 def test_training_patches_of_image_and_sketch_stay_aligned():
@@ -422,7 +422,7 @@ def test_pseudo_sketches_hold_the_dim_nuclei_beside_bright_ones():
     """The DDPM is taught on the nuclei the fit simulates: a nucleus five to ten times dimmer
     than its neighbours is in the pseudo-sketch (else it is learned as background)."""
     image, masks, level = dim_and_bright_nuclei()
-    sketch, labels = pseudo_sketch(image * 1000 + 100, 100.0, 1100.0)
+    [(sketch, labels)] = pseudo_sketches([image * 1000 + 100], 100.0, 1100.0)
     for nucleus in range(1, int(masks.max()) + 1):
         inside = masks == nucleus
         assert np.mean(labels[inside] > 0) > 0.5, (nucleus, level[nucleus])

@@ -38,13 +38,3 @@ def pseudo_sketches(
         sketch, _ = sketch_from_labels(image, labels, low, high)
         out.append((sketch, labels))
     return out
-
-
-def pseudo_sketch(
-    image: np.ndarray,
-    low: float,
-    high: float,
-    voxel_size: tuple[float, ...] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(sketch in [0, 1] on the range low..high, instance labels) of one real image."""
-    return pseudo_sketches([image], low, high, voxel_size)[0]

@@ -256,7 +256,8 @@ def _with_dim_nuclei(
         return regions
     scale = _axis_scale(voxel_size, image.ndim)
     volume = np.bincount(regions.ravel())[1:] / float(np.prod(scale))
-    radius = _ball_radius(float(np.median(volume[volume > 0])), image.ndim)
+    typical = float(np.median(volume[volume > 0]))  # in in-plane voxels
+    radius = float(_ball_radius(typical, image.ndim))
     smooth = ndimage.gaussian_filter(image, np.maximum(SMOOTHING * scale, 0.3))
     centres = _dim_candidates(smooth, regions, scale, radius)
     if len(centres) == 0:
@@ -271,7 +272,7 @@ def _with_dim_nuclei(
     # sized on the image smoothed at a quarter radius: a dim nucleus is near the noise level
     calm = ndimage.gaussian_filter(image, np.maximum(radius / 4 * scale, 0.3))
     grown = half_maximum_regions(calm, voxel_size, seeds)
-    dim = _plausible(np.where(grown > n, grown, 0), smooth, regions, scale, n, radius)
+    dim = _plausible(np.where(grown > n, grown, 0), smooth, regions, scale, n, typical)
     # a candidate with no valley between it and a nucleus found is the rest of that nucleus
     return _joined_without_valley(image, voxel_size, np.where(regions > 0, regions, dim), n)
 
@@ -309,31 +310,27 @@ def _plausible(
     regions: np.ndarray,
     scale: np.ndarray,
     n: int,
-    radius: float,
+    typical_volume: float,
 ) -> np.ndarray:
-    """DIM's regions (labelled after N) of a nucleus's size (DIM_SIZE) and contrast
-    (DIM_CONTRAST against REGIONS' median), renumbered N+1, N+2, ..."""
+    """DIM's regions (labelled after N) of a nucleus's size (DIM_SIZE times TYPICAL_VOLUME, in
+    in-plane voxels) and contrast (DIM_CONTRAST against REGIONS' median), renumbered N+1, ..."""
     index = np.arange(n + 1, int(dim.max()) + 1)
     if len(index) == 0:
         return dim
     contrast = smooth - _background(smooth, (regions == 0) & (dim == 0), scale)
     typical = float(np.median(ndimage.median(contrast, regions, np.arange(1, n + 1))))
-    level = np.asarray(ndimage.median(contrast, dim, index)) if np.any(dim) else index * 0.0
+    level = np.asarray(ndimage.median(contrast, dim, index))
     volume = ndimage.sum_labels(np.ones(dim.shape), dim, index) / float(np.prod(scale))
-    ball = _ball_volume(radius, dim.ndim)
-    keep = (volume >= DIM_SIZE[0] * ball) & (volume <= DIM_SIZE[1] * ball)
+    keep = (volume >= DIM_SIZE[0] * typical_volume) & (volume <= DIM_SIZE[1] * typical_volume)
     keep &= level >= DIM_CONTRAST * typical
     number = np.zeros(int(dim.max()) + 1, np.int32)
     number[index[keep]] = np.arange(n + 1, n + 1 + int(keep.sum()))
     return number[dim]
 
 
-def _ball_volume(radius: float, ndim: int) -> float:
-    return np.pi * radius**2 if ndim == 2 else 4.0 / 3.0 * np.pi * radius**3
-
-
-def _ball_radius(volume: float, ndim: int) -> float:
-    return float(np.sqrt(volume / np.pi) if ndim == 2 else np.cbrt(3.0 * volume / (4.0 * np.pi)))
+def _ball_radius(volume, ndim: int):
+    """Radius of the disc (2D) / ball (3D) of VOLUME (a number or an array)."""
+    return np.sqrt(volume / np.pi) if ndim == 2 else np.cbrt(3.0 * volume / (4.0 * np.pi))
 
 
 def _resized(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -624,11 +621,7 @@ def region_detections(
         return Detections(
             empty.astype(int), empty, np.zeros(0), tuple(image.shape), axis_scale, method
         )
-    in_plane_volume = size / float(np.prod(scale))
-    if ndim == 2:
-        radius = np.sqrt(in_plane_volume / np.pi)
-    else:
-        radius = np.cbrt(3.0 * in_plane_volume / (4.0 * np.pi))
+    radius = _ball_radius(size / float(np.prod(scale)), ndim)
     centre = np.asarray(ndimage.center_of_mass(ones, labels, index))
     # per-axis spread in in-plane voxels -> semi-axes, normalised to the equal-volume radius
     semi = np.empty((len(index), ndim))
